@@ -1,0 +1,103 @@
+"""Benchmarks `prepare` on the shared legal corpus: end-to-end MB/s with dedup off against raw `encode_batch`
+throughput of the same tokenizer on the same text (goal: ratio >= 0.7), then each stage's cost with dedup on.
+
+Usage: python scripts/bench_data_prepare.py [--max-documents N] [--vocab-size 8192] [--workers 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from data_prep.config import DataConfig, SourceConfig, TokenizerConfig
+from data_prep.dedup import DedupConfig
+from data_prep.prepare import prepare
+from data_prep.sources import SourceStats, iter_documents
+from data_prep.tokenizer import load_tokenizer, train_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+LEGAL = ["dc_code_sections", "dc_session_laws", "scotus_opinions", "appellate_opinions", "federal_rules"]
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{platform.node()} · {cpu} · {os.cpu_count()} cores · Python {platform.python_version()}"
+
+
+def commit() -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        return head.stdout.strip() + (" (with uncommitted changes)" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "no commit yet"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--max-documents", type=int, default=None, help="per source (default: all)")
+    parser.add_argument("--vocab-size", type=int, default=8192)
+    parser.add_argument("--workers", type=int, default=0, help="data.num_workers (0 = all cores)")
+    args = parser.parse_args()
+    shared = Path(os.environ.get("SLMKIT_SHARED", REPO.parent / "shared")).resolve()
+    root = shared / "corpora" / "legal"
+    sources = [SourceConfig(name=name, path=f"{name}.jsonl.gz", max_documents=args.max_documents) for name in LEGAL]
+    print(f"machine: {machine()}")
+    print(f"date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
+    print(f"commit: {commit()}")
+
+    with tempfile.TemporaryDirectory(prefix="slmkit-bench-") as tmp:
+        work = Path(tmp)
+        os.environ["SLMKIT_CACHE"] = str(work / "cache")
+        texts = [d.text for s in sources for d in iter_documents(s, root, "stop", SourceStats(s.name))]
+        megabytes = sum(len(t.encode("utf-8")) for t in texts) / 1e6
+        print(f"corpus: {len(texts):,} documents, {megabytes:.1f} MB of UTF-8 text")
+
+        tokenizer_config = TokenizerConfig(kind="bpe", vocab_size=args.vocab_size, train_chars=30_000_000)
+        start = time.perf_counter()
+        train_tokenizer(tokenizer_config, texts, work / "tokenizer.json", texts[:200])
+        print(f"tokenizer: bpe {args.vocab_size} trained on 30M characters in {time.perf_counter() - start:.1f} s")
+        tokenizer = load_tokenizer(work / "tokenizer.json")
+        start = time.perf_counter()
+        for first in range(0, len(texts), 2000):
+            tokenizer.encode_batch_fast(texts[first : first + 2000], add_special_tokens=False)
+        raw = megabytes / (time.perf_counter() - start)
+        print(f"raw tokenizers encode_batch_fast: {raw:.2f} MB/s")
+        del texts
+
+        given = dataclasses.replace(tokenizer_config, path=str(work / "tokenizer.json"))
+        data = DataConfig(sources=sources, root=str(root), num_workers=args.workers, val_fraction=0.02,
+                          dedup=DedupConfig(exact=False, near=False))
+        start = time.perf_counter()
+        prepare(data, given, work / "no-dedup", progress=False)
+        end_to_end = megabytes / (time.perf_counter() - start)
+        print(f"prepare, dedup off (read, clean, filter, split, write corpus, tokenize, pack): {end_to_end:.2f} MB/s")
+        print(f"ratio prepare / raw encode_batch: {end_to_end / raw:.2f} (goal >= 0.7)")
+
+        start = time.perf_counter()
+        prepare(dataclasses.replace(data, dedup=DedupConfig()), given, work / "dedup", progress=False)
+        total = time.perf_counter() - start
+        report = json.loads((work / "dedup" / "report" / "report.json").read_text())
+        print(f"prepare, dedup on (exact + MinHash near): {megabytes / total:.2f} MB/s, {total:.1f} s")
+        for phase, seconds in report["timings"].items():
+            print(f"  wall  {phase:32s} {seconds:8.1f} s")
+        for stage, seconds in report["corpus"]["stage_cpu_seconds"].items():
+            print(f"  cpu   {stage:32s} {seconds:8.1f} s")
+        dedup = report["corpus"]["dedup"]["dropped_documents"]
+        print(f"  duplicates dropped: {dedup['exact']} exact, {dedup['near']} near")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""The run's typed config: one dataclass tree that a recipe plus overrides resolve into, validated once.
+
+Each section documents its own keys; `slmkit recipes --keys` prints them from here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from data_prep.config import DataConfig, TokenizerConfig
+from slmkit.atomic import atomic_write_text
+from slmkit.errors import SlmkitError
+from slmkit.model.config import ModelConfig
+from slmkit.options import documented_keys, option
+from slmkit.registry import did_you_mean
+
+
+@dataclass
+class OptimConfig:
+    lr: float = option(6e-4, "Peak learning rate.")
+    min_lr: float = option(6e-5, "Learning rate at the end of the decay.")
+    weight_decay: float = option(0.1, "AdamW weight decay, applied to matrices only (not to norms or biases).")
+    beta1: float = option(0.9, "AdamW beta1.")
+    beta2: float = option(0.95, "AdamW beta2.")
+    eps: float = option(1e-8, "AdamW epsilon.")
+    schedule: str = option("cosine", "Learning-rate schedule by name: cosine, linear, wsd (warmup-stable-decay), constant.", choices=("cosine", "linear", "wsd", "constant"))
+    warmup_steps: int = option(100, "Linear warmup steps from 0 to lr.")
+    decay_steps: Optional[int] = option(None, "Step at which the decay reaches min_lr; None = trainer.max_steps.")
+    wsd_decay_fraction: float = option(0.2, "wsd only: the final fraction of decay_steps spent decaying to min_lr.")
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = option("auto", "auto, cpu or gpu.", choices=("auto", "cpu", "gpu"))
+    devices: int = option(-1, "Devices per node; -1 = all visible (one process each).")
+    num_nodes: int = option(1, "Number of nodes (multi-node runs are launched by torchrun or SLURM).")
+    strategy: str = option("auto", "Distribution by name: auto (one device), ddp, deepspeed.", choices=("auto", "ddp", "deepspeed"))
+    zero_stage: int = option(2, "deepspeed only: ZeRO stage 1, 2 or 3.")
+    offload_optimizer: bool = option(False, "deepspeed only: keep optimizer state in CPU memory.")
+    offload_params: bool = option(False, "deepspeed ZeRO-3 only: keep parameters in CPU memory.")
+    precision: str = option("fp32", "Numeric precision: fp32, bf16 (mixed), fp16 (mixed, loss-scaled), bf16-true.", choices=("fp32", "bf16", "fp16", "bf16-true"))
+    max_steps: int = option(1000, "Optimizer steps to train for.")
+    micro_batch_size: int = option(8, "Sequences per device per forward pass.")
+    grad_accum: int = option(1, "Micro-batches accumulated per optimizer step (global batch = micro*accum*devices*nodes).")
+    grad_clip: float = option(1.0, "Clip the global gradient norm to this; 0 disables clipping.")
+    log_every: int = option(10, "Log train metrics every this many steps.")
+    val_every: int = option(250, "Run validation every this many steps (and at the end).")
+    val_batches: int = option(20, "Micro-batches per validation run.")
+    checkpoint_every: int = option(1000, "Write a checkpoint every this many steps (and at the end); 0 = only at the end.")
+    keep_checkpoints: int = option(2, "Periodic checkpoints to keep (the newest); the final one is always kept.")
+    compile: bool = option(False, "torch.compile the model.")
+    activation_checkpointing: bool = option(False, "Recompute block activations in the backward pass to save memory.")
+    seed: int = option(1337, "Seed of model init, data order and dropout.")
+    num_workers: int = option(0, "DataLoader worker processes.")
+    progress_bar: bool = option(True, "Show a progress bar with step, loss and tokens/s.")
+
+
+@dataclass
+class EvalConfig:
+    tasks: list[str] = option([], "Evaluation tasks (names or task files) run during and after training.")
+    every: int = option(0, "Run the tasks every this many steps during training; 0 = only after training.")
+    limit: Optional[int] = option(None, "Evaluate at most this many examples per task (quick checks).")
+    batch_size: int = option(8, "Sequences per evaluation forward pass.")
+
+
+@dataclass
+class RunConfig:
+    name: str = option("run", "Name of the recipe / run; the default out_dir is runs/<name>/<timestamp>.")
+    out_dir: Optional[str] = option(None, "Run folder: config.yaml, checkpoints/, metrics.jsonl, TensorBoard events.")
+    resume: Optional[str] = option(None, "true = continue from the latest checkpoint in out_dir; or a checkpoint path.")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Building a RunConfig from YAML layers and dotted overrides, with errors a user can act on.
+
+def build_config(schema: type, *layers: Any, overrides: Sequence[str] = ()) -> Any:
+    """Merges dict/DictConfig layers and `key.sub=value` overrides onto a dataclass schema and returns the dataclass.
+
+    Unknown keys and values of the wrong type raise SlmkitError naming the key, with a did-you-mean.
+    """
+    merged = OmegaConf.structured(schema)
+    try:
+        for layer in layers:
+            merged = OmegaConf.merge(merged, layer)
+        for override in overrides:
+            if "=" not in override:
+                raise SlmkitError(f"override {override!r} is not of the form key=value (e.g. trainer.max_steps=100)")
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([override]))
+        config = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        raise _explain(err, schema) from None
+    check_choices(config)
+    return config
+
+
+def _explain(err: OmegaConfBaseException, schema: type) -> SlmkitError:
+    key = getattr(err, "full_key", None) or ""
+    if isinstance(err, ConfigKeyError) or "not in" in str(err) or "Key '" in str(err):
+        known = [k for k, *_ in documented_keys(schema)]
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        siblings = [k for k in known if k.rsplit(".", 1)[0] == parent] if parent else known
+        return SlmkitError(
+            f"unknown key {key}{did_you_mean(key, known)}"
+            + (f"; valid keys under {parent}: {', '.join(k.rsplit('.', 1)[1] for k in siblings)}" if parent and siblings else "")
+        )
+    if isinstance(err, ValidationError):
+        value = getattr(err, "value", None)
+        expected = getattr(err, "ref_type", None) or getattr(err, "msg", "")
+        return SlmkitError(f"bad value {value!r} for {key}: {str(err).splitlines()[0]}" if key else f"bad config value: {err}")
+    return SlmkitError(f"bad config: {str(err).splitlines()[0]}" + (f" (key {key})" if key else ""))
+
+
+def check_choices(config: Any, prefix: str = "") -> None:
+    """Rejects string fields whose value is not among the field's declared choices (or its registry's names)."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            check_choices(value, prefix=f"{key}.")
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if dataclasses.is_dataclass(item):
+                    check_choices(item, prefix=f"{key}[{i}].")
+        choices = f.metadata.get("choices") if f.metadata else None
+        if choices is None:
+            choices = _registry_choices(key)
+        if choices is not None and value not in choices:
+            raise SlmkitError(
+                f"bad value {value!r} for {key}{did_you_mean(str(value), list(choices))}; choose one of: {', '.join(choices)}"
+            )
+
+
+def _registry_choices(key: str) -> tuple[str, ...] | None:
+    """Model parts are validated against their registries, so a new registered part is valid in recipes at once."""
+    if not key.startswith("model."):
+        return None
+    # Deferred imports: the config must load without pulling in torch until a model key is checked.
+    from slmkit.model.attention import ATTENTION
+    from slmkit.model.feedforward import FEEDFORWARDS
+    from slmkit.model.norms import NORMS
+    from slmkit.model.positions import POSITIONS
+
+    registry = {"model.attention": ATTENTION, "model.positions": POSITIONS, "model.ffn": FEEDFORWARDS, "model.norm": NORMS}.get(key)
+    return tuple(registry.names()) if registry is not None else None
+
+
+def config_to_yaml(config: Any) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+def save_run_config(config: RunConfig, path: str | Path) -> None:
+    atomic_write_text(path, config_to_yaml(config))
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise SlmkitError(f"no config.yaml at {path}: point at an slmkit run folder or checkpoint")
+    try:
+        raw = OmegaConf.load(path)
+    except Exception as err:  # yaml.YAMLError and friends: the file is not readable YAML
+        raise SlmkitError(f"{path} is not a readable YAML config: {err}") from None
+    return build_config(RunConfig, raw)

@@ -1,0 +1,151 @@
+"""Log-likelihood of continuations under a causal model: batched, sorted by length, independent of the batch size.
+
+Contexts longer than the window lose tokens on the left, continuations never. Continuations of one token that
+share a context (Yes/No, A/B/C labels) are all read from a single forward pass of that context.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from tokenizers import Tokenizer
+
+from slmkit.errors import SlmkitError
+from slmkit.eval.encoding import Request, check_tokenizer_fits, document_start_id, encode, encode_pair
+
+
+@dataclass(frozen=True)
+class Score:
+    logprob: float  # natural log
+    is_greedy: bool  # every continuation token is the argmax given what precedes it
+    n_tokens: int
+
+
+@dataclass
+class _Row:
+    """One sequence of a batch; each entry reads the log-probs of its targets at the given positions."""
+
+    input_ids: list[int]
+    entries: list[tuple[int, list[int], list[int]]] = field(default_factory=list)  # (request index, positions, targets)
+
+
+class Scorer:
+    """Scores token requests with `model` (eval mode, on its own device); `batch_size` sequences per forward pass."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, batch_size: int = 8):
+        if batch_size < 1:
+            raise SlmkitError(f"batch_size must be at least 1, got {batch_size}")
+        if not model.config.causal:
+            raise SlmkitError("log-likelihood evaluation needs a causal model; this one has model.causal=false")
+        check_tokenizer_fits(tokenizer, model.config.vocab_size)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.window = model.config.block_size
+        self.prefix_id = document_start_id(tokenizer)
+        self.device = next(model.parameters()).device
+
+    def loglikelihood(self, pairs: Sequence[tuple[str, str]]) -> list[Score]:
+        """log P(continuation | context) for (context, continuation) strings."""
+        return self.score([encode_pair(self.tokenizer, c, x, self.prefix_id) for c, x in pairs])
+
+    def rolling(self, texts: Sequence[str], stride: int | None = None) -> list[Score]:
+        """Log-likelihood of every token of each text, each text on its own, through windows `stride` apart.
+
+        Each window sees up to `window` tokens; after the first, it scores only the `stride` tokens it adds, so
+        every token is scored once, with at least window - stride tokens of context.
+        """
+        stride = self.window if stride is None else stride
+        if not 1 <= stride <= self.window:
+            raise SlmkitError(f"stride must be between 1 and the model's window ({self.window}), got {stride}")
+        requests: list[Request] = []
+        owners: list[int] = []
+        for index, text in enumerate(texts):
+            ids = ([self.prefix_id] if self.prefix_id is not None else []) + encode(self.tokenizer, text)
+            for request in _windows(ids, self.window, stride):
+                requests.append(request)
+                owners.append(index)
+        totals = [0.0] * len(texts)
+        counts = [0] * len(texts)
+        greedy = [True] * len(texts)
+        for owner, score in zip(owners, self.score(requests)):
+            totals[owner] += score.logprob
+            counts[owner] += score.n_tokens
+            greedy[owner] &= score.is_greedy
+        return [Score(t, g, n) for t, g, n in zip(totals, greedy, counts)]
+
+    def score(self, requests: Sequence[Request]) -> list[Score]:
+        rows = self._rows(requests)
+        # Longest first: padding stays small within a batch, and an out-of-memory error shows up at once.
+        rows.sort(key=lambda row: -len(row.input_ids))
+        results: list[Score | None] = [None] * len(requests)
+        with torch.inference_mode():
+            for start in range(0, len(rows), self.batch_size):
+                self._run_batch(rows[start:start + self.batch_size], results)
+        return results  # type: ignore[return-value]
+
+    def _rows(self, requests: Sequence[Request]) -> list[_Row]:
+        rows: list[_Row] = []
+        shared: dict[tuple[int, ...], _Row] = {}
+        for index, request in enumerate(requests):
+            n_cont = len(request.continuation)
+            if n_cont > self.window:
+                raise SlmkitError(
+                    f"a continuation of {n_cont} tokens does not fit the model's window of {self.window}: "
+                    "continuations are never truncated — shorten the task's choices or targets"
+                )
+            if n_cont == 1:
+                # All one-token continuations of a context are read off the context's last position.
+                row = shared.get(request.context)
+                if row is None:
+                    row = shared[request.context] = _Row(list(request.context[-self.window:]))
+                    rows.append(row)
+                row.entries.append((index, [len(row.input_ids) - 1], list(request.continuation)))
+                continue
+            # The model reads everything but the last continuation token; the context is cut on the left to fit.
+            sequence = list(request.context + request.continuation)[-(self.window + 1):]
+            inputs = sequence[:-1]
+            positions = list(range(len(inputs) - n_cont, len(inputs)))
+            rows.append(_Row(inputs, [(index, positions, list(request.continuation))]))
+        if any(not row.input_ids for row in rows):
+            raise SlmkitError("a request has an empty context and the tokenizer has no document-start token")
+        return rows
+
+    def _run_batch(self, rows: list[_Row], results: list[Score | None]) -> None:
+        width = max(len(row.input_ids) for row in rows)
+        # Right padding: causal attention keeps the real positions blind to the pad tokens after them.
+        batch = torch.zeros(len(rows), width, dtype=torch.long)
+        for i, row in enumerate(rows):
+            batch[i, : len(row.input_ids)] = torch.tensor(row.input_ids)
+        logits = self.model(batch.to(self.device))
+        row_index, positions, targets, spans = [], [], [], []
+        for i, row in enumerate(rows):
+            for request_index, pos, target in row.entries:
+                spans.append((request_index, len(targets), len(targets) + len(target)))
+                row_index += [i] * len(pos)
+                positions += pos
+                targets += target
+        picked = logits[torch.tensor(row_index), torch.tensor(positions)].float().log_softmax(-1)
+        target_tensor = torch.tensor(targets, device=picked.device)
+        token_logprobs = picked.gather(1, target_tensor[:, None])[:, 0].cpu()
+        token_greedy = (picked.argmax(-1) == target_tensor).cpu()
+        for request_index, begin, end in spans:
+            results[request_index] = Score(
+                logprob=float(token_logprobs[begin:end].double().sum()),
+                is_greedy=bool(token_greedy[begin:end].all()),
+                n_tokens=end - begin,
+            )
+
+
+def _windows(ids: list[int], window: int, stride: int) -> list[Request]:
+    """Requests that together score ids[1:] once each: the first window scores `window` tokens, later ones `stride`."""
+    requests = []
+    target_start = 1
+    while target_start < len(ids):
+        target_end = min(len(ids), target_start + (window if target_start == 1 else stride))
+        context_start = max(0, target_end - 1 - window)
+        requests.append(Request(tuple(ids[context_start:target_start]), tuple(ids[target_start:target_end])))
+        target_start = target_end
+    return requests

@@ -1,0 +1,40 @@
+"""Normalization layers by name: layernorm and rmsnorm.
+
+Each entry is built as `NORMS.get(name)(dim, config)`; numerics follow the Hugging Face classes so exports match.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from slmkit.model.config import ModelConfig
+from slmkit.registry import Registry
+
+NORMS: Registry[type[nn.Module]] = Registry("norm", "Normalization over the last dimension, built as cls(dim, config).")
+
+
+@NORMS.register("layernorm")
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm with the model's epsilon, and a bias only when config.bias (GPT-2 has one, MPT does not)."""
+
+    def __init__(self, dim: int, config: ModelConfig):
+        super().__init__(dim, eps=config.norm_eps, bias=config.bias)
+
+
+@NORMS.register("rmsnorm")
+class RMSNorm(nn.Module):
+    """Root-mean-square norm computed in fp32 and cast back before the weight, exactly as HF LlamaRMSNorm."""
+
+    def __init__(self, dim: int, config: ModelConfig):
+        super().__init__()
+        self.eps = config.norm_eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"

@@ -1,0 +1,143 @@
+"""Recipes: Hydra configs in recipes/ composed from groups (model, tokenizer, data, optim, trainer) plus overrides.
+
+`resolve_recipe("legal-tiny", ["trainer=deepspeed-z2", "model.n_layer=4"])` -> a validated RunConfig. Group choices
+go to Hydra's compose; dotted keys are applied on the typed schema so a typo is caught with a did-you-mean.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+
+from slmkit.config import RunConfig, build_config
+from slmkit.errors import SlmkitError
+from slmkit.registry import did_you_mean
+
+GROUPS = ("model", "tokenizer", "data", "optim", "trainer")
+
+
+def recipes_dir() -> Path:
+    """$SLMKIT_RECIPES, else the recipes shipped with slmkit (the repo's recipes/ folder, packaged in the wheel)."""
+    override = os.environ.get("SLMKIT_RECIPES")
+    if override:
+        return Path(override)
+    return Path(str(resources.files("slmkit") / "recipes"))
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in recipes_dir().glob("*.yaml"))
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (recipes_dir() / group).glob("*.yaml"))
+
+
+def split_overrides(overrides: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(group choices like `trainer=deepspeed-z2`, dotted value overrides like `trainer.max_steps=3`)."""
+    groups, values = [], []
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        (groups if key in GROUPS else values).append(override)
+    return groups, values
+
+
+def resolve_recipe(name: str, overrides: Sequence[str] = ()) -> RunConfig:
+    names = recipe_names()
+    if name not in names:
+        raise SlmkitError(f"unknown recipe {name!r}{did_you_mean(name, names)}; available: {', '.join(names)} (see `slmkit recipes`)")
+    group_choices, values = split_overrides(overrides)
+    for choice in group_choices:
+        group, _, option = choice.partition("=")
+        options = group_options(group)
+        if option not in options:
+            raise SlmkitError(f"unknown {group} {option!r}{did_you_mean(option, options)}; choose one of: {', '.join(options)}")
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(recipes_dir().resolve()), version_base=None):
+            composed = compose(config_name=name, overrides=list(group_choices))
+    except HydraException as err:
+        raise SlmkitError(f"recipe {name!r} does not compose: {str(err).splitlines()[0]}") from None
+    finally:
+        GlobalHydra.instance().clear()
+    raw = OmegaConf.to_container(composed, resolve=False)
+    raw.setdefault("name", name)
+    config = build_config(RunConfig, raw, overrides=values)
+    # vocab_size 0 means "the tokenizer's size", resolved when the tokenizer exists; check everything else now.
+    dataclasses.replace(config.model, vocab_size=max(config.model.vocab_size, 1)).validate()
+    return config
+
+
+def expand_sweep(overrides: Sequence[str]) -> Iterator[list[str]]:
+    """Hydra sweep syntax over any key: `optim.lr=1e-3,3e-4 model.n_layer=range(2,6,2)` -> each combination."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException as err:
+        raise SlmkitError(f"cannot parse overrides: {str(err).splitlines()[0]}") from None
+    axes = [
+        [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override() else [o.input_line]
+        for o in parsed
+    ]
+    for combination in itertools.product(*axes):
+        yield list(combination)
+
+
+def count_parameters(config: RunConfig) -> tuple[int, bool]:
+    """(parameter count, exact) of the recipe's model, built on the meta device so nothing is allocated.
+
+    A recipe that takes its vocabulary from the tokenizer (model.vocab_size: 0) is counted without embeddings.
+    """
+    import torch
+
+    from slmkit.model import Transformer
+
+    model_config = config.model
+    exact = model_config.vocab_size > 0
+    if not exact:
+        model_config = dataclasses.replace(model_config, vocab_size=1)
+    with torch.device("meta"):
+        model = Transformer(model_config)
+    return model.num_parameters(non_embedding=not exact), exact
+
+
+def format_count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
+
+
+def list_recipes(show_keys: bool = False) -> str:
+    from slmkit.options import documented_keys
+
+    rows = []
+    for name in recipe_names():
+        config = resolve_recipe(name)
+        params, exact = count_parameters(config)
+        m, t = config.model, config.trainer
+        rows.append((
+            name,
+            format_count(params) + ("" if exact else " + emb"),
+            f"{m.n_layer}x{m.d_model} {m.positions}/{m.ffn}/{m.norm}" + (f" kv={m.kv_heads}" if m.kv_heads != m.n_head else ""),
+            f"{config.tokenizer.kind} {config.tokenizer.vocab_size if config.tokenizer.kind != 'char' else 'chars'}",
+            f"{t.strategy}{'-z' + str(t.zero_stage) if t.strategy == 'deepspeed' else ''} {t.precision}",
+            f"{len(config.data.sources)} source(s): " + ", ".join(s.name or s.path or s.hf_dataset or "?" for s in config.data.sources[:2])
+            + (", ..." if len(config.data.sources) > 2 else ""),
+        ))
+    header = ("recipe", "params", "model", "tokenizer", "trainer", "data")
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+    lines.append("")
+    lines.append("groups (choose with group=option): " + "; ".join(f"{g}: {', '.join(group_options(g))}" for g in GROUPS))
+    if show_keys:
+        lines.append("")
+        lines.append("keys (override with key=value):")
+        for key, type_name, default, doc in documented_keys(RunConfig):
+            lines.append(f"  {key} ({type_name}, default {default!r}): {doc}")
+    return "\n".join(lines)

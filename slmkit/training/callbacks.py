@@ -1,0 +1,126 @@
+"""What a run reports while it trains: metrics.jsonl + TensorBoard (loss, lr, grad norm, tokens/s, MFU, memory)
+and a progress bar counted in optimizer steps."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
+
+from slmkit.training.throughput import peak_flops_per_device, peak_memory_gb
+
+
+class MetricsLogger(L.Callback):
+    """Every `log_every` steps: one JSON object in metrics.jsonl (and the same scalars in TensorBoard).
+
+    Validation finishes right after the step it follows, so its val_loss joins that step's record; a record is
+    written when the next one starts or the run ends.
+    """
+
+    def __init__(self, path: Path, log_every: int, tokens_per_step: int, flops_per_token: float, precision: str):
+        self.path = Path(path)
+        self.log_every = log_every
+        self.tokens_per_step = tokens_per_step
+        self.flops_per_token = flops_per_token
+        self.precision = precision
+        self.pending: dict[str, Any] | None = None
+        self._last_time: float | None = None
+        self._last_step = 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._last_time = time.perf_counter()
+        self._last_step = trainer.global_step
+        self.peak_flops = peak_flops_per_device(self.precision)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        step = trainer.global_step
+        if step == self._last_step or step % self.log_every != 0:
+            return  # mid-accumulation, or not a logging step
+        loss = pl_module.take_train_loss()
+        now = time.perf_counter()
+        tokens_per_s = self.tokens_per_step * (step - self._last_step) / max(now - self._last_time, 1e-9)
+        self._last_time, self._last_step = now, step
+        record: dict[str, Any] = {
+            "step": step,
+            "tokens": step * self.tokens_per_step,
+            "train_loss": loss,
+            "lr": trainer.optimizers[0].param_groups[0]["lr"],
+            "grad_norm": _grad_norm(trainer, pl_module),
+            "tokens_per_s": tokens_per_s,
+            "mfu": (self.flops_per_token * tokens_per_s / (self.peak_flops * trainer.world_size)) if self.peak_flops else None,
+            "peak_mem_gb": peak_memory_gb(),
+        }
+        pl_module.log("loss", loss, prog_bar=True, logger=False, rank_zero_only=True)
+        pl_module.log("tok/s", tokens_per_s, prog_bar=True, logger=False, rank_zero_only=True)
+        self._flush(trainer)
+        self.pending = record
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or "val_loss" not in trainer.callback_metrics:
+            return
+        val_loss = float(trainer.callback_metrics["val_loss"])
+        step = trainer.global_step
+        if self.pending is None or self.pending["step"] != step:
+            self._flush(trainer)
+            self.pending = {"step": step, "tokens": step * self.tokens_per_step}
+        self.pending["val_loss"] = val_loss
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._flush(trainer)
+
+    def add_metrics(self, trainer: L.Trainer, step: int, metrics: dict[str, float]) -> None:
+        """Joins extra metrics (e.g. evaluation tasks) to the record of `step`."""
+        if self.pending is None or self.pending["step"] != step:
+            self._flush(trainer)
+            self.pending = {"step": step, "tokens": step * self.tokens_per_step}
+        self.pending.update(metrics)
+
+    def _flush(self, trainer: L.Trainer) -> None:
+        if self.pending is None:
+            return
+        record, self.pending = self.pending, None
+        if not trainer.is_global_zero:
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        scalars = {k: v for k, v in record.items() if k not in ("step",) and isinstance(v, (int, float))}
+        for logger in trainer.loggers:
+            logger.log_metrics(scalars, step=record["step"])
+
+
+def _grad_norm(trainer: L.Trainer, pl_module: L.LightningModule) -> float | None:
+    engine = getattr(trainer.strategy, "deepspeed_engine", None)
+    if engine is not None:
+        norm = engine.get_global_grad_norm()
+        return float(norm) if norm is not None else None
+    return pl_module.last_grad_norm
+
+
+class StepProgressBar(TQDMProgressBar):
+    """A bar over optimizer steps (not micro-batches) with loss and tokens/s."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self.train_progress_bar.reset(total=trainer.max_steps)
+        self.train_progress_bar.n = trainer.global_step
+        self.train_progress_bar.set_description("train")
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *_: Any) -> None:
+        pass  # one endless epoch: keep the step bar as it is
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        bar = self.train_progress_bar
+        if trainer.global_step != bar.n:
+            bar.n = trainer.global_step
+            bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
+            bar.refresh()
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return metrics

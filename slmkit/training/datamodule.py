@@ -1,0 +1,111 @@
+"""The training data: random windows over memory-mapped token shards, in an order fixed by (seed, step).
+
+Because the batch for a step depends only on the seed and the step number, a resumed run sees exactly the
+batches a straight run would have seen, on any number of devices.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from slmkit.data import TokenShards
+from slmkit.errors import SlmkitError
+
+
+class TokenWindows(Dataset):
+    """Item `offset` is (input, target): `window` tokens from `offset` and the same shifted by one."""
+
+    def __init__(self, shards: TokenShards, window: int):
+        self.shards = shards
+        self.window = window
+
+    def __len__(self) -> int:
+        return len(self.shards) - self.window
+
+    def __getitem__(self, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = torch.from_numpy(self.shards.window(int(offset), self.window + 1).astype(np.int64))
+        return tokens[:-1], tokens[1:]
+
+
+class StepSeededOffsets(Sampler[int]):
+    """Endless window offsets: micro-step s draws the global micro-batch from a generator seeded by (seed, s),
+    and this rank takes its slice of it. Starting at `start_micro_step` replays the stream from there."""
+
+    def __init__(self, num_offsets: int, micro_batch_size: int, rank: int, world_size: int, seed: int, start_micro_step: int = 0):
+        self.num_offsets = num_offsets
+        self.micro_batch_size = micro_batch_size
+        self.rank = rank
+        self.world_size = world_size
+        self.seed = seed
+        self.start_micro_step = start_micro_step
+
+    def __iter__(self) -> Iterator[int]:
+        step = self.start_micro_step
+        while True:
+            rng = np.random.default_rng([self.seed, step])
+            offsets = rng.integers(0, self.num_offsets, size=self.micro_batch_size * self.world_size)
+            yield from offsets[self.rank * self.micro_batch_size : (self.rank + 1) * self.micro_batch_size].tolist()
+            step += 1
+
+
+class EvenlySpacedOffsets(Sampler[int]):
+    """A fixed validation set: `count` windows spread evenly over the split, the same at every evaluation."""
+
+    def __init__(self, num_offsets: int, count: int, rank: int, world_size: int):
+        all_offsets = np.linspace(0, max(num_offsets - 1, 0), num=count, dtype=np.int64)
+        self.offsets = all_offsets[rank::world_size].tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+
+class TokenDataModule(L.LightningDataModule):
+    def __init__(self, shards_dir: Path, block_size: int, micro_batch_size: int, grad_accum: int, val_batches: int, seed: int, num_workers: int = 0):
+        super().__init__()
+        self.shards_dir = Path(shards_dir)
+        self.block_size = block_size
+        self.micro_batch_size = micro_batch_size
+        self.grad_accum = grad_accum
+        self.val_batches = val_batches
+        self.seed = seed
+        self.num_workers = num_workers
+
+    def setup(self, stage: str | None = None) -> None:
+        self.train_windows = self._windows("train")
+        self.val_windows = self._windows("val") if self.val_batches > 0 else None
+
+    def _windows(self, split: str) -> TokenWindows:
+        shards = TokenShards(self.shards_dir, split)
+        if len(shards) <= self.block_size:
+            raise SlmkitError(
+                f"the {split} split has {len(shards)} tokens, fewer than one window of model.block_size+1="
+                f"{self.block_size + 1}: use a larger corpus, change data.val_fraction, or shrink model.block_size"
+            )
+        return TokenWindows(shards, self.block_size)
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        # The checkpoint is restored before the loaders are built, so global_step is where a resumed run starts.
+        start = trainer.global_step * self.grad_accum if trainer is not None else 0
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        sampler = StepSeededOffsets(len(self.train_windows), self.micro_batch_size, rank, world, self.seed, start)
+        return DataLoader(self.train_windows, batch_size=self.micro_batch_size, sampler=sampler,
+                          num_workers=self.num_workers, pin_memory=torch.cuda.is_available())
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_windows is None:
+            return []
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        count = self.val_batches * self.micro_batch_size * world
+        sampler = EvenlySpacedOffsets(len(self.val_windows), count, rank, world)
+        return DataLoader(self.val_windows, batch_size=self.micro_batch_size, sampler=sampler, num_workers=self.num_workers)

@@ -1,0 +1,103 @@
+"""The LightningModule: a Transformer, its objective, AdamW with decay on matrices only, and the lr schedule.
+
+It knows nothing of devices or strategies; the trainer builder decides those.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import lightning as L
+import torch
+
+from slmkit.config import RunConfig
+from slmkit.model import Transformer
+from slmkit.training.objectives import OBJECTIVES
+from slmkit.training.schedule import learning_rate
+
+RNG_STATE_KEY = "slmkit_rng_state"
+CONFIG_KEY = "slmkit_config"
+
+
+class LanguageModelTask(L.LightningModule):
+    def __init__(self, config: RunConfig, objective: str = "causal_lm"):
+        super().__init__()
+        self.config = config
+        self.model = Transformer(config.model)
+        self.objective = OBJECTIVES.get(objective)
+        # Sum and count of micro-batch losses since the metrics logger last read them.
+        self.loss_sum: torch.Tensor | float = 0.0
+        self.loss_count = 0
+        self.last_grad_norm: float | None = None
+
+    def configure_model(self) -> None:
+        trainer_cfg = self.config.trainer
+        if trainer_cfg.activation_checkpointing:
+            from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
+
+            blocks = set(self.model.blocks)
+            apply_activation_checkpointing(self.model, check_fn=lambda module: module in blocks)
+        if trainer_cfg.compile:
+            self.model.compile()  # in place, so state_dict keys stay the same as the uncompiled model's
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.objective(self.model, batch)
+        self.loss_sum = self.loss_sum + loss.detach().float()  # stays on the device: no sync per micro-batch
+        self.loss_count += 1
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.objective(self.model, batch)
+        self.log("val_loss", loss, sync_dist=True, prog_bar=True, batch_size=batch[0].size(0))
+        return loss
+
+    def take_train_loss(self) -> float | None:
+        """Mean loss of the micro-batches since the last call (None if there were none), then resets."""
+        if self.loss_count == 0:
+            return None
+        mean = float(self.loss_sum) / self.loss_count
+        self.loss_sum, self.loss_count = 0.0, 0
+        return mean
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Before clipping, and only on logging steps: the norm costs a pass over every gradient.
+        step = self.trainer.global_step + 1
+        if step % self.config.trainer.log_every:
+            return
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        self.last_grad_norm = float(torch.nn.utils.get_total_norm(grads)) if grads else None
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optim = self.config.optim
+        optimizer = torch.optim.AdamW(
+            self.model.param_groups(optim.weight_decay),
+            lr=optim.lr,
+            betas=(optim.beta1, optim.beta2),
+            eps=optim.eps,
+            fused=torch.cuda.is_available() or None,
+        )
+        max_steps = self.config.trainer.max_steps
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: learning_rate(step, optim, max_steps) / optim.lr
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning does not save RNG state; dropout must continue exactly where it left off.
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        checkpoint[RNG_STATE_KEY] = rng
+        checkpoint[CONFIG_KEY] = dataclasses.asdict(self.config)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        rng = checkpoint.get(RNG_STATE_KEY)
+        if rng is None:
+            return
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(rng["cuda"])

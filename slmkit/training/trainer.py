@@ -1,0 +1,163 @@
+"""The one place that knows about devices, distribution and precision: builds the Lightning Trainer from the recipe.
+
+Strategies: auto (CPU or one GPU), ddp, and deepspeed (ZeRO 1/2/3, optional CPU offload) with its JSON config
+generated from the recipe. The model and the LightningModule never see any of this.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
+
+from slmkit.atomic import atomic_path
+from slmkit.config import RunConfig, TrainerConfig
+from slmkit.errors import SlmkitError
+
+log = logging.getLogger(__name__)
+
+LIGHTNING_PRECISION = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed", "bf16-true": "bf16-true"}
+
+
+def deepspeed_config(trainer: TrainerConfig) -> dict[str, Any]:
+    """The DeepSpeed JSON config for a recipe's trainer section (ZeRO stage, offload, precision, batch, clipping)."""
+    if trainer.zero_stage not in (1, 2, 3):
+        raise SlmkitError(f"trainer.zero_stage={trainer.zero_stage}: DeepSpeed ZeRO stages are 1, 2 or 3")
+    if trainer.offload_params and trainer.zero_stage != 3:
+        raise SlmkitError("trainer.offload_params needs trainer.zero_stage=3 (ZeRO-1/2 do not partition parameters)")
+    zero: dict[str, Any] = {
+        "stage": trainer.zero_stage,
+        "overlap_comm": True,
+        "contiguous_gradients": True,
+        "reduce_bucket_size": 5e8,
+    }
+    if trainer.zero_stage in (1, 2):
+        zero["allgather_bucket_size"] = 5e8
+    if trainer.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    if trainer.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": trainer.micro_batch_size,
+        "gradient_accumulation_steps": trainer.grad_accum,
+        "gradient_clipping": trainer.grad_clip,
+        "zero_optimization": zero,
+        # Our AdamW is torch's (decay on matrices only); DeepSpeed accepts it with this flag.
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+        "bf16": {"enabled": trainer.precision in ("bf16", "bf16-true")},
+        "fp16": {"enabled": trainer.precision == "fp16", "loss_scale": 0, "initial_scale_power": 16,
+                 "loss_scale_window": 1000, "hysteresis": 2, "min_loss_scale": 1},
+        "wall_clock_breakdown": False,
+    }
+    return config
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint under a temporary name and renames it into place, so a crash mid-write never
+    leaves a truncated file under a checkpoint's name nor touches the previous good checkpoint."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+
+
+class AtomicDeepSpeedStrategy(DeepSpeedStrategy):
+    """DeepSpeed writes a checkpoint as a folder of shards from every rank; they go into a temporary folder that
+    rank 0 renames into place once all ranks are done."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None) -> None:
+        filepath = Path(self.broadcast(str(filepath)))
+        tmp = filepath.with_name(f".{filepath.name}.tmp")
+        if self.is_global_zero and tmp.exists():
+            shutil.rmtree(tmp)
+        self.barrier("slmkit_checkpoint_tmp")
+        super().save_checkpoint(checkpoint, tmp, storage_options)
+        self.barrier("slmkit_checkpoint_written")
+        if self.is_global_zero:
+            old = filepath.with_name(f".{filepath.name}.old")
+            if filepath.exists():
+                os.replace(filepath, old)
+            os.replace(tmp, filepath)
+            shutil.rmtree(old, ignore_errors=True)
+        self.barrier("slmkit_checkpoint_renamed")
+
+
+def apply_cpu_fallback(config: RunConfig) -> tuple[RunConfig, list[str]]:
+    """A GPU recipe on a machine without CUDA runs as a CPU smoke test; returns the config and what changed.
+
+    DeepSpeed and mixed precision need GPUs, and a GPU-sized step would take an hour on a laptop: one micro-batch
+    per step and a short validation show that the recipe wires up end to end.
+    """
+    trainer = config.trainer
+    if torch.cuda.is_available() or trainer.accelerator == "cpu" or (trainer.strategy == "auto" and trainer.precision == "fp32"):
+        return config, []
+    changes = {"accelerator": "cpu", "strategy": "auto", "devices": 1, "num_nodes": 1, "precision": "fp32",
+               "grad_accum": 1, "val_batches": min(trainer.val_batches, 2)}
+    changed = [f"trainer.{k}: {getattr(trainer, k)} -> {v}" for k, v in changes.items() if getattr(trainer, k) != v]
+    return dataclasses.replace(config, trainer=dataclasses.replace(trainer, **changes)), changed
+
+
+def build_trainer(config: RunConfig, out_dir: Path, callbacks: list[L.Callback], loggers: list[Any]) -> L.Trainer:
+    trainer = config.trainer
+    accelerator = trainer.accelerator
+    if trainer.strategy == "deepspeed" and not torch.cuda.is_available():
+        raise SlmkitError("trainer.strategy=deepspeed needs CUDA GPUs; on CPU use trainer.strategy=auto or ddp")
+    if accelerator == "gpu" and not torch.cuda.is_available():
+        raise SlmkitError("trainer.accelerator=gpu but no CUDA device is visible; use trainer.accelerator=cpu")
+    devices: Any = "auto" if trainer.devices == -1 else trainer.devices
+    if accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available()):
+        devices = 1 if trainer.strategy != "ddp" else (2 if trainer.devices == -1 else trainer.devices)
+
+    plugins: list[Any] = []
+    strategy: Any
+    if trainer.strategy == "deepspeed":
+        strategy = AtomicDeepSpeedStrategy(config=deepspeed_config(trainer))
+    elif trainer.strategy == "ddp":
+        plugins.append(AtomicCheckpointIO())
+        strategy = DDPStrategy(process_group_backend="nccl" if torch.cuda.is_available() else "gloo")
+    else:
+        plugins.append(AtomicCheckpointIO())
+        strategy = "auto"
+
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    return L.Trainer(
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=trainer.num_nodes,
+        strategy=strategy,
+        precision=LIGHTNING_PRECISION[trainer.precision],
+        max_steps=trainer.max_steps,
+        max_epochs=-1,
+        accumulate_grad_batches=trainer.grad_accum,
+        # DeepSpeed clips inside its engine (from its config); Lightning clips for the other strategies.
+        gradient_clip_val=(trainer.grad_clip or None) if trainer.strategy != "deepspeed" else None,
+        val_check_interval=trainer.val_every * trainer.grad_accum,  # counted in micro-batches
+        check_val_every_n_epoch=None,
+        limit_val_batches=trainer.val_batches,
+        num_sanity_val_steps=0,
+        log_every_n_steps=trainer.log_every,
+        callbacks=callbacks,
+        logger=loggers,
+        plugins=plugins or None,
+        default_root_dir=str(out_dir),
+        enable_checkpointing=True,
+        enable_progress_bar=trainer.progress_bar,
+        enable_model_summary=False,
+        use_distributed_sampler=False,  # the data module shards batches across ranks itself
+        deterministic=False,
+    )

@@ -1,0 +1,51 @@
+"""Builders shared by the export and generation tests: tiny random models, a tiny BPE tokenizer, a run folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from slmkit.checkpoint import save_inference_checkpoint
+from slmkit.config import RunConfig
+from slmkit.model import ModelConfig, Transformer
+
+EOS = "<|endoftext|>"
+TEXT = (
+    "The court held that the statute applies to every contract signed after the effective date. "
+    "A party may appeal the judgment within thirty days. The plaintiff moved for summary judgment, "
+    "and the motion was denied because material facts remain in dispute. "
+) * 20
+
+
+def train_tokenizer(path: Path, vocab_size: int = 300) -> Path:
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=[EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tokenizer.train_from_iterator([TEXT], trainer)
+    tokenizer.save(str(path))
+    return path
+
+
+def tiny_model(seed: int = 0, **overrides) -> Transformer:
+    """A random model whose norms and biases are perturbed too, so a mis-mapped norm or bias changes the logits."""
+    settings = dict(vocab_size=320, block_size=32, n_layer=2, n_head=4, d_model=32, init_std=0.2)
+    settings.update(overrides)
+    torch.manual_seed(seed)
+    model = Transformer(ModelConfig(**settings)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.2)
+    return model
+
+
+def write_run(folder: Path, tokenizer_path: Path, model: Transformer, name: str = "tiny-test") -> Path:
+    config = RunConfig(name=name)
+    config.model = model.config
+    save_inference_checkpoint(folder, model, config, tokenizer_path)
+    return folder

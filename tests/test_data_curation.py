@@ -1,0 +1,131 @@
+"""The curation pipeline inside prepare: stages, report, determinism, memory bound and resuming after a crash."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import data_prep.prepare as prepare_module
+from data_prep.config import DataConfig, SourceConfig, TokenizerConfig
+from data_prep.decontaminate import DecontaminateConfig
+from data_prep.prepare import CHUNK_MEMORY_FACTOR, prepare, read_corpus
+from data_prep.sources import SourceStats, iter_documents
+
+TOKENIZER = TokenizerConfig(kind="bpe", vocab_size=500)
+
+
+@pytest.fixture(scope="module")
+def rules(legal_corpus) -> list[str]:
+    source = SourceConfig(path="federal_rules.jsonl.gz", max_documents=120)
+    return [d.text for d in iter_documents(source, legal_corpus, "stop", SourceStats("rules")) if len(d.text.split()) > 60]
+
+
+def write_jsonl(path: Path, texts: list[str]) -> None:
+    path.write_text("".join(json.dumps({"text": text}) + "\n" for text in texts))
+
+
+@pytest.fixture
+def corpus_dir(tmp_path, rules) -> Path:
+    """Two sources; b repeats one document of a exactly and another with a small edit (a near duplicate)."""
+    root = tmp_path / "data"
+    root.mkdir()
+    write_jsonl(root / "a.jsonl", rules[:60])
+    near = rules[1].replace("the", "a", 1)
+    write_jsonl(root / "b.jsonl", rules[60:] + [rules[0], near])
+    return root
+
+
+def config(root: Path, **overrides) -> DataConfig:
+    fields = dict(root=str(root), sources=[SourceConfig(name="a", path="a.jsonl"), SourceConfig(name="b", path="b.jsonl")],
+                  val_fraction=0.1, num_workers=1, memory_limit_mb=1)
+    fields.update(overrides)
+    return DataConfig(**fields)
+
+
+def output_bytes(folder: Path) -> dict[str, bytes]:
+    names = ["manifest.json", "tokenizer.json", "curated/train.jsonl.gz", "curated/val.jsonl.gz"]
+    names += sorted(p.name for p in folder.glob("*.bin"))
+    return {name: (folder / name).read_bytes() for name in names}
+
+
+def test_duplicates_across_sources_are_dropped_and_the_report_is_written(tmp_path, corpus_dir, rules):
+    prepared = prepare(config(corpus_dir), TOKENIZER, tmp_path / "out", progress=False)
+    report = json.loads((tmp_path / "out" / "report" / "report.json").read_text())
+    dedup = report["corpus"]["dedup"]
+    assert dedup["dropped_documents"] == {"exact": 1, "near": 1}
+    texts = [r["text"] for split in ("train", "val") for r in read_corpus(tmp_path / "out" / "curated" / f"{split}.jsonl.gz")]
+    assert texts.count(rules[0]) == 1 and len(texts) == len(set(texts))
+    b = next(s for s in report["corpus"]["sources"] if s["name"] == "b")
+    assert b["stages"]["filter"][0] - b["stages"]["dedup"][0] == 2
+    markdown = prepared.report_path.read_text()
+    for heading in ("Documents and characters per source", "Mixture", "Quality filters", "Deduplication", "Time"):
+        assert heading in markdown
+    assert (tmp_path / "out" / "report" / "lengths.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_outputs_are_byte_identical_whatever_the_worker_count(tmp_path, corpus_dir):
+    one = prepare(config(corpus_dir, num_workers=1), TOKENIZER, tmp_path / "one", progress=False)
+    two = prepare(config(corpus_dir, num_workers=2), TOKENIZER, tmp_path / "two", progress=False)
+    assert not two.reused
+    assert output_bytes(one.shards_dir) == output_bytes(two.shards_dir)
+
+
+def test_memory_limit_bounds_buffered_text_without_changing_the_tokens(tmp_path, corpus_dir, rules):
+    small = prepare(config(corpus_dir, memory_limit_mb=1, chunk_mb=0.02), TOKENIZER, tmp_path / "small", progress=False)
+    large = prepare(config(corpus_dir, memory_limit_mb=4096), TOKENIZER, tmp_path / "large", progress=False)
+    corpus = json.loads((tmp_path / "small" / "report" / "report.json").read_text())["corpus"]
+    assert corpus["chunks"] >= 5
+    largest_document = max(len(text) for text in rules)
+    assert corpus["peak_buffered_chars"] <= 0.02e6 + largest_document
+    assert corpus["peak_buffered_chars"] * CHUNK_MEMORY_FACTOR <= corpus["memory_limit_chars"]
+    assert sorted(p.name for p in small.shards_dir.glob("*.bin")) == sorted(p.name for p in large.shards_dir.glob("*.bin"))
+    for shard in small.shards_dir.glob("*.bin"):
+        assert shard.read_bytes() == (large.shards_dir / shard.name).read_bytes()
+
+
+def test_a_crash_resumes_from_the_last_finished_chunk(tmp_path, corpus_dir, monkeypatch):
+    data = config(corpus_dir, chunk_mb=0.03)
+    finalize = prepare_module.finalize_chunk
+    ran: list[int] = []
+
+    def crash_at_chunk_two(task):
+        if task[0] == 2:
+            raise RuntimeError("simulated crash")
+        ran.append(task[0])
+        return finalize(task)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(prepare_module, "finalize_chunk", crash_at_chunk_two)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            prepare(data, TOKENIZER, tmp_path / "out", progress=False)
+    assert ran == [0, 1]
+    written: list[str] = []
+    write_records = prepare_module.write_records
+
+    def recording_write(path, *args, **kwargs):
+        written.append(f"{path.parent.name}/{path.name}")
+        return write_records(path, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(prepare_module, "write_records", recording_write)
+        resumed = prepare(data, TOKENIZER, tmp_path / "out", progress=False)
+    # reading, cleaning and filtering had finished, and so had chunks 0 and 1 of the last stage: none is redone
+    assert written and all(name.startswith("final/chunk_") for name in written)
+    assert not any(name.startswith(("final/chunk_00000", "final/chunk_00001")) for name in written)
+    fresh = prepare(data, TOKENIZER, tmp_path / "fresh", progress=False)
+    assert output_bytes(resumed.shards_dir) == output_bytes(fresh.shards_dir)
+    assert not (tmp_path / "out" / "work").exists() or not any((tmp_path / "out" / "work").iterdir())
+
+
+def test_documents_copied_from_an_eval_set_are_dropped(tmp_path, corpus_dir, rules):
+    eval_dir = tmp_path / "eval"
+    eval_dir.mkdir()
+    (eval_dir / "task.jsonl").write_text(json.dumps({"question": rules[5][:400]}) + "\n")
+    data = config(corpus_dir, decontaminate=DecontaminateConfig(eval_files=[str(eval_dir)]))
+    prepare(data, TOKENIZER, tmp_path / "out", progress=False)
+    corpus = json.loads((tmp_path / "out" / "report" / "report.json").read_text())["corpus"]
+    assert corpus["decontaminate"]["dropped_documents"] == 1
+    texts = [r["text"] for split in ("train", "val") for r in read_corpus(tmp_path / "out" / "curated" / f"{split}.jsonl.gz")]
+    assert rules[5] not in texts and rules[6] in texts

@@ -1,0 +1,254 @@
+"""The swappable parts one by one: norms, feed-forwards, positional encodings and attention."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from slmkit.errors import SlmkitError
+from slmkit.model import ATTENTION, FEEDFORWARDS, NORMS, POSITIONS, ModelConfig, Transformer, alibi_slopes
+from slmkit.model.attention import Attention, attention_mask
+from slmkit.model.positions import apply_rotary
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread; more only contend with each other (and with other test processes)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(**overrides) -> ModelConfig:
+    fields = dict(vocab_size=61, block_size=32, n_layer=2, n_head=4, d_model=32, dropout=0.0)
+    fields.update(overrides)
+    return ModelConfig(**fields)
+
+
+def test_every_part_kind_has_its_registry_of_names():
+    assert NORMS.names() == ["layernorm", "rmsnorm"]
+    assert POSITIONS.names() == ["alibi", "learned", "none", "rope", "sinusoidal"]
+    assert FEEDFORWARDS.names() == ["gelu", "relu2", "swiglu"]
+    assert ATTENTION.names() == ["eager", "sdpa"]
+
+
+def test_unknown_part_name_is_a_user_error_with_a_suggestion():
+    with pytest.raises(SlmkitError, match="did you mean 'swiglu'"):
+        Transformer(tiny(ffn="swiglue"))
+
+
+# --- norms -------------------------------------------------------------------------------------------------
+
+
+def test_rmsnorm_computes_in_fp32_and_casts_back_before_the_weight():
+    norm = NORMS.get("rmsnorm")(16, tiny(norm_eps=1e-6)).to(torch.bfloat16)
+    with torch.no_grad():
+        norm.weight.copy_(torch.linspace(0.5, 1.5, 16))
+    x = torch.randn(3, 5, 16).to(torch.bfloat16) * 7
+    x32 = x.float()
+    expected = norm.weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + 1e-6)).to(torch.bfloat16)
+    out = norm(x)
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, expected)
+
+
+def test_layernorm_has_a_bias_only_when_the_config_asks_for_biases():
+    assert NORMS.get("layernorm")(8, tiny(bias=True)).bias is not None
+    assert NORMS.get("layernorm")(8, tiny(bias=False)).bias is None
+
+
+# --- feed-forward ------------------------------------------------------------------------------------------
+
+
+def test_feedforwards_compute_their_published_formulas():
+    x = torch.randn(2, 3, 32)
+    gelu = FEEDFORWARDS.get("gelu")(tiny(bias=True))
+    h = gelu.up_proj(x)
+    exact_gelu = 0.5 * h * (1 + torch.erf(h / math.sqrt(2)))
+    torch.testing.assert_close(gelu(x), gelu.down_proj(exact_gelu))
+
+    swiglu = FEEDFORWARDS.get("swiglu")(tiny())
+    expected = swiglu.down_proj(F.silu(swiglu.gate_proj(x)) * swiglu.up_proj(x))
+    torch.testing.assert_close(swiglu(x), expected)
+
+    relu2 = FEEDFORWARDS.get("relu2")(tiny())
+    torch.testing.assert_close(relu2(x), relu2.down_proj(torch.clamp(relu2.up_proj(x), min=0) ** 2))
+    assert not hasattr(gelu, "gate_proj") and not hasattr(relu2, "gate_proj")
+
+
+def test_swiglu_hidden_width_defaults_to_eight_thirds_rounded_up():
+    swiglu = FEEDFORWARDS.get("swiglu")(tiny(d_model=96, ffn_multiple_of=64))
+    assert swiglu.up_proj.out_features == 256  # int(8 * 96 / 3) = 256
+    assert FEEDFORWARDS.get("swiglu")(tiny(d_model=32)).up_proj.out_features == 128  # 85 -> 128
+
+
+# --- positions ---------------------------------------------------------------------------------------------
+
+
+def rotate_at(x: torch.Tensor, position: int, theta: float = 10000.0) -> torch.Tensor:
+    rope = POSITIONS.get("rope")(tiny(d_model=x.shape[-1] * 4, n_head=4, rope_theta=theta))
+    cos, sin = rope.rotary(1, position, x.device)
+    return apply_rotary(x[None], cos, sin)[0]
+
+
+def test_rope_scores_depend_only_on_the_offset_between_query_and_key():
+    torch.manual_seed(0)
+    q, k = torch.randn(16), torch.randn(16)
+    scores = [rotate_at(q, m) @ rotate_at(k, m - 3) for m in (3, 10, 57, 500)]
+    for score in scores[1:]:
+        torch.testing.assert_close(score, scores[0], atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(rotate_at(q, 10) @ rotate_at(k, 5), scores[0], atol=1e-3)
+
+
+def test_rope_rotates_channel_i_with_channel_i_plus_half_as_hf_llama():
+    x = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    position, theta = 5, 100.0
+    f0, f1 = position * 1.0, position * theta ** (-2 / 4)
+    expected = torch.tensor(
+        [
+            1 * math.cos(f0) - 3 * math.sin(f0),
+            2 * math.cos(f1) - 4 * math.sin(f1),
+            3 * math.cos(f0) + 1 * math.sin(f0),
+            4 * math.cos(f1) + 2 * math.sin(f1),
+        ]
+    )
+    torch.testing.assert_close(rotate_at(x, position, theta), expected)
+
+
+def test_alibi_slopes_follow_press_et_al():
+    torch.testing.assert_close(alibi_slopes(8), torch.tensor([2.0**-i for i in range(1, 9)]))
+    # Not a power of two: the 4-head slopes, then every other slope of the 8-head sequence.
+    torch.testing.assert_close(alibi_slopes(6), torch.tensor([2.0**-2, 2.0**-4, 2.0**-6, 2.0**-8, 2.0**-1, 2.0**-3]))
+    expected_12 = [2.0**-i for i in range(1, 9)] + [2.0**-0.5, 2.0**-1.5, 2.0**-2.5, 2.0**-3.5]
+    torch.testing.assert_close(alibi_slopes(12), torch.tensor(expected_12))
+
+
+def test_alibi_bias_is_minus_slope_times_distance_and_continues_from_the_cache_position():
+    alibi = POSITIONS.get("alibi")(tiny(n_head=8, d_model=64))
+    bias = alibi.attention_bias(4, 10, 6, torch.device("cpu"))
+    assert bias.shape == (8, 4, 10)
+    for h in range(8):
+        slope = 2.0 ** -(h + 1)
+        for i in range(4):
+            for j in range(10):
+                assert bias[h, i, j].item() == pytest.approx(-slope * abs(6 + i - j))
+
+
+def test_sinusoidal_positions_are_the_fixed_waves_of_vaswani_et_al():
+    sinusoidal = POSITIONS.get("sinusoidal")(tiny(d_model=8))
+    table = sinusoidal.add_to_embeddings(torch.zeros(1, 7, 8), start=3)[0]
+    for row, pos in enumerate(range(3, 10)):
+        for i in range(4):
+            angle = pos / 10000 ** (2 * i / 8)
+            assert table[row, 2 * i].item() == pytest.approx(math.sin(angle), abs=1e-5)
+            assert table[row, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-5)
+    assert list(sinusoidal.parameters()) == []
+
+
+# --- attention ---------------------------------------------------------------------------------------------
+
+
+def run_attention(attn: Attention, x: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+    return attn(x, attention_mask(config, x.shape[1], 0, None, x.device))
+
+
+def test_gqa_equals_mha_whose_kv_projections_repeat_each_kv_head():
+    torch.manual_seed(0)
+    gqa_config, mha_config = tiny(n_kv_heads=2), tiny(n_kv_heads=4)
+    gqa, mha = Attention(gqa_config, 0), Attention(mha_config, 0)
+    head_dim = gqa_config.head_dim
+    with torch.no_grad():
+        for name in ("q_proj", "o_proj"):
+            getattr(mha, name).weight.copy_(getattr(gqa, name).weight)
+        for name in ("k_proj", "v_proj"):
+            per_head = getattr(gqa, name).weight.view(2, head_dim, -1)
+            getattr(mha, name).weight.copy_(per_head.repeat_interleave(2, dim=0).reshape(4 * head_dim, -1))
+    x = torch.randn(2, 9, 32)
+    torch.testing.assert_close(run_attention(gqa, x, gqa_config), run_attention(mha, x, mha_config))
+
+
+@pytest.mark.parametrize("n_kv_heads", [1, 2, 4])
+def test_grouped_query_attention_matches_a_per_head_loop(n_kv_heads):
+    torch.manual_seed(0)
+    config = tiny(n_kv_heads=n_kv_heads)
+    attn = Attention(config, 0)
+    x = torch.randn(2, 7, 32)
+    t, d, group = 7, config.head_dim, 4 // n_kv_heads
+    q = attn.q_proj(x).view(2, t, 4, d)
+    k = attn.k_proj(x).view(2, t, n_kv_heads, d)
+    v = attn.v_proj(x).view(2, t, n_kv_heads, d)
+    assert attn.k_proj.out_features == n_kv_heads * d
+    causal = torch.ones(t, t, dtype=torch.bool).tril()
+    heads = []
+    for h in range(4):
+        kv = h // group  # query heads 0..group-1 share kv head 0, and so on
+        scores = q[:, :, h] @ k[:, :, kv].transpose(-1, -2) / math.sqrt(d)
+        heads.append(torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1) @ v[:, :, kv])
+    expected = attn.o_proj(torch.cat(heads, dim=-1))
+    torch.testing.assert_close(run_attention(attn, x, config), expected)
+
+
+def test_sliding_window_mask_keeps_exactly_the_last_window_tokens():
+    config = tiny(sliding_window=3)
+    mask = attention_mask(config, 6, 0, None, torch.device("cpu")).mask
+    expected = torch.tensor([[i - 3 < j <= i for j in range(6)] for i in range(6)])
+    assert torch.equal(mask, expected)
+    # Two new tokens after four cached ones: queries at positions 4 and 5 over keys 0..5.
+    assert torch.equal(attention_mask(config, 2, 4, None, torch.device("cpu")).mask, expected[4:])
+
+
+def test_unconstrained_causal_attention_takes_the_fused_fast_path():
+    assert attention_mask(tiny(), 8, 0, None, torch.device("cpu")).is_causal
+    assert attention_mask(tiny(sliding_window=8), 8, 0, None, torch.device("cpu")).is_causal
+    assert attention_mask(tiny(), 1, 7, None, torch.device("cpu")).mask is None
+    assert not attention_mask(tiny(sliding_window=4), 8, 0, None, torch.device("cpu")).is_causal
+
+
+def test_bidirectional_attention_has_no_mask():
+    mask = attention_mask(tiny(causal=False), 8, 0, None, torch.device("cpu"))
+    assert not mask.is_causal and mask.mask is None
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(positions="rope"),
+        dict(positions="alibi", n_kv_heads=2),
+        dict(positions="learned", n_kv_heads=1, sliding_window=4),
+        dict(positions="rope", qk_norm=True, norm="layernorm", bias=True),
+        dict(positions="sinusoidal", causal=False),
+        dict(positions="alibi", sliding_window=5, causal=False),
+    ],
+)
+def test_sdpa_and_eager_kernels_agree(overrides):
+    torch.manual_seed(0)
+    sdpa = Transformer(tiny(attention="sdpa", **overrides)).eval()
+    eager = Transformer(tiny(attention="eager", **overrides)).eval()
+    eager.load_state_dict(sdpa.state_dict())
+    ids = torch.randint(0, 61, (2, 20))
+    torch.testing.assert_close(sdpa(ids), eager(ids), atol=1e-5, rtol=1e-5)
+
+
+def test_qk_norm_normalizes_each_head_before_rope_as_qwen3():
+    torch.manual_seed(0)
+    config = tiny(qk_norm=True, positions="rope")
+    attn = Attention(config, 0)
+    with torch.no_grad():
+        attn.q_norm.weight.copy_(torch.rand(8) + 0.5)
+        attn.k_norm.weight.copy_(torch.rand(8) + 0.5)
+    x = torch.randn(1, 6, 32)
+    cos, sin = POSITIONS.get("rope")(config).rotary(6, 0, x.device)
+
+    def rms(t, weight):
+        return weight * t * torch.rsqrt(t.pow(2).mean(-1, keepdim=True) + config.norm_eps)
+
+    q = apply_rotary(rms(attn.q_proj(x).view(1, 6, 4, 8), attn.q_norm.weight).transpose(1, 2), cos, sin)
+    k = apply_rotary(rms(attn.k_proj(x).view(1, 6, 4, 8), attn.k_norm.weight).transpose(1, 2), cos, sin)
+    v = attn.v_proj(x).view(1, 6, 4, 8).transpose(1, 2)
+    expected = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(1, 6, 32)
+    mask = attention_mask(config, 6, 0, None, x.device)
+    torch.testing.assert_close(attn(x, mask, (cos, sin)), attn.o_proj(expected))
