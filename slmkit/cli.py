@@ -45,7 +45,11 @@ def cmd_train(ns: argparse.Namespace) -> None:
     from slmkit.recipes import expand_sweep, resolve_recipe
     from slmkit.training.run import describe, train
 
-    recipe, overrides = _recipe_and_overrides(ns.args)
+    # Flags may come after the key=value pairs, where argparse's remainder has already swallowed them.
+    ns.dry_run = ns.dry_run or "--dry-run" in ns.args
+    ns.multirun = ns.multirun or bool({"--multirun", "-m"} & set(ns.args))
+    args = [a for a in ns.args if a not in ("--dry-run", "--multirun", "-m")]
+    recipe, overrides = _recipe_and_overrides(args)
     combinations = list(expand_sweep(overrides)) if ns.multirun else [overrides]
     for i, combination in enumerate(combinations):
         config = resolve_recipe(recipe, combination)

@@ -99,7 +99,7 @@ class TokenDataModule(L.LightningDataModule):
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         sampler = StepSeededOffsets(len(self.train_windows), self.micro_batch_size, rank, world, self.seed, start)
         return DataLoader(self.train_windows, batch_size=self.micro_batch_size, sampler=sampler,
-                          num_workers=self.num_workers, pin_memory=torch.cuda.is_available())
+                          num_workers=self.num_workers, pin_memory=torch.cuda.is_available(), generator=_own_generator(self.seed))
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_windows is None:
@@ -108,4 +108,11 @@ class TokenDataModule(L.LightningDataModule):
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         count = self.val_batches * self.micro_batch_size * world
         sampler = EvenlySpacedOffsets(len(self.val_windows), count, rank, world)
-        return DataLoader(self.val_windows, batch_size=self.micro_batch_size, sampler=sampler, num_workers=self.num_workers)
+        return DataLoader(self.val_windows, batch_size=self.micro_batch_size, sampler=sampler, num_workers=self.num_workers,
+                          generator=_own_generator(self.seed))
+
+
+def _own_generator(seed: int) -> torch.Generator:
+    """Starting a DataLoader iterator draws a worker seed; from its own generator, so the global RNG that dropout
+    uses advances the same way in a straight run and a resumed one."""
+    return torch.Generator().manual_seed(seed)

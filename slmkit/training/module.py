@@ -95,7 +95,11 @@ class LanguageModelTask(L.LightningModule):
         checkpoint[CONFIG_KEY] = dataclasses.asdict(self.config)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        rng = checkpoint.get(RNG_STATE_KEY)
+        # Applied at train start, not now: restoring and building loaders may still draw random numbers.
+        self._rng_to_restore = checkpoint.get(RNG_STATE_KEY)
+
+    def on_train_start(self) -> None:
+        rng, self._rng_to_restore = getattr(self, "_rng_to_restore", None), None
         if rng is None:
             return
         torch.set_rng_state(rng["torch"])
