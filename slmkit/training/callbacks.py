@@ -124,3 +124,32 @@ class StepProgressBar(TQDMProgressBar):
         metrics = super().get_metrics(trainer, pl_module)
         metrics.pop("v_num", None)
         return metrics
+
+
+class PeriodicEvaluation(L.Callback):
+    """Runs the recipe's evaluation tasks every `every` steps on rank 0 and joins the scores to metrics.jsonl
+    (as eval/<task>/<metric>) and TensorBoard."""
+
+    def __init__(self, tasks: list[str], every: int, tokenizer_path: Path, metrics: MetricsLogger, limit: int | None, batch_size: int):
+        self.tasks = tasks
+        self.every = every
+        self.tokenizer_path = tokenizer_path
+        self.metrics = metrics
+        self.limit = limit
+        self.batch_size = batch_size
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        step = trainer.global_step
+        if step == 0 or step % self.every or getattr(self, "_last_step", None) == step:
+            return
+        self._last_step = step
+        if trainer.is_global_zero:
+            from tokenizers import Tokenizer
+
+            from slmkit.eval import evaluate
+
+            scores = evaluate(pl_module.model, Tokenizer.from_file(str(self.tokenizer_path)), self.tasks,
+                              limit=self.limit, batch_size=self.batch_size)
+            self.metrics.add_metrics(trainer, step, {f"eval/{task}/{name}": value
+                                                     for task, values in scores.items() for name, value in values.items()})
+        trainer.strategy.barrier("slmkit_eval")

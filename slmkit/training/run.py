@@ -28,7 +28,7 @@ from slmkit.checkpoint import (
 )
 from slmkit.config import RunConfig, load_run_config, save_run_config
 from slmkit.errors import SlmkitError
-from slmkit.training.callbacks import MetricsLogger, StepProgressBar
+from slmkit.training.callbacks import MetricsLogger, PeriodicEvaluation, StepProgressBar
 from slmkit.training.datamodule import TokenDataModule
 from slmkit.training.module import LanguageModelTask
 from slmkit.training.trainer import apply_cpu_fallback, build_trainer
@@ -90,6 +90,8 @@ def train(config: RunConfig) -> TrainResult:
         trainer.save_checkpoint(final)
     if trainer.is_global_zero:
         _write_final_weights(config, out_dir, task, final)
+        if config.eval.tasks:
+            _final_evaluation(config, out_dir)
     val_loss = trainer.callback_metrics.get("val_loss")
     return TrainResult(out_dir=out_dir, steps=trainer.global_step, final_val_loss=float(val_loss) if val_loss is not None else None)
 
@@ -159,9 +161,20 @@ def _callbacks(config: RunConfig, out_dir: Path, task: LanguageModelTask) -> tup
             every_n_train_steps=trainer.checkpoint_every, save_top_k=trainer.keep_checkpoints,
             monitor="step", mode="max", save_last=False, save_on_train_epoch_end=False,
         ))
+    if config.eval.tasks and config.eval.every > 0:
+        callbacks.append(PeriodicEvaluation(list(config.eval.tasks), config.eval.every, out_dir / TOKENIZER_FILE, metrics,
+                                            config.eval.limit, config.eval.batch_size))
     if trainer.progress_bar:
         callbacks.append(StepProgressBar())
     return callbacks, metrics
+
+
+def _final_evaluation(config: RunConfig, out_dir: Path) -> None:
+    """The recipe's tasks on the final weights, reported in <run>/eval/ (results.json and results.md)."""
+    from slmkit.eval import EvalArgs, run_eval
+
+    run_eval(EvalArgs(checkpoint=str(out_dir), tasks=list(config.eval.tasks), limit=config.eval.limit,
+                      batch_size=config.eval.batch_size))
 
 
 def _write_final_weights(config: RunConfig, out_dir: Path, task: LanguageModelTask, final_ckpt: Path) -> None:

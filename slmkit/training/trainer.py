@@ -98,7 +98,7 @@ def apply_cpu_fallback(config: RunConfig) -> tuple[RunConfig, list[str]]:
     """A GPU recipe on a machine without CUDA runs as a CPU smoke test; returns the config and what changed.
 
     DeepSpeed and mixed precision need GPUs, and a GPU-sized step would take an hour on a laptop: one micro-batch
-    per step and a short validation show that the recipe wires up end to end.
+    per step, a short validation and a few evaluation examples show that the recipe wires up end to end.
     """
     trainer = config.trainer
     if torch.cuda.is_available() or trainer.accelerator == "cpu" or (trainer.strategy == "auto" and trainer.precision == "fp32"):
@@ -106,7 +106,11 @@ def apply_cpu_fallback(config: RunConfig) -> tuple[RunConfig, list[str]]:
     changes = {"accelerator": "cpu", "strategy": "auto", "devices": 1, "num_nodes": 1, "precision": "fp32",
                "grad_accum": 1, "val_batches": min(trainer.val_batches, 2)}
     changed = [f"trainer.{k}: {getattr(trainer, k)} -> {v}" for k, v in changes.items() if getattr(trainer, k) != v]
-    return dataclasses.replace(config, trainer=dataclasses.replace(trainer, **changes)), changed
+    eval_limit = min(config.eval.limit or 5, 5)
+    if config.eval.tasks and eval_limit != config.eval.limit:
+        changed.append(f"eval.limit: {config.eval.limit} -> {eval_limit}")
+    return dataclasses.replace(config, trainer=dataclasses.replace(trainer, **changes),
+                               eval=dataclasses.replace(config.eval, limit=eval_limit)), changed
 
 
 def build_trainer(config: RunConfig, out_dir: Path, callbacks: list[L.Callback], loggers: list[Any]) -> L.Trainer:
