@@ -97,12 +97,33 @@ def build_config(schema: type, *layers: Any, overrides: Sequence[str] = ()) -> A
         for override in overrides:
             if "=" not in override:
                 raise SlmkitError(f"override {override!r} is not of the form key=value (e.g. trainer.max_steps=100)")
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([override]))
+            key, value = override.split("=", 1)
+            if _is_text_field(schema, key):
+                # Taken literally: a prompt like "ROMEO:" must not be read as YAML (a mapping).
+                merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([f"{key}=placeholder"]))
+                OmegaConf.update(merged, key, value.strip("\"'") if value[:1] in "\"'" else value)
+            else:
+                merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([override]))
         config = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         raise _explain(err, schema) from None
     check_choices(config)
     return config
+
+
+def _is_text_field(schema: type, key: str) -> bool:
+    """Whether a dotted key names a str (or Optional[str]) field of the dataclass schema."""
+    import typing
+
+    node: Any = schema
+    for part in key.split("."):
+        if not (isinstance(node, type) and dataclasses.is_dataclass(node)):
+            return False
+        hints = typing.get_type_hints(node)
+        if part not in hints:
+            return False
+        node = hints[part]
+    return node is str or node == Optional[str]
 
 
 def _explain(err: OmegaConfBaseException, schema: type) -> SlmkitError:
