@@ -72,3 +72,11 @@ def test_recipe_listing_shows_parameter_counts_and_key_docs():
     text = list_recipes(show_keys=True)
     assert "legal-125m" in text and "124.7M" in text
     assert "trainer.zero_stage" in text and "ZeRO stage" in text
+
+
+def test_text_values_are_taken_literally_not_as_yaml():
+    from slmkit.config import build_config
+    from slmkit.generate import GenerateArgs
+
+    args = build_config(GenerateArgs, overrides=["checkpoint=runs/x", "prompt=ROMEO: [act 1]", "max_new_tokens=5"])
+    assert args.prompt == "ROMEO: [act 1]" and args.max_new_tokens == 5
