@@ -45,6 +45,10 @@ def main(stage: int, out_path: str) -> None:
     if rank == 0:
         with open(out_path, "w") as f:
             json.dump(gathered, f)
+    # Tear the gloo group down before exit: left to interpreter shutdown, its threads can abort the process.
+    dist.barrier()
+    del engine
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
