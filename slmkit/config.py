@@ -100,7 +100,6 @@ def build_config(schema: type, *layers: Any, overrides: Sequence[str] = ()) -> A
             key, value = override.split("=", 1)
             if _is_text_field(schema, key):
                 # Taken literally: a prompt like "ROMEO:" must not be read as YAML (a mapping).
-                merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([f"{key}=placeholder"]))
                 OmegaConf.update(merged, key, value.strip("\"'") if value[:1] in "\"'" else value)
             else:
                 merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([override]))

@@ -137,10 +137,11 @@ class PeriodicEvaluation(L.Callback):
         self.metrics = metrics
         self.limit = limit
         self.batch_size = batch_size
+        self._last_step: int | None = None  # micro-batches of one accumulated step share its global_step
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         step = trainer.global_step
-        if step == 0 or step % self.every or getattr(self, "_last_step", None) == step:
+        if step == 0 or step % self.every or self._last_step == step:
             return
         self._last_step = step
         if trainer.is_global_zero:
