@@ -14,6 +14,8 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Optional
 
+import numpy as np
+
 from slmkit.errors import SlmkitError
 from slmkit.options import option
 
@@ -156,6 +158,28 @@ def _ftfy_config():
     )
 
 
+def _char_range(first: str, last: str) -> frozenset[str]:
+    return frozenset(map(chr, range(ord(first), ord(last) + 1)))
+
+
+# The characters each regex pass below can match; a pass runs only when the document contains one of them.
+_MOJIBAKE_LEADS = _char_range("\u00c2", "\u00f4") | _char_range("\u0080", "\u009f")
+_LINE_BREAK_CHARS = frozenset("\r\v\f\x85\u2028\u2029")
+_CONTROL_CHAR_SET = _char_range("\x00", "\x08") | frozenset("\x0b\x0c") | _char_range("\x0e", "\x1f") | _char_range("\x7f", "\x9f")
+_INVISIBLE_CHAR_SET = _char_range("\u200b", "\u200f") | _char_range("\u202a", "\u202e") | _char_range("\u2060", "\u2064") | {"\ufeff"}
+_UNICODE_SPACE_SET = frozenset("\u00a0\u1680\u202f\u205f\u3000") | _char_range("\u2000", "\u200a")
+
+
+def _unusual_characters(text: str) -> frozenset[str]:
+    """The distinct characters of `text` outside printable ASCII, newline and tab, found in one vectorized pass.
+
+    Nearly all text is made of those, so this small set tells which cleaning passes can have anything to do.
+    """
+    codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    unusual = codes[((codes < 32) & (codes != 9) & (codes != 10)) | (codes > 126)]
+    return frozenset(map(chr, np.unique(unusual).tolist()))
+
+
 def _rejoin(match: re.Match) -> str:
     right = match.group(1)
     before = _WORD_BEFORE.search(match.string, max(0, match.start() - 64), match.start())
@@ -184,10 +208,10 @@ def clean_text(
     if not cfg.enabled:
         return text
     original = text
-    # Most documents are plain ASCII or need few fixes: cheap `in`/isascii checks skip the regex passes that
-    # could not match, which keeps cleaning at a small fraction of tokenizer time.
-    ascii_only = text.isascii()
-    if cfg.fix_mojibake and not ascii_only and _MOJIBAKE_HINT.search(text):
+    # Most documents need few fixes: every regex pass below runs only when a character it could match is present,
+    # which keeps cleaning at a small fraction of tokenizer time.
+    unusual = _unusual_characters(text)
+    if cfg.fix_mojibake and unusual & _MOJIBAKE_LEADS and _MOJIBAKE_HINT.search(text):
         import ftfy
 
         fixed = ftfy.fix_text(text, config=_ftfy_config())
@@ -196,34 +220,33 @@ def clean_text(
             if stats._wants_example("mojibake"):
                 stats._add_example("mojibake", text, fixed)
         text = fixed
-    if (
-        cfg.unicode_normalization != "none"
-        and not ascii_only
-        and not unicodedata.is_normalized(cfg.unicode_normalization, text)
-    ):
+    if cfg.unicode_normalization != "none" and unusual and not unicodedata.is_normalized(cfg.unicode_normalization, text):
         normalized = unicodedata.normalize(cfg.unicode_normalization, text)
         if stats is not None and normalized != text:
             stats._count("unicode_normalization", 1)
             if stats._wants_example("unicode_normalization"):
                 stats._add_example("unicode_normalization", text, normalized)
         text = normalized
+    if text is not original:  # repair or normalization may have changed which characters occur
+        unusual = _unusual_characters(text)
     if cfg.remove_control_chars:
-        if not ascii_only or "\r" in text or "\v" in text or "\f" in text:
+        if unusual & _LINE_BREAK_CHARS:
             text = _apply("line_breaks", _LINE_BREAKS, "\n", text, stats)
-        text = _apply("control_chars", _CONTROL_CHARS, "", text, stats)
-    if not ascii_only:
-        if cfg.remove_invisible_chars:
-            text = _apply("invisible_chars", _INVISIBLE_CHARS, "", text, stats)
-        if cfg.remove_soft_hyphens and "\u00ad" in text:
-            text = _apply("soft_hyphens", _SOFT_HYPHEN_BEFORE_CAPITAL, "-", text, stats)
-            text = _apply("soft_hyphens", _SOFT_HYPHEN, "", text, stats)
-        if cfg.normalize_whitespace:
-            text = _apply("unicode_spaces", _UNICODE_SPACES, " ", text, stats)
+        if unusual & _CONTROL_CHAR_SET:
+            text = _apply("control_chars", _CONTROL_CHARS, "", text, stats)
+    if cfg.remove_invisible_chars and unusual & _INVISIBLE_CHAR_SET:
+        text = _apply("invisible_chars", _INVISIBLE_CHARS, "", text, stats)
+    if cfg.remove_soft_hyphens and "\u00ad" in unusual:
+        text = _apply("soft_hyphens", _SOFT_HYPHEN_BEFORE_CAPITAL, "-", text, stats)
+        text = _apply("soft_hyphens", _SOFT_HYPHEN, "", text, stats)
+    if cfg.normalize_whitespace and unusual & _UNICODE_SPACE_SET:
+        text = _apply("unicode_spaces", _UNICODE_SPACES, " ", text, stats)
     if cfg.normalize_whitespace and (" \n" in text or "\t\n" in text):
         text = _apply("trailing_spaces", _TRAILING_SPACES, "", text, stats)
     if boilerplate is not None and boilerplate.keys:
         text = _remove_boilerplate(text, boilerplate, stats)
-    if cfg.rejoin_hyphenated_words and "-" in text:
+    # with whitespace normalized no space or tab is left between a hyphen and the line break that follows it
+    if cfg.rejoin_hyphenated_words and ("-\n" if cfg.normalize_whitespace else "-") in text:
         text = _apply("hyphenated_line_breaks", _HYPHENATED_LINE_BREAK, _rejoin, text, stats)
     if cfg.normalize_whitespace:
         run = "\n" * (cfg.max_blank_lines + 2)

@@ -56,12 +56,9 @@ def _with_attached_punctuation(words: frozenset[str]) -> frozenset[str]:
 _STOPWORD_FORMS = {language: _with_attached_punctuation(words) for language, words in STOPWORDS.items()}
 _GOPHER_STOPWORD_FORMS = _with_attached_punctuation(GOPHER_STOPWORDS)
 
-_BULLET_LINE = re.compile(r"^[ \t]*[•●○■□▪▫‣⁃◦*\-–]", re.MULTILINE)
-_ELLIPSIS_LINE = re.compile(r"(?:\.\.\.|…)[ \t]*$", re.MULTILINE)
-_NON_EMPTY_LINE = re.compile(r"^[ \t]*\S", re.MULTILINE)
+_BULLETS = frozenset("•●○■□▪▫‣⁃◦*-–")
 _HAS_LETTER = re.compile(r"[^\W\d_]")
 _HAS_ALNUM = re.compile(r"[^\W_]")
-_LINES = re.compile(r"\n+")
 _PARAGRAPHS = re.compile(r"\n[ \t]*\n\s*")
 
 # Word n-gram keys combine per-document word ids in wrapping 64-bit arithmetic (a multiplicative hash).
@@ -204,7 +201,9 @@ def filter_document(text: str, cfg: FilterConfig) -> Optional[str]:
 
     # One pass counts the words; every later word rule reads the (much smaller) table of distinct words.
     word_counts = Counter(words)
-    word_chars = sum(len(word) * count for word, count in word_counts.items())
+    counts = np.fromiter(word_counts.values(), dtype=np.int64, count=len(word_counts))
+    distinct_lengths = np.fromiter(map(len, word_counts), dtype=np.int64, count=len(word_counts))
+    word_chars = int(counts @ distinct_lengths)
     mean_length = word_chars / n_words
     if cfg.min_mean_word_length is not None and mean_length < cfg.min_mean_word_length:
         return "mean_word_length_low"
@@ -217,15 +216,17 @@ def filter_document(text: str, cfg: FilterConfig) -> Optional[str]:
             return "symbol_word_ratio"
 
     if cfg.max_bullet_lines_fraction is not None or cfg.max_ellipsis_lines_fraction is not None:
-        n_lines = max(1, len(_NON_EMPTY_LINE.findall(text)))
-        if cfg.max_bullet_lines_fraction is not None and len(_BULLET_LINE.findall(text)) / n_lines > cfg.max_bullet_lines_fraction:
-            return "bullet_lines"
-        if (
-            cfg.max_ellipsis_lines_fraction is not None
-            and ("..." in text or "…" in text)
-            and len(_ELLIPSIS_LINE.findall(text)) / n_lines > cfg.max_ellipsis_lines_fraction
-        ):
-            return "ellipsis_lines"
+        # one split and a string test per line: MULTILINE regexes try every character position and cost ~5x more
+        lines = [line.lstrip(" \t") for line in text.split("\n")]
+        n_lines = max(1, sum(1 for line in lines if line and not line[0].isspace()))
+        if cfg.max_bullet_lines_fraction is not None:
+            bullets = sum(1 for line in lines if line[:1] in _BULLETS and line)
+            if bullets / n_lines > cfg.max_bullet_lines_fraction:
+                return "bullet_lines"
+        if cfg.max_ellipsis_lines_fraction is not None and ("..." in text or "…" in text):
+            ellipses = sum(1 for line in lines if line.rstrip(" \t").endswith(("...", "…")))
+            if ellipses / n_lines > cfg.max_ellipsis_lines_fraction:
+                return "ellipsis_lines"
 
     if cfg.min_alpha_words_fraction is not None:
         # Words are lowercase, so upper-casing leaves exactly the words without a cased letter unchanged; only
@@ -247,18 +248,18 @@ def filter_document(text: str, cfg: FilterConfig) -> Optional[str]:
     reason = _repetition_reason(text, cfg)
     if reason is not None or not judged_by_gopher:
         return reason
-    return _ngram_reason(words, word_counts, word_chars, cfg)
+    return _ngram_reason(words, word_counts, counts, distinct_lengths, word_chars, cfg)
 
 
 def _count_of(vocabulary: frozenset[str], word_counts: Counter) -> int:
     """Occurrences of any of `vocabulary` among the counted words."""
-    if len(vocabulary) < len(word_counts):
-        return sum(word_counts[word] for word in vocabulary if word in word_counts)
-    return sum(count for word, count in word_counts.items() if word in vocabulary)
+    return sum(map(word_counts.__getitem__, vocabulary.intersection(word_counts)))
 
 
 def _duplicate_fractions(elements: list[str]) -> tuple[float, float]:
     """(fraction of elements that repeat an earlier one, fraction of characters in those repeats)."""
+    if len(set(elements)) == len(elements):  # the common case, decided in C
+        return 0.0, 0.0
     seen: set[str] = set()
     duplicates = duplicate_chars = total_chars = 0
     for element in elements:
@@ -277,7 +278,7 @@ def _repetition_reason(text: str, cfg: FilterConfig) -> Optional[str]:
     # Lines and paragraphs without a letter or digit ("——————", ".", "* * *") are separators and extraction
     # placeholders, not repeated content; statutes and opinions carry hundreds of them.
     if cfg.max_duplicate_lines_fraction is not None or cfg.max_duplicate_line_chars_fraction is not None:
-        lines = [line for line in _LINES.split(text.strip()) if _HAS_ALNUM.search(line)]
+        lines = [line for line in text.strip().split("\n") if _HAS_ALNUM.search(line)]
         line_fraction, line_chars_fraction = _duplicate_fractions(lines)
         if cfg.max_duplicate_lines_fraction is not None and line_fraction > cfg.max_duplicate_lines_fraction:
             return "duplicate_lines"
@@ -308,8 +309,15 @@ def _ngram_keys(word_ids: np.ndarray, n: int) -> np.ndarray:
 
 
 def _repeated_starts(keys: np.ndarray) -> tuple[np.ndarray, int, int]:
-    """(mask of positions whose key occurs more than once, count of the most frequent key, its first position)."""
-    order = np.argsort(keys, kind="stable")
+    """(mask of positions whose key occurs more than once, count of the most frequent key, one of its positions)."""
+    repeated, run_starts, run_lengths, order = _runs(keys)
+    top = int(np.argmax(run_lengths))
+    return repeated, int(run_lengths[top]), int(order[run_starts[top]])
+
+
+def _runs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(repeated mask, start and length of each run of equal keys in sorted order, the sorting permutation)."""
+    order = np.argsort(keys)  # unstable is fine: every occurrence of a key is the same n-gram
     ordered = keys[order]
     same_as_next = ordered[1:] == ordered[:-1]
     repeated_sorted = np.zeros(len(keys), dtype=bool)
@@ -317,58 +325,74 @@ def _repeated_starts(keys: np.ndarray) -> tuple[np.ndarray, int, int]:
     repeated_sorted[:-1] |= same_as_next
     repeated = np.empty(len(keys), dtype=bool)
     repeated[order] = repeated_sorted
-    # runs of equal keys in sorted order: the longest run is the most frequent n-gram; stable sort puts its first
-    # occurrence at the start of the run
     run_starts = np.flatnonzero(np.concatenate(([True], ~same_as_next)))
     run_lengths = np.diff(np.append(run_starts, len(keys)))
-    top = int(np.argmax(run_lengths))
-    return repeated, int(run_lengths[top]), int(order[run_starts[top]])
+    return repeated, run_starts, run_lengths, order
 
 
-def _ngram_reason(words: list[str], word_counts: Counter, word_chars: int, cfg: FilterConfig) -> Optional[str]:
+def _ngram_reason(
+    words: list[str], word_counts: Counter, counts: np.ndarray, distinct_lengths: np.ndarray, word_chars: int, cfg: FilterConfig
+) -> Optional[str]:
+    """The Gopher n-gram rules; `counts` and `distinct_lengths` describe the distinct words in `word_counts` order."""
     top_rules = cfg.max_top_ngram_chars_fraction
     dup_rules = cfg.max_duplicate_ngram_chars_fraction
     if (not top_rules and not dup_rules) or word_chars == 0:
         return None
-    # Cheap upper bounds from word counts decide most documents without looking at n-grams:
+    # Cheap upper bounds from word counts decide some documents without looking at n-grams:
     # an n-gram g of words w_i has count(g) * chars(g) <= sum_i count(w_i) * len(w_i) <= n * heaviest word mass,
     # and only words that occur twice can lie inside a repeated n-gram.
-    heaviest = repeated_word_chars = 0
-    for word, count in word_counts.items():
-        if count > 1:
-            mass = count * len(word)
-            repeated_word_chars += mass
-            heaviest = max(heaviest, mass)
-    heaviest = max(heaviest, max(map(len, word_counts)))
+    masses = counts * distinct_lengths
+    repeated_words = counts > 1
+    repeated_word_chars = int(masses[repeated_words].sum())
+    heaviest = max(int(masses[repeated_words].max(initial=0)), int(distinct_lengths.max()))
     top_to_check = [n for n in sorted(top_rules) if n * heaviest / word_chars > top_rules[n]]
     dup_to_check = [n for n in sorted(dup_rules) if repeated_word_chars / word_chars > dup_rules[n]]
     if not top_to_check and not dup_to_check:
         return None
 
     n_words = len(words)
-    ids = {word: index for index, word in enumerate(word_counts)}
-    word_ids = np.fromiter(map(ids.__getitem__, words), dtype=np.uint64, count=n_words)
-    lengths = np.fromiter(map(len, words), dtype=np.int64, count=n_words)
+    ids = dict(zip(word_counts, range(len(word_counts))))
+    word_ids = np.fromiter(map(ids.__getitem__, words), dtype=np.int64, count=n_words)
+    lengths = distinct_lengths[word_ids]
+    word_ids = word_ids.astype(np.uint64)
     with np.errstate(over="ignore"):
+        # One bigram pass bounds every longer n-gram, which spares most documents the sorts for larger n:
+        # - an n-gram that occurs k times holds n // 2 disjoint bigrams that each occur at least k times (and one
+        #   more word when n is odd), so k * chars <= (n // 2) * heaviest bigram mass + (n % 2) * heaviest word mass;
+        # - a word inside a repeated n-gram is inside a repeated bigram, so the bigrams' covered fraction bounds
+        #   every n's (the covered fraction only shrinks as n grows: once at or below a threshold, skip that n).
+        heaviest_bigram, covered_fraction = None, 1.0
+        if n_words >= 2:
+            repeated, run_starts, run_lengths, order = _runs(_ngram_keys(word_ids, 2))
+            bigram_chars = lengths[:-1] + lengths[1:]
+            heaviest_bigram = int((run_lengths * bigram_chars[order[run_starts]]).max())
+            top = int(np.argmax(run_lengths))
+            top_bigram = int(run_lengths[top]), int(order[run_starts[top]])
+            covered_fraction = _covered_fraction(repeated, 2, lengths, word_chars)
         for n in top_to_check:
             if n_words < n:
                 continue
-            _, count, start = _repeated_starts(_ngram_keys(word_ids, n))
+            if n == 2:
+                count, start = top_bigram
+            elif ((n // 2) * heaviest_bigram + (n % 2) * heaviest) / word_chars <= top_rules[n]:
+                continue
+            else:
+                _, count, start = _repeated_starts(_ngram_keys(word_ids, n))
             if count > 1 and count * int(lengths[start : start + n].sum()) / word_chars > top_rules[n]:
                 return f"top_{n}gram_chars"
-
-        # Words covered by a repeated (n+1)-gram are covered by a repeated n-gram too, so the covered fraction only
-        # shrinks as n grows: once it is at or below the next threshold, no larger n can fail.
-        previous_fraction = 1.0
         for n in dup_to_check:
-            if n_words < n or previous_fraction <= dup_rules[n]:
+            if n_words < n or covered_fraction <= dup_rules[n]:
                 continue
             repeated, _, _ = _repeated_starts(_ngram_keys(word_ids, n))
-            # word j is covered when a repeated n-gram starts in [j-n+1, j]; starts_before[k] counts starts < k
-            starts_before = np.concatenate(([0], np.cumsum(repeated)))
-            j = np.arange(n_words)
-            covered = starts_before[np.minimum(j, len(repeated) - 1) + 1] - starts_before[np.maximum(j - n + 1, 0)] > 0
-            previous_fraction = float(lengths[covered].sum()) / word_chars
-            if previous_fraction > dup_rules[n]:
+            covered_fraction = _covered_fraction(repeated, n, lengths, word_chars)
+            if covered_fraction > dup_rules[n]:
                 return f"duplicate_{n}gram_chars"
     return None
+
+
+def _covered_fraction(repeated: np.ndarray, n: int, lengths: np.ndarray, word_chars: int) -> float:
+    """Fraction of word characters inside an n-gram that occurs more than once (`repeated` marks their starts)."""
+    covered = np.zeros(len(lengths), dtype=bool)
+    for offset in range(n):  # word j is covered when a repeated n-gram starts at one of j-n+1 .. j
+        covered[offset : offset + len(repeated)] |= repeated
+    return float(lengths[covered].sum()) / word_chars

@@ -1,4 +1,4 @@
-"""Tokenizes documents into flat token shards ({split}_{index:05d}.bin, EOS after every document) and the manifest.
+"""Token shards: documents encoded with EOS after each, packed into flat {split}_{index:05d}.bin files, and the manifest.
 
 The train/val split lives here too: by seeded document hash, or the tail of the token stream (nanoGPT's char task).
 """
@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import itertools
 import json
-import multiprocessing
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from data_prep.chunks import write_bytes_atomic
 from data_prep.sources import unit_hash
-from slmkit.errors import SlmkitError
 
 FORMAT = "slmkit-shards/1"
 SPLITS = ("train", "val")
@@ -33,16 +32,9 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-    os.replace(tmp, path)
-
-
 def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
     """Written last: a prepared folder is complete exactly when it has a manifest."""
-    write_atomic(out_dir / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
+    write_bytes_atomic(out_dir / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
 
 
 class ShardWriter:
@@ -97,72 +89,31 @@ class SplitCounts:
         return {"documents": self.documents, "tokens": self.tokens, "shards": self.shards}
 
 
-@dataclass
-class PackResult:
-    splits: dict[str, SplitCounts]
-    source_tokens: dict[str, int]
-    characters: int
+def encode_texts(tokenizer: Any, texts: list[str], eos_id: int, dtype: np.dtype,
+                 batch_chars: int = BATCH_CHARS) -> tuple[np.ndarray, np.ndarray]:
+    """(all tokens with EOS after each document, tokens per document including its EOS), batch by batch.
 
-
-_worker: dict[str, Any] = {}
-
-
-def _init_worker(tokenizer_path: str, eos_id: int, dtype: str, threads: Optional[int]) -> None:
-    if threads is not None:
-        # in a process pool each worker encodes with one thread; the pool supplies the parallelism
-        os.environ["RAYON_NUM_THREADS"] = str(threads)
-    from tokenizers import Tokenizer
-
-    _worker.update(tokenizer=Tokenizer.from_file(tokenizer_path), eos_id=eos_id, dtype=np.dtype(dtype))
-
-
-def _encode_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(all tokens of the batch with EOS after each document, tokens per document including its EOS)."""
-    encodings = _worker["tokenizer"].encode_batch_fast(texts, add_special_tokens=False)
-    ids = [encoding.ids for encoding in encodings]
-    for doc in ids:
-        doc.append(_worker["eos_id"])
-    lengths = np.fromiter((len(doc) for doc in ids), dtype=np.int64, count=len(ids))
-    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=_worker["dtype"], count=int(lengths.sum()))
-    return flat, lengths
-
-
-class BatchEncoder:
-    """Encodes batches of texts, in this process (tokenizers' own threads) or in a process pool.
-
-    Results come back in submission order, so the shards do not depend on the number of processes.
+    Batches bound the memory of tokenizers' Encoding objects and of the Python int lists they hand back.
     """
-
-    def __init__(self, tokenizer_path: Path, eos_id: int, dtype: np.dtype, processes: int):
-        self.processes = processes
-        if processes > 1:
-            # spawn, not fork: a forked child inherits tokenizers' thread pool state and would encode serially
-            context = multiprocessing.get_context("spawn")
-            self.pool = context.Pool(
-                processes, initializer=_init_worker, initargs=(str(tokenizer_path), eos_id, dtype.str, 1)
-            )
-        else:
-            _init_worker(str(tokenizer_path), eos_id, dtype.str, None)
-
-    def encode(self, batches: Iterable[list[str]]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        if self.processes > 1:
-            yield from self.pool.imap(_encode_batch, batches)
-        else:
-            for batch in batches:
-                yield _encode_batch(batch)
-
-    def close(self) -> None:
-        if self.processes > 1:
-            self.pool.close()
-            self.pool.join()
+    parts, lengths = [], []
+    for batch in batched(texts, batch_chars):
+        ids = [encoding.ids for encoding in tokenizer.encode_batch_fast(batch, add_special_tokens=False)]
+        for doc in ids:
+            doc.append(eos_id)
+        counts = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        parts.append(np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(counts.sum())))
+        lengths.append(counts)
+    if not parts:
+        return np.empty(0, dtype=dtype), np.empty(0, dtype=np.int64)
+    return np.concatenate(parts), np.concatenate(lengths)
 
 
-def batched(items: Iterable[tuple[str, str, str]], batch_chars: int) -> Iterator[list[tuple[str, str, str]]]:
-    batch: list[tuple[str, str, str]] = []
+def batched(texts: Iterable[str], batch_chars: int) -> Iterator[list[str]]:
+    batch: list[str] = []
     size = 0
-    for item in items:
-        batch.append(item)
-        size += len(item[2])
+    for text in texts:
+        batch.append(text)
+        size += len(text)
         if size >= batch_chars:
             yield batch
             batch, size = [], 0
@@ -170,69 +121,43 @@ def batched(items: Iterable[tuple[str, str, str]], batch_chars: int) -> Iterator
         yield batch
 
 
-def pack_documents(
-    documents: Iterable[tuple[str, str, str]],
-    tokenizer_path: Path,
-    out_dir: Path,
-    *,
-    eos_id: int,
-    dtype: np.dtype,
-    shard_tokens: int,
-    val_fraction: float = 0.0,
-    processes: int = 1,
-    batch_chars: int = BATCH_CHARS,
-    progress: Optional[Any] = None,
-) -> PackResult:
-    """Tokenizes (split, source name, text) items into shards under out_dir, EOS after each document.
+class ShardPacker:
+    """Appends each split's token arrays, in the order given, to shards of at most shard_tokens tokens.
 
-    split is train or val (hash split), or `stream` for every item of a tail split, whose last val_fraction of
-    tokens becomes val once the stream is complete.
+    A split named `stream` (the tail split) is cut into train and val by `finish` once its length is known.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    writers: dict[str, ShardWriter] = {}
-    counts: dict[str, SplitCounts] = {}
-    source_tokens: dict[str, int] = {}
-    doc_ends: list[int] = []  # tail split only: where each document ends in the stream
-    characters = 0
-    in_flight: list[list[tuple[str, str, str]]] = []
 
-    def texts_of(batches: Iterator[list[tuple[str, str, str]]]) -> Iterator[list[str]]:
-        for batch in batches:
-            in_flight.append(batch)
-            yield [text for _, _, text in batch]
+    def __init__(self, out_dir: Path, dtype: np.dtype, shard_tokens: int, val_fraction: float = 0.0):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.out_dir = out_dir
+        self.dtype = dtype
+        self.shard_tokens = shard_tokens
+        self.val_fraction = val_fraction
+        self.writers: dict[str, ShardWriter] = {}
+        self.counts: dict[str, SplitCounts] = {}
+        self.doc_ends: list[np.ndarray] = []  # tail split only: where each document ends in the stream
 
-    encoder = BatchEncoder(tokenizer_path, eos_id, dtype, processes)
-    try:
-        for flat, lengths in encoder.encode(texts_of(batched(documents, batch_chars))):
-            batch = in_flight.pop(0)
-            splits = [split for split, _, _ in batch]
-            for index, (split, source, text) in enumerate(batch):
-                source_tokens[source] = source_tokens.get(source, 0) + int(lengths[index])
-                characters += len(text)
-            for split in sorted(set(splits)):
-                keep = np.fromiter((s == split for s in splits), dtype=bool, count=len(splits))
-                tokens = flat if keep.all() else flat[np.repeat(keep, lengths)]
-                if split not in writers:
-                    writers[split] = ShardWriter(out_dir, split, dtype, shard_tokens)
-                    counts[split] = SplitCounts(split)
-                if split == STREAM:
-                    doc_ends.extend((counts[split].tokens + np.cumsum(lengths[keep])).tolist())
-                writers[split].write(tokens)
-                counts[split].tokens += len(tokens)
-                counts[split].documents += int(keep.sum())
-            if progress is not None:
-                progress.update(len(batch))
-                elapsed = max(progress.format_dict["elapsed"], 1e-9)
-                progress.set_postfix_str(f"{characters / 1e6 / elapsed:.1f} MB/s", refresh=False)
-    finally:
-        encoder.close()
-    for split, writer in writers.items():
-        counts[split].shards = writer.close()
-    if STREAM in counts:
-        counts = cut_tail(out_dir, counts[STREAM], np.array(doc_ends, dtype=np.int64), dtype, val_fraction)
-    for split in SPLITS:
-        counts.setdefault(split, SplitCounts(split))
-    return PackResult(splits=counts, source_tokens=source_tokens, characters=characters)
+    def add(self, split: str, tokens: np.ndarray, lengths: np.ndarray) -> None:
+        """Tokens of consecutive documents of one split, with each document's token count (EOS included)."""
+        if split not in self.writers:
+            self.writers[split] = ShardWriter(self.out_dir, split, self.dtype, self.shard_tokens)
+            self.counts[split] = SplitCounts(split)
+        if split == STREAM:
+            self.doc_ends.append(self.counts[split].tokens + np.cumsum(lengths))
+        self.writers[split].write(tokens)
+        self.counts[split].tokens += len(tokens)
+        self.counts[split].documents += len(lengths)
+
+    def finish(self) -> dict[str, SplitCounts]:
+        counts = self.counts
+        for split, writer in self.writers.items():
+            counts[split].shards = writer.close()
+        if STREAM in counts:
+            ends = np.concatenate(self.doc_ends) if self.doc_ends else np.empty(0, dtype=np.int64)
+            counts = cut_tail(self.out_dir, counts[STREAM], ends, self.dtype, self.val_fraction)
+        for split in SPLITS:
+            counts.setdefault(split, SplitCounts(split))
+        return counts
 
 
 def cut_tail(
@@ -260,7 +185,7 @@ def cut_tail(
         tokens = np.memmap(path, dtype=dtype, mode="r")
         for target, part in ((train, tokens[: cut - start]), (val, tokens[cut - start :])):
             name = next_shard_name(target)
-            write_atomic(out_dir / name, part.tobytes())
+            write_bytes_atomic(out_dir / name, part.tobytes())
             target.shards.append({"file": name, "tokens": len(part)})
             target.tokens += len(part)
         del tokens

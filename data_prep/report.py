@@ -57,11 +57,12 @@ def table(header: list[str], rows: list[list[Any]]) -> list[str]:
     return lines + [""]
 
 
-def quoted(examples: Iterable[str], limit: int = 3) -> list[str]:
-    return [f"  - `{example[:200].replace('`', chr(39))}`" for example in list(examples)[:limit]]
+def render_markdown(report: dict[str, Any], examples: bool = True) -> str:
+    """The report as markdown; examples=False leaves out every quote of corpus text (figures only, for publishing)."""
 
+    def quoted(texts: Iterable[str], limit: int = 3) -> list[str]:
+        return [f"  - `{text[:200].replace('`', chr(39))}`" for text in list(texts)[:limit]] if examples else []
 
-def render_markdown(report: dict[str, Any]) -> str:
     corpus, manifest, tokenizer = report["corpus"], report["manifest"], report["tokenizer"]
     splits = manifest["splits"]
     lines = [
@@ -103,10 +104,10 @@ def render_markdown(report: dict[str, Any]) -> str:
               f"{clean['replacement_characters']:,} U+FFFD characters remain (the originals are lost).", ""]
     lines += table(["fix", "occurrences", "documents"],
                    [[kind, f"{count:,}", f"{clean['fix_documents'].get(kind, 0):,}"] for kind, count in sorted(clean["fixes"].items())])
-    for kind, examples in sorted(clean["examples"].items()):
+    for kind, texts in sorted(clean["examples"].items()) if examples else ():
         lines.append(f"- {kind}")
-        lines += quoted(examples, 2)
-    if corpus.get("boilerplate"):
+        lines += quoted(texts, 2)
+    if corpus.get("boilerplate") and examples:
         lines += ["", "Boilerplate lines removed (documents containing them):"]
         lines += [f"- `{line}` ({count:,})" for line, count in corpus["boilerplate"][:10]]
     filters = corpus["filter"]
@@ -114,9 +115,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += table(["reason", "documents", "characters"],
                    [[reason, f"{count:,}", f"{filters['dropped_characters'].get(reason, 0):,}"]
                     for reason, count in sorted(filters["dropped_documents"].items(), key=lambda item: -item[1])])
-    for reason, examples in sorted(filters["examples"].items()):
+    for reason, texts in sorted(filters["examples"].items()) if examples else ():
         lines.append(f"- {reason}")
-        lines += quoted(examples, 2)
+        lines += quoted(texts, 2)
     dedup = corpus["dedup"]
     lines += ["", "## Deduplication", "",
               f"{dedup['dropped_documents'].get('exact', 0):,} exact and {dedup['dropped_documents'].get('near', 0):,} near "

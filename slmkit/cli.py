@@ -6,9 +6,11 @@ Arguments after the command are `key=value` pairs with the same dotted keys as t
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 from slmkit.errors import SlmkitError
@@ -87,6 +89,22 @@ def cmd_data(ns: argparse.Namespace) -> None:
     print(f"token shards {state}: {prepared.shards_dir}")
 
 
+def cmd_data_report(ns: argparse.Namespace) -> None:
+    from data_prep.prepare import prepare
+    from data_prep.report import render_markdown
+    from slmkit.recipes import resolve_recipe
+
+    config = resolve_recipe(*_recipe_and_overrides(ns.args))
+    prepared = prepare(config.data, config.tokenizer)  # reuses the prepared data when its inputs are unchanged
+    report = json.loads((prepared.shards_dir / "report" / "report.json").read_text(encoding="utf-8"))
+    markdown = render_markdown(report, examples=not ns.figures_only)
+    if ns.out is None:
+        print(markdown, end="")
+    else:
+        Path(ns.out).write_text(markdown, encoding="utf-8")
+        print(f"report written to {ns.out}")
+
+
 def cmd_eval(ns: argparse.Namespace) -> None:
     from slmkit.config import build_config
     from slmkit.eval import EvalArgs, compare_runs, run_eval
@@ -144,6 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
     prep = data_sub.add_parser("prepare", help="curate the recipe's corpus and pack token shards")
     prep.add_argument("args", nargs=argparse.REMAINDER)
     prep.set_defaults(fn=cmd_data)
+    report = data_sub.add_parser(
+        "report", help="print the curation report of the recipe's data (prepared first if needed): "
+                       "slmkit data report [--figures-only] [--out FILE] recipe=NAME")
+    report.add_argument("--figures-only", action="store_true", help="leave out every quote of corpus text")
+    report.add_argument("--out", default=None, help="write the markdown to this file instead of printing it")
+    report.add_argument("args", nargs=argparse.REMAINDER)
+    report.set_defaults(fn=cmd_data_report)
     add("eval", cmd_eval, "evaluate a checkpoint: slmkit eval checkpoint=PATH tasks=[...] | slmkit eval compare RUN_A RUN_B")
     add("export", cmd_export, "export a checkpoint: slmkit export checkpoint=PATH out=DIR [format=hf|gguf|int8]")
     add("generate", cmd_generate, "generate text: slmkit generate checkpoint=PATH prompt=\"...\"")

@@ -7,10 +7,13 @@ from pathlib import Path
 
 import pytest
 
-import data_prep.prepare as prepare_module
+import data_prep.curate as curate_module
 from data_prep.config import DataConfig, SourceConfig, TokenizerConfig
 from data_prep.decontaminate import DecontaminateConfig
-from data_prep.prepare import CHUNK_MEMORY_FACTOR, prepare, read_corpus
+from data_prep.dedup import DedupConfig
+from data_prep.curate import CHUNK_MEMORY_FACTOR, read_curated
+from data_prep.prepare import prepare
+from data_prep.report import render_markdown
 from data_prep.sources import SourceStats, iter_documents
 
 TOKENIZER = TokenizerConfig(kind="bpe", vocab_size=500)
@@ -45,8 +48,8 @@ def config(root: Path, **overrides) -> DataConfig:
 
 
 def output_bytes(folder: Path) -> dict[str, bytes]:
-    names = ["manifest.json", "tokenizer.json", "curated/train.jsonl.gz", "curated/val.jsonl.gz"]
-    names += sorted(p.name for p in folder.glob("*.bin"))
+    names = ["manifest.json", "tokenizer.json"]  # curated/corpus.json holds timings, like the report
+    names += sorted(p.name for p in folder.glob("*.bin")) + sorted(f"curated/{p.name}" for p in folder.glob("curated/*.gz"))
     return {name: (folder / name).read_bytes() for name in names}
 
 
@@ -55,7 +58,7 @@ def test_duplicates_across_sources_are_dropped_and_the_report_is_written(tmp_pat
     report = json.loads((tmp_path / "out" / "report" / "report.json").read_text())
     dedup = report["corpus"]["dedup"]
     assert dedup["dropped_documents"] == {"exact": 1, "near": 1}
-    texts = [r["text"] for split in ("train", "val") for r in read_corpus(tmp_path / "out" / "curated" / f"{split}.jsonl.gz")]
+    texts = [r["text"] for split in ("train", "val") for r in read_curated(tmp_path / "out", split)]
     assert texts.count(rules[0]) == 1 and len(texts) == len(set(texts))
     b = next(s for s in report["corpus"]["sources"] if s["name"] == "b")
     assert b["stages"]["filter"][0] - b["stages"]["dedup"][0] == 2
@@ -63,6 +66,15 @@ def test_duplicates_across_sources_are_dropped_and_the_report_is_written(tmp_pat
     for heading in ("Documents and characters per source", "Mixture", "Quality filters", "Deduplication", "Time"):
         assert heading in markdown
     assert (tmp_path / "out" / "report" / "lengths.png").read_bytes()[:4] == b"\x89PNG"
+
+    # the figures-only rendering (for publishing a report) quotes no corpus text
+    corpus = report["corpus"]
+    quotes = [*corpus["dedup"]["examples"]]
+    for stage in ("clean", "filter"):
+        quotes += [text for texts in corpus[stage]["examples"].values() for text in texts]
+    assert quotes and all(quote[:40] in markdown for quote in quotes[:3])
+    figures_only = render_markdown(report, examples=False)
+    assert "Quality filters" in figures_only and not any(quote[:40] in figures_only for quote in quotes)
 
 
 def test_outputs_are_byte_identical_whatever_the_worker_count(tmp_path, corpus_dir):
@@ -85,38 +97,41 @@ def test_memory_limit_bounds_buffered_text_without_changing_the_tokens(tmp_path,
         assert shard.read_bytes() == (large.shards_dir / shard.name).read_bytes()
 
 
-def test_a_crash_resumes_from_the_last_finished_chunk(tmp_path, corpus_dir, monkeypatch):
-    data = config(corpus_dir, chunk_mb=0.03)
-    finalize = prepare_module.finalize_chunk
+@pytest.mark.parametrize("dedup", [True, False], ids=["dedup", "no-dedup"])
+def test_a_crash_resumes_from_the_last_finished_chunk(tmp_path, corpus_dir, monkeypatch, dedup):
+    # with dedup the last per-chunk stage runs after the dedup pass; without, one task does every stage of a chunk
+    data = config(corpus_dir, chunk_mb=0.03, dedup=DedupConfig(exact=dedup, near=dedup))
+    stage = "finish_chunk" if dedup else "curate_chunk"
+    original = getattr(curate_module, stage)
     ran: list[int] = []
 
     def crash_at_chunk_two(task):
-        if task[0] == 2:
+        if task[1] == 2:
             raise RuntimeError("simulated crash")
-        ran.append(task[0])
-        return finalize(task)
+        ran.append(task[1])
+        return original(task)
 
     with monkeypatch.context() as patch:
-        patch.setattr(prepare_module, "finalize_chunk", crash_at_chunk_two)
+        patch.setattr(curate_module, stage, crash_at_chunk_two)
         with pytest.raises(RuntimeError, match="simulated crash"):
             prepare(data, TOKENIZER, tmp_path / "out", progress=False)
     assert ran == [0, 1]
     written: list[str] = []
-    write_records = prepare_module.write_records
+    write_records = curate_module.write_records
 
     def recording_write(path, *args, **kwargs):
         written.append(f"{path.parent.name}/{path.name}")
         return write_records(path, *args, **kwargs)
 
     with monkeypatch.context() as patch:
-        patch.setattr(prepare_module, "write_records", recording_write)
+        patch.setattr(curate_module, "write_records", recording_write)
         resumed = prepare(data, TOKENIZER, tmp_path / "out", progress=False)
-    # reading, cleaning and filtering had finished, and so had chunks 0 and 1 of the last stage: none is redone
+    # chunks 0 and 1 had finished every stage: none of their files is written again
     assert written and all(name.startswith("final/chunk_") for name in written)
     assert not any(name.startswith(("final/chunk_00000", "final/chunk_00001")) for name in written)
     fresh = prepare(data, TOKENIZER, tmp_path / "fresh", progress=False)
     assert output_bytes(resumed.shards_dir) == output_bytes(fresh.shards_dir)
-    assert not (tmp_path / "out" / "work").exists() or not any((tmp_path / "out" / "work").iterdir())
+    assert not (tmp_path / "out" / "work").exists()
 
 
 def test_documents_copied_from_an_eval_set_are_dropped(tmp_path, corpus_dir, rules):
@@ -127,5 +142,5 @@ def test_documents_copied_from_an_eval_set_are_dropped(tmp_path, corpus_dir, rul
     prepare(data, TOKENIZER, tmp_path / "out", progress=False)
     corpus = json.loads((tmp_path / "out" / "report" / "report.json").read_text())["corpus"]
     assert corpus["decontaminate"]["dropped_documents"] == 1
-    texts = [r["text"] for split in ("train", "val") for r in read_corpus(tmp_path / "out" / "curated" / f"{split}.jsonl.gz")]
+    texts = [r["text"] for split in ("train", "val") for r in read_curated(tmp_path / "out", split)]
     assert rules[5] not in texts and rules[6] in texts

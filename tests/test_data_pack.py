@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from data_prep.config import TokenizerConfig
-from data_prep.pack import FORMAT, pack_documents, split_of, token_dtype, write_manifest
+from data_prep.pack import FORMAT, ShardPacker, encode_texts, split_of, token_dtype, write_manifest
 from data_prep.tokenizer import load_tokenizer, train_tokenizer
 from slmkit.data import TokenShards, read_manifest
 from slmkit.errors import SlmkitError
@@ -23,14 +23,22 @@ def char_tokenizer(tmp_path):
     return path
 
 
-def pack(tmp_path, tokenizer_path, items, shard_tokens=37, processes=1, dtype=np.dtype(np.uint16), val_fraction=0.0):
-    out = tmp_path / f"shards-{processes}-{dtype.name}"
-    result = pack_documents(items, tokenizer_path, out, eos_id=0, dtype=dtype, shard_tokens=shard_tokens,
-                            val_fraction=val_fraction, processes=processes, batch_chars=200)
+def pack(tmp_path, tokenizer_path, items, shard_tokens=37, chunk_documents=7, dtype=np.dtype(np.uint16),
+         val_fraction=0.0, batch_chars=200):
+    """Packs (split, source, text) items the way prepare does: encoded chunk by chunk, then appended per split."""
+    out = tmp_path / f"shards-{chunk_documents}-{batch_chars}-{dtype.name}"
+    tokenizer = load_tokenizer(tokenizer_path)
+    packer = ShardPacker(out, dtype, shard_tokens, val_fraction)
+    for first in range(0, len(items), chunk_documents):
+        chunk = items[first : first + chunk_documents]
+        for split in sorted({split for split, _, _ in chunk}):
+            texts = [text for s, _, text in chunk if s == split]
+            packer.add(split, *encode_texts(tokenizer, texts, 0, dtype, batch_chars=batch_chars))
+    splits = packer.finish()
     manifest = {"format": FORMAT, "dtype": dtype.name, "eos_id": 0, "vocab_size": 100, "tokenizer_sha256": "",
-                "inputs_sha256": "", "sources": [], "splits": {k: v.as_dict() for k, v in result.splits.items()}}
+                "inputs_sha256": "", "sources": [], "splits": {k: v.as_dict() for k, v in splits.items()}}
     write_manifest(out, manifest)
-    return out, result
+    return out, splits
 
 
 def expected_stream(tokenizer_path, texts):
@@ -42,9 +50,9 @@ def test_documents_are_separated_by_eos_and_windows_cross_shard_boundaries(tmp_p
     out, result = pack(tmp_path, char_tokenizer, [("train", "s", d) for d in DOCS])
     stream = expected_stream(char_tokenizer, DOCS)
     shards = TokenShards(out, "train")
-    assert len(shards) == len(stream) == result.splits["train"].tokens
-    assert len(result.splits["train"].shards) == -(-len(stream) // 37)
-    assert all(shard["tokens"] <= 37 for shard in result.splits["train"].shards)
+    assert len(shards) == len(stream) == result["train"].tokens
+    assert len(result["train"].shards) == -(-len(stream) // 37)
+    assert all(shard["tokens"] <= 37 for shard in result["train"].shards)
     assert np.count_nonzero(shards.window(0, len(shards)) == 0) == len(DOCS)
     for start, length in [(0, 10), (30, 20), (35, 80), (len(stream) - 5, 5), (3, len(stream) - 3)]:
         assert shards.window(start, length).tolist() == stream[start : start + length]
@@ -52,10 +60,10 @@ def test_documents_are_separated_by_eos_and_windows_cross_shard_boundaries(tmp_p
         shards.window(len(stream) - 2, 5)
 
 
-def test_shards_are_identical_with_a_process_pool(tmp_path, char_tokenizer):
+def test_shards_do_not_depend_on_chunk_or_batch_sizes(tmp_path, char_tokenizer):
     items = [("train" if i % 3 else "val", "s", d) for i, d in enumerate(DOCS)]
-    one, _ = pack(tmp_path, char_tokenizer, items, processes=1)
-    two, _ = pack(tmp_path, char_tokenizer, items, processes=2)
+    one, _ = pack(tmp_path, char_tokenizer, items, chunk_documents=1, batch_chars=10)
+    two, _ = pack(tmp_path, char_tokenizer, items, chunk_documents=len(items), batch_chars=10**6)
     files = sorted(p.name for p in one.glob("*.bin"))
     assert files == sorted(p.name for p in two.glob("*.bin"))
     assert all((one / f).read_bytes() == (two / f).read_bytes() for f in files)
@@ -77,7 +85,7 @@ def test_tail_split_puts_the_last_fraction_of_tokens_in_val(tmp_path, char_token
     train, val = TokenShards(out, "train"), TokenShards(out, "val")
     assert len(train) == cut and len(val) == len(stream) - cut
     assert train.window(0, cut).tolist() == stream[:cut] and val.window(0, len(val)).tolist() == stream[cut:]
-    assert result.splits["train"].documents + result.splits["val"].documents == len(DOCS)
+    assert result["train"].documents + result["val"].documents == len(DOCS)
     assert not list(out.glob("stream_*"))
 
 

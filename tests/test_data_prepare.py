@@ -13,7 +13,8 @@ from data_prep.clean import CleanConfig
 from data_prep.config import DataConfig, SourceConfig, TokenizerConfig
 from data_prep.dedup import DedupConfig
 from data_prep.filters import FilterConfig
-from data_prep.prepare import describe_status, prepare, read_corpus
+from data_prep.curate import read_curated
+from data_prep.prepare import describe_status, prepare
 from slmkit.data import TokenShards, read_manifest
 from slmkit.errors import SlmkitError
 
@@ -43,8 +44,8 @@ def test_prepare_writes_shards_manifest_and_disjoint_splits(tmp_path, legal_corp
     manifest = read_manifest(prepared.shards_dir)
     assert set(manifest) == MANIFEST_KEYS and manifest == prepared.manifest and not prepared.reused
     assert manifest["dtype"] == "uint16" and manifest["vocab_size"] <= 600 and manifest["eos_id"] == 0
-    train_ids = [r["id"] for r in read_corpus(tmp_path / "out" / "curated" / "train.jsonl.gz")]
-    val_ids = [r["id"] for r in read_corpus(tmp_path / "out" / "curated" / "val.jsonl.gz")]
+    train_ids = [r["id"] for r in read_curated(tmp_path / "out", "train")]
+    val_ids = [r["id"] for r in read_curated(tmp_path / "out", "val")]
     assert train_ids and val_ids and not set(train_ids) & set(val_ids)
     splits = manifest["splits"]
     sources = {s["name"]: s for s in manifest["sources"]}
@@ -69,7 +70,8 @@ def test_unchanged_inputs_are_reused_and_changes_invalidate(tmp_path, legal_corp
         raise AssertionError("retokenized although nothing changed")
 
     with monkeypatch.context() as patch:
-        patch.setattr(prepare_module, "pack_documents", no_packing)
+        patch.setattr(prepare_module, "build_corpus", no_packing)
+        patch.setattr(prepare_module, "pack_shards", no_packing)
         second = prepare(data, TOKENIZER, progress=False)
     assert second.reused and second.manifest == first.manifest
 
