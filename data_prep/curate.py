@@ -271,9 +271,7 @@ def finish_records(job: ChunkJob, index: int, records: list[dict[str, Any]]) -> 
               "splits": {split: len(kept) for split, kept in outputs.items()},
               "histogram": length_histogram(lengths).tolist(), "seconds": seconds}
     if job.tokens is not None:
-        start = time.process_time()
         encode_chunk(job.tokens, index, outputs)
-        seconds["tokenize"] = time.process_time() - start
     write_json(chunk_file(job, "final", index, ".json"), result)
     return result
 
@@ -289,6 +287,7 @@ def encode_chunk(spec: TokenSpec, index: int, splits: dict[str, list[dict[str, A
     """Encodes one chunk's documents per split into {split}_tokens / {split}_lengths arrays; the JSON marks it done."""
     from tokenizers import Tokenizer
 
+    start = time.process_time()
     tokenizer = worker_cached(("tokenizer", spec.path), lambda: Tokenizer.from_file(spec.path))
     dtype = np.dtype(spec.dtype)
     arrays: dict[str, np.ndarray] = {}
@@ -300,7 +299,7 @@ def encode_chunk(spec: TokenSpec, index: int, splits: dict[str, list[dict[str, A
             source_tokens[record["source"]] += length
     npz, done = token_files(spec, index)
     save_npz(npz, **arrays)
-    result = {"source_tokens": dict(source_tokens), "splits": sorted(splits)}
+    result = {"source_tokens": dict(source_tokens), "splits": sorted(splits), "seconds": time.process_time() - start}
     write_json(done, result)
     return result
 

@@ -352,6 +352,7 @@ def prepare(
     }
     write_json(plan.folder / TOKENIZER_REPORT, tokenizer_report)
     timings = {**corpus["timings"], "tokenizer": tokenizer_seconds, "tokenize (rest)+pack": pack_seconds}
+    corpus["stage_cpu_seconds"]["tokenize"] = sum(result.get("seconds", 0.0) for result in chunk_tokens)
     report_path = write_report(plan.folder / "report", corpus, manifest, tokenizer_report, timings)
     write_manifest(plan.folder, manifest)
     remove_work(plan)

@@ -137,7 +137,6 @@ def _explain(err: OmegaConfBaseException, schema: type) -> SlmkitError:
         )
     if isinstance(err, ValidationError):
         value = getattr(err, "value", None)
-        expected = getattr(err, "ref_type", None) or getattr(err, "msg", "")
         return SlmkitError(f"bad value {value!r} for {key}: {str(err).splitlines()[0]}" if key else f"bad config value: {err}")
     return SlmkitError(f"bad config: {str(err).splitlines()[0]}" + (f" (key {key})" if key else ""))
 

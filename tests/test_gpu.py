@@ -3,7 +3,6 @@ and the flash SDPA kernel. Skipped where no CUDA device is visible; run with `ma
 
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch

@@ -6,7 +6,6 @@ an hf export is loaded back with transformers and compared with the slmkit model
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 
 from slmkit.training.throughput import peak_flops_per_device, peak_memory_gb
