@@ -101,6 +101,21 @@ def test_cli_reports_mistakes_without_traceback(args, message):
     assert "Traceback" not in result.stderr
 
 
+def test_data_report_prints_figures_without_corpus_text(shared_dir, tmp_path):
+    out = tmp_path / "report.md"
+    small = [arg for arg in TINY if arg.startswith(("data.", "tokenizer."))]
+    data = [f"data.root={shared_dir / 'corpora'}", f"data.prepared_dir={tmp_path / 'prepared'}", *small]
+    result = _slmkit("data", "report", "--figures-only", "--out", str(out), "recipe=legal-tiny", *data)
+    assert result.returncode == 0, result.stderr
+    figures_only = out.read_text()
+    full = (tmp_path / "prepared" / "report" / "report.md").read_text()
+    report = json.loads((tmp_path / "prepared" / "report" / "report.json").read_text())
+    reasons = report["corpus"]["filter"]["dropped_documents"]
+    assert "## Quality filters" in figures_only and reasons and all(f"| {reason} |" in figures_only for reason in reasons)
+    quotes = [line for line in full.splitlines() if line.startswith("  - `")]
+    assert quotes and not any(line in figures_only for line in quotes)
+
+
 def test_dry_run_prints_size_flops_and_data_status(shared_dir):
     result = _slmkit("train", "recipe=legal-125m", "--dry-run", env={"SLMKIT_DATA": str(shared_dir / "corpora")})
     assert result.returncode == 0, result.stderr
