@@ -134,3 +134,23 @@ def test_gpu_recipe_falls_back_to_a_cpu_smoke_test(shared_dir, tmp_path):
     else:
         assert fallen.trainer.strategy == "auto" and fallen.trainer.precision == "fp32" and fallen.trainer.grad_accum == 1
         assert any("strategy" in c for c in changes)
+
+
+def test_periodic_evaluation_runs_once_per_step_with_gradient_accumulation(shared_dir, tmp_path, monkeypatch):
+    import slmkit.eval
+
+    steps = []
+    evaluate = slmkit.eval.evaluate
+
+    def counted(model, *args, **kwargs):
+        steps.append(model.training)  # periodic calls come from inside the training loop; the final one does not
+        return evaluate(model, *args, **kwargs)
+
+    monkeypatch.setattr(slmkit.eval, "evaluate", counted)
+    monkeypatch.setenv("SLMKIT_SHARED", str(shared_dir))
+    run = tmp_path / "run"
+    train(tiny_config(shared_dir, run, "trainer.max_steps=8", "trainer.grad_accum=2", "eval.tasks=[legal_heldout]",
+                      "eval.every=4", "eval.limit=2", "trainer.val_every=100"))
+    scored = [r["step"] for r in read_metrics(run) if any(key.startswith("eval/legal_heldout/") for key in r)]
+    assert scored == [4, 8]
+    assert len(steps) >= 2 and steps[:2] == [True, True] and steps[2:].count(True) == 0
