@@ -119,7 +119,6 @@ class Ingest:
                 characters += len(document.text)
                 self.bar.update(1)
                 if self.buffered >= limit:
-                    show_rate(self.bar, characters)  # once per chunk: per document it would cost more than reading
                     histogram += length_histogram(lengths)
                     chunk, records, lengths, self.buffered = records, [], [], 0  # the chunk is the workers' now
                     yield index, (None if done(index) else chunk)
@@ -149,8 +148,9 @@ class MemoryAccount:
             self.peak = max(self.peak, sum(self.sizes.values()) + self.ingest.buffered)
             yield task
 
-    def returned(self, index: int) -> None:
-        self.sizes.pop(index, None)
+    def returned(self, index: int) -> int:
+        """Forgets a finished chunk; returns its characters."""
+        return self.sizes.pop(index, 0)
 
 
 # ---- stage 2: every per-document step of a chunk (workers) ---------------------------------------------------
@@ -393,11 +393,14 @@ def build_corpus(data: DataConfig, plan: Any, pool: ChunkPool, tokens: Optional[
         boilerplate_report = detector.report()
     memory = MemoryAccount(ingest)
     curated = []
+    processed = 0
     try:
         tasks = ((job, index, records) for index, records in
                  ingest.chunks(done=lambda index: chunk_file(job, "curate", index, ".json").is_file()))
         for result in pool.map(curate_chunk, memory.handed_out(tasks)):
-            memory.returned(len(curated))
+            # the rate of finished chunks: reading runs ahead of the workers by the chunks in flight
+            processed += memory.returned(len(curated))
+            show_rate(read_bar, processed)
             curated.append(result)
     finally:
         read_bar.close()
