@@ -29,7 +29,7 @@ from data_prep.config import DataConfig
 from data_prep.decontaminate import DecontaminateStats, Decontaminator
 from data_prep.dedup import DedupStats, Deduplicator, Fingerprint, fingerprint
 from data_prep.filters import FilterStats, filter_document
-from data_prep.pack import STREAM, encode_texts, split_of
+from data_prep.pack import STREAM, encode_texts, split_of, token_dtype
 from data_prep.pii import PiiStats, redact_pii
 from data_prep.report import LENGTH_BINS, length_histogram
 from data_prep.sources import SourceStats, iter_documents, mixture_copies, source_name
@@ -47,8 +47,12 @@ class TokenSpec:
 
     path: str
     eos_id: int
-    dtype: str
+    vocab_size: int
     folder: str  # work/tokens-<tokenizer sha>: tokens of another tokenizer never mix in
+
+    @property
+    def dtype(self) -> np.dtype:
+        return token_dtype(self.vocab_size)
 
 
 @dataclass(frozen=True)
@@ -289,11 +293,10 @@ def encode_chunk(spec: TokenSpec, index: int, splits: dict[str, list[dict[str, A
 
     start = time.process_time()
     tokenizer = worker_cached(("tokenizer", spec.path), lambda: Tokenizer.from_file(spec.path))
-    dtype = np.dtype(spec.dtype)
     arrays: dict[str, np.ndarray] = {}
     source_tokens: dict[str, int] = collections.defaultdict(int)
     for split, records in splits.items():
-        tokens, lengths = encode_texts(tokenizer, [r["text"] for r in records], spec.eos_id, dtype)
+        tokens, lengths = encode_texts(tokenizer, [r["text"] for r in records], spec.eos_id, spec.dtype)
         arrays[f"{split}_tokens"], arrays[f"{split}_lengths"] = tokens, lengths
         for record, length in zip(records, lengths.tolist()):
             source_tokens[record["source"]] += length
@@ -379,9 +382,11 @@ def build_corpus(data: DataConfig, plan: Any, pool: ChunkPool, tokens: Optional[
     job = ChunkJob(data=data, work=str(plan.work), eval_files=tuple(plan.eval_files), tokens=tokens)
     timings: dict[str, float] = {}
 
+    # the steps each phase runs name its progress bar and its timing
+    first_phase = ["read", "clean", "filter"]
+    first_phase += ["fingerprint"] if deduplicates(data) else ["split"] + (["tokenize"] if tokens else [])
     start = time.perf_counter()
-    read_bar = stage_bar(progress, "read + clean + filter" + ("" if deduplicates(data) else " + split")
-                         + (" + tokenize" if tokens and not deduplicates(data) else ""))
+    read_bar = stage_bar(progress, " + ".join(first_phase))
     ingest = Ingest(data, plan.root, read_bar)
     boilerplate_report: list[Any] = []
     if data.clean.enabled and data.clean.boilerplate:
@@ -404,8 +409,7 @@ def build_corpus(data: DataConfig, plan: Any, pool: ChunkPool, tokens: Optional[
             curated.append(result)
     finally:
         read_bar.close()
-    timings["read+clean+filter" + ("+fingerprint" if deduplicates(data) else "+split" + ("+tokenize" if tokens else ""))] = (
-        time.perf_counter() - start)
+    timings["+".join(first_phase)] = time.perf_counter() - start
 
     if deduplicates(data):
         start = time.perf_counter()
@@ -413,8 +417,8 @@ def build_corpus(data: DataConfig, plan: Any, pool: ChunkPool, tokens: Optional[
         timings["dedup index"] = time.perf_counter() - start
         start = time.perf_counter()
         finals = []
-        final_bar = stage_bar(progress, "pii + decontaminate + split" + (" + tokenize" if tokens else ""),
-                              total=len(curated), unit="chunk")
+        last_phase = ["pii", "decontaminate", "split"] + (["tokenize"] if tokens else [])
+        final_bar = stage_bar(progress, " + ".join(last_phase), total=len(curated), unit="chunk")
         try:
             tasks = ((job, i, dedup["drops"].get(str(i), [])) for i in range(len(curated)))
             for result in pool.map(finish_chunk, tasks):
@@ -422,7 +426,7 @@ def build_corpus(data: DataConfig, plan: Any, pool: ChunkPool, tokens: Optional[
                 final_bar.update(1)
         finally:
             final_bar.close()
-        timings["pii+decontaminate+split" + ("+tokenize" if tokens else "")] = time.perf_counter() - start
+        timings["+".join(last_phase)] = time.perf_counter() - start
     else:
         dedup = no_dedup(data)
         finals = [result["final"] for result in curated]

@@ -220,7 +220,7 @@ def filter_document(text: str, cfg: FilterConfig) -> Optional[str]:
         lines = [line.lstrip(" \t") for line in text.split("\n")]
         n_lines = max(1, sum(1 for line in lines if line and not line[0].isspace()))
         if cfg.max_bullet_lines_fraction is not None:
-            bullets = sum(1 for line in lines if line[:1] in _BULLETS and line)
+            bullets = sum(1 for line in lines if line[:1] in _BULLETS)
             if bullets / n_lines > cfg.max_bullet_lines_fraction:
                 return "bullet_lines"
         if cfg.max_ellipsis_lines_fraction is not None and ("..." in text or "…" in text):
@@ -311,8 +311,13 @@ def _ngram_keys(word_ids: np.ndarray, n: int) -> np.ndarray:
 def _repeated_starts(keys: np.ndarray) -> tuple[np.ndarray, int, int]:
     """(mask of positions whose key occurs more than once, count of the most frequent key, one of its positions)."""
     repeated, run_starts, run_lengths, order = _runs(keys)
+    return repeated, *_most_frequent(run_starts, run_lengths, order)
+
+
+def _most_frequent(run_starts: np.ndarray, run_lengths: np.ndarray, order: np.ndarray) -> tuple[int, int]:
+    """(count of the most frequent key, one of its positions), from the runs of `_runs`."""
     top = int(np.argmax(run_lengths))
-    return repeated, int(run_lengths[top]), int(order[run_starts[top]])
+    return int(run_lengths[top]), int(order[run_starts[top]])
 
 
 def _runs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -366,8 +371,7 @@ def _ngram_reason(
             repeated, run_starts, run_lengths, order = _runs(_ngram_keys(word_ids, 2))
             bigram_chars = lengths[:-1] + lengths[1:]
             heaviest_bigram = int((run_lengths * bigram_chars[order[run_starts]]).max())
-            top = int(np.argmax(run_lengths))
-            top_bigram = int(run_lengths[top]), int(order[run_starts[top]])
+            top_bigram = _most_frequent(run_starts, run_lengths, order)
             covered_fraction = _covered_fraction(repeated, 2, lengths, word_chars)
         for n in top_to_check:
             if n_words < n:

@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
-import numpy as np
-
 from data_prep.chunks import ChunkPool, copy_atomic, load_npz, read_json, stage_bar, write_json
 from data_prep.config import DataConfig, TokenizerConfig
 from data_prep.curate import (CORPUS_DIR, TokenSpec, build_corpus, chunks_in_flight, corpus_records, corpus_splits,
@@ -237,7 +235,7 @@ def token_spec(plan: Plan, path: Path, tokenizer: TokenizerConfig) -> TokenSpec:
     loaded = load_tokenizer(path)
     eos = eos_id(loaded, tokenizer.special_tokens)  # fails now, not after curating, when EOS is missing
     folder = plan.work / f"tokens-{tokenizer_sha256(path)[:16]}"
-    return TokenSpec(path=str(path), eos_id=eos, dtype=token_dtype(loaded.get_vocab_size()).str, folder=str(folder))
+    return TokenSpec(path=str(path), eos_id=eos, vocab_size=loaded.get_vocab_size(), folder=str(folder))
 
 
 def ensure_tokenizer(
@@ -289,17 +287,13 @@ def tokenize_corpus(plan: Plan, corpus: dict[str, Any], pool: ChunkPool, spec: T
 
 def pack_shards(plan: Plan, data: DataConfig, spec: TokenSpec, chunks: int) -> dict[str, Any]:
     """Concatenates the chunks' tokens, in corpus order per split, into shards."""
-    packer = ShardPacker(plan.folder, dtype_of(spec), data.shard_tokens, data.val_fraction)
+    packer = ShardPacker(plan.folder, spec.dtype, data.shard_tokens, data.val_fraction)
     for index in range(chunks):
         arrays = load_npz(Path(spec.folder) / f"chunk_{index:05d}.npz")
         for split in corpus_splits(data):
             if f"{split}_tokens" in arrays:
                 packer.add(split, arrays[f"{split}_tokens"], arrays[f"{split}_lengths"])
     return packer.finish()
-
-
-def dtype_of(spec: TokenSpec) -> np.dtype:
-    return np.dtype(spec.dtype)
 
 
 def prepare(
@@ -339,12 +333,11 @@ def prepare(
             key: entry[key] for key in ("name", "path", "weight", "files", "documents", "characters", "replaced_chars",
                                         "skipped", "errors", "documents_used")
         } | {"tokens": tokens, "share": round(tokens / total_tokens, 6) if total_tokens else 0.0})
-    vocab_size = load_tokenizer(tokenizer_path).get_vocab_size()
     manifest = {
         "format": FORMAT,
-        "dtype": dtype_of(spec).name,
+        "dtype": spec.dtype.name,
         "eos_id": spec.eos_id,
-        "vocab_size": vocab_size,
+        "vocab_size": spec.vocab_size,
         "tokenizer_sha256": tokenizer_sha256(tokenizer_path),
         "inputs_sha256": plan.inputs_sha256,
         "sources": sources,
