@@ -14,8 +14,8 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from data_prep.chunks import write_bytes_atomic
 from data_prep.sources import unit_hash
+from slmkit.atomic import atomic_write_bytes
 
 FORMAT = "slmkit-shards/1"
 SPLITS = ("train", "val")
@@ -34,7 +34,7 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
     """Written last: a prepared folder is complete exactly when it has a manifest."""
-    write_bytes_atomic(out_dir / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
+    atomic_write_bytes(out_dir / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
 
 
 class ShardWriter:
@@ -185,7 +185,7 @@ def cut_tail(
         tokens = np.memmap(path, dtype=dtype, mode="r")
         for target, part in ((train, tokens[: cut - start]), (val, tokens[cut - start :])):
             name = next_shard_name(target)
-            write_bytes_atomic(out_dir / name, part.tobytes())
+            atomic_write_bytes(out_dir / name, part.tobytes())
             target.shards.append({"file": name, "tokens": len(part)})
             target.tokens += len(part)
         del tokens

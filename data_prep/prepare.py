@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
-from data_prep.chunks import ChunkPool, copy_atomic, load_npz, read_json, stage_bar, write_json
+from data_prep.chunks import ChunkPool, load_npz, read_json, stage_bar, write_json
 from data_prep.config import DataConfig, TokenizerConfig
 from data_prep.curate import (CORPUS_DIR, TokenSpec, build_corpus, chunks_in_flight, corpus_records, corpus_splits,
                               tokenize_part, worker_count)
@@ -26,6 +26,7 @@ from data_prep.pack import FORMAT, STREAM, ShardPacker, token_dtype, write_manif
 from data_prep.report import write_report
 from data_prep.sources import resolve_data_root, resolve_source_files, source_name
 from data_prep.tokenizer import eos_id, load_tokenizer, tokenizer_sha256, train_tokenizer
+from slmkit.atomic import atomic_path
 from slmkit.data import MANIFEST
 from slmkit.errors import SlmkitError
 
@@ -257,7 +258,8 @@ def ensure_tokenizer(
             report = train_tokenizer(tokenizer, texts, source, heldout)
             write_json(report_path, report)
     eos_id(load_tokenizer(source), tokenizer.special_tokens)  # fail now, not after packing, when EOS is missing
-    copy_atomic(source, target)
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
     return target, report
 
 

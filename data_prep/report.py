@@ -6,11 +6,12 @@ Written as report.json (every figure), report.md (tables and examples) and lengt
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
+
+from slmkit.atomic import atomic_path, atomic_write_text
 
 # document lengths in characters, on a log scale from 1 to 100M (8 bins per decade)
 LENGTH_BINS = np.logspace(0, 8, 65)
@@ -20,12 +21,6 @@ STAGES = ("ingest", "clean", "filter", "dedup", "pii", "decontaminate", "final")
 def length_histogram(lengths: Iterable[int]) -> np.ndarray:
     values = np.fromiter(lengths, dtype=np.float64)
     return np.histogram(np.clip(values, 1, LENGTH_BINS[-1]), bins=LENGTH_BINS)[0].astype(np.int64)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def plot_lengths(histograms: dict[str, list[int]], path: Path) -> None:
@@ -45,10 +40,9 @@ def plot_lengths(histograms: dict[str, list[int]], path: Path) -> None:
     axis.set_title("Document lengths before and after curation")
     axis.legend()
     figure.tight_layout()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    figure.savefig(tmp, dpi=110)
+    with atomic_path(path, suffix=".png") as tmp:  # the suffix tells matplotlib the format
+        figure.savefig(tmp, dpi=110)
     plt.close(figure)
-    os.replace(tmp, path)
 
 
 def table(header: list[str], rows: list[list[Any]]) -> list[str]:
@@ -148,7 +142,7 @@ def write_report(
     """Writes report.json, report.md and lengths.png into folder; returns the path of report.md."""
     folder.mkdir(parents=True, exist_ok=True)
     report = {"corpus": corpus, "manifest": manifest, "tokenizer": tokenizer, "timings": timings}
-    write_text_atomic(folder / "report.json", json.dumps(report, indent=1, sort_keys=True))
+    atomic_write_text(folder / "report.json", json.dumps(report, indent=1, sort_keys=True))
     plot_lengths({"read": corpus["histograms"]["ingest"], "curated": corpus["histograms"]["final"]}, folder / "lengths.png")
-    write_text_atomic(folder / "report.md", render_markdown(report))
+    atomic_write_text(folder / "report.md", render_markdown(report))
     return folder / "report.md"

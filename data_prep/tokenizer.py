@@ -6,7 +6,6 @@ Kinds: bpe (byte-level, as GPT-2), unigram, wordpiece, char (every character see
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -14,6 +13,7 @@ from typing import Any, Callable, Iterable, Iterator
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from data_prep.config import TokenizerConfig
+from slmkit.atomic import atomic_path
 from slmkit.errors import SlmkitError
 from slmkit.registry import Registry
 
@@ -106,10 +106,8 @@ def bytes_per_token(tokenizer: Tokenizer, texts: list[str]) -> float | None:
 
 
 def save_tokenizer(tokenizer: Tokenizer, out_path: Path) -> None:
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
-    tokenizer.save(str(tmp))
-    os.replace(tmp, out_path)
+    with atomic_path(out_path) as tmp:
+        tokenizer.save(str(tmp))
 
 
 def train_tokenizer(config: TokenizerConfig, texts: Iterable[str], out_path: Path, heldout: list[str]) -> dict[str, Any]:
