@@ -11,6 +11,9 @@ import gzip
 import json
 import multiprocessing
 import os
+import signal
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional
 
@@ -18,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from slmkit.atomic import atomic_path
+from slmkit.errors import SlmkitError
 
 
 def write_records(path: Path, records: Iterable[dict[str, Any]], level: int = 1) -> None:
@@ -73,48 +77,72 @@ def _init_worker() -> None:
     # Each worker encodes with one tokenizer thread: the pool supplies the parallelism, and a second layer of
     # threads would only compete for the same cores.
     os.environ["RAYON_NUM_THREADS"] = "1"
+    # Ctrl-C is the main process's to handle: it stops the workers itself, and a worker that died of the signal
+    # would look like one the out-of-memory killer took.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+WORKER_DIED = (
+    "a data worker process died without a word (killed, most likely by the out-of-memory killer); the run is stopped. "
+    "Give each worker less text at once: lower data.num_workers (it is {workers}), data.memory_limit_mb or "
+    "data.chunk_mb, and run again: finished chunks are kept, so it resumes where this one stopped"
+)
 
 
 class ChunkPool:
     """One set of worker processes for every stage of a run; results in task order, at most `in_flight` at once.
 
     Tasks are pulled from the iterator only when a slot frees, so the producer (e.g. reading sources) never runs
-    more than `in_flight` chunks ahead. With one worker everything runs in this process.
+    more than `in_flight` chunks ahead. With one worker everything runs in this process. A worker that dies (the
+    out-of-memory killer's SIGKILL) stops the run with a SlmkitError instead of leaving it waiting for ever.
     """
 
     def __init__(self, workers: int, in_flight: int):
+        self.workers = workers
         self.in_flight = max(1, in_flight)
-        self.pool = None
+        self.executor: Optional[ProcessPoolExecutor] = None
+        self.others = set(multiprocessing.active_children())  # child processes that are not this pool's workers
         if workers > 1:
             # spawn: forked children would inherit tokenizers' and numpy's thread pools in an unusable state
-            self.pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker)
+            self.executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=_init_worker)
 
     def map(self, function: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Any]:
-        if self.pool is None:
+        if self.executor is None:
             for task in tasks:
                 yield function(task)
             return
-        pending: collections.deque = collections.deque()
-        for task in tasks:
-            pending.append(self.pool.apply_async(function, (task,)))
-            if len(pending) >= self.in_flight:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
+        pending: collections.deque[Future] = collections.deque()
+        try:
+            for task in tasks:
+                pending.append(self.executor.submit(function, task))
+                if len(pending) >= self.in_flight:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        except BrokenProcessPool:
+            raise SlmkitError(WORKER_DIED.format(workers=self.workers)) from None
 
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.close()
-            self.pool.join()
-            self.pool = None
+        if self.executor is not None:
+            self.executor.shutdown(wait=True)
+            self.executor = None
+
+    def stop(self) -> None:
+        """Drops queued tasks and kills the workers: a failed or interrupted run waits for no chunk nobody will read."""
+        if self.executor is not None:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+            # the executor has no public way to kill its workers: they are the children started since it was made
+            for process in set(multiprocessing.active_children()) - self.others:
+                process.kill()
+            self.executor = None
 
     def __enter__(self) -> "ChunkPool":
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self.pool is not None and exc[0] is not None:
-            self.pool.terminate()  # a failed run does not wait for chunks nobody will read
-            self.pool = None
+        if exc[0] is not None:
+            self.stop()
         self.close()
 
 

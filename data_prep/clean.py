@@ -16,44 +16,7 @@ from typing import Optional
 
 import numpy as np
 
-from slmkit.errors import SlmkitError
-from slmkit.options import option
-
-NORMALIZATION_FORMS = ("NFC", "NFKC", "none")
-
-
-@dataclass
-class CleanConfig:
-    enabled: bool = option(True, "Run the cleaning step at all.")
-    unicode_normalization: str = option("NFC", "Unicode normalization: NFC (composes accents, changes nothing visible), NFKC (also folds ligatures, full-width forms, superscripts) or none.")
-    fix_mojibake: bool = option(True, "Repair text decoded with the wrong encoding (e.g. 'Ã©' for 'é') with ftfy; only encoding fixes, no quote or width changes.")
-    remove_control_chars: bool = option(True, "Remove C0/C1 control characters except newline and tab; \\r, \\f, \\v and Unicode line separators become newlines.")
-    remove_invisible_chars: bool = option(True, "Remove zero-width spaces/joiners, word joiners, byte-order marks and bidirectional marks.")
-    remove_soft_hyphens: bool = option(True, "Remove soft hyphens (U+00AD) and rejoin the word they split; one before a capital or digit becomes '-'.")
-    normalize_whitespace: bool = option(True, "Non-breaking and other Unicode spaces become ' ', trailing spaces go, blank-line runs are capped, the document is stripped.")
-    max_blank_lines: int = option(1, "Longest run of blank lines kept when normalizing whitespace.")
-    rejoin_hyphenated_words: bool = option(True, "Rejoin words hyphenated across a line break ('regu-\\nlation' -> 'regulation') when the next line starts in lowercase.")
-    boilerplate: bool = option(False, "Remove lines that recur in many documents (page headers/footers); needs a counting pass over the corpus first. Off by default: in the legal corpora such lines are section headings.")
-    boilerplate_min_doc_fraction: float = option(0.5, "A line is boilerplate when it occurs in more than this fraction of the counted documents ...")
-    boilerplate_min_docs: int = option(10, "... and in at least this many documents.")
-    boilerplate_min_line_chars: int = option(10, "Lines shorter than this (after normalization) are never boilerplate: '(a)', 'v.' and short headings are structure.")
-    boilerplate_max_tracked_lines: int = option(200_000, "Memory bound of the line counter (distinct lines tracked per worker); rarer lines are forgotten first.")
-    max_examples: int = option(5, "Short before/after examples kept per kind of fix for the curation report.")
-
-    def __post_init__(self) -> None:
-        if self.unicode_normalization not in NORMALIZATION_FORMS:
-            raise SlmkitError(
-                f"data.clean.unicode_normalization is {self.unicode_normalization!r}; use one of {list(NORMALIZATION_FORMS)}."
-            )
-        if self.max_blank_lines < 0:
-            raise SlmkitError(f"data.clean.max_blank_lines is {self.max_blank_lines}; use 0 or more.")
-        if not 0.0 < self.boilerplate_min_doc_fraction <= 1.0:
-            raise SlmkitError(
-                f"data.clean.boilerplate_min_doc_fraction is {self.boilerplate_min_doc_fraction}; use a fraction in (0, 1]."
-            )
-        if self.boilerplate_max_tracked_lines < 1:
-            raise SlmkitError(f"data.clean.boilerplate_max_tracked_lines is {self.boilerplate_max_tracked_lines}; use 1 or more.")
-
+from slmkit.data_config import CleanConfig
 
 @dataclass
 class CleanStats:

@@ -25,18 +25,23 @@ from tqdm import tqdm
 from data_prep.chunks import (ChunkPool, Counts, load_npz, read_json, read_records, save_npz, show_rate, stage_bar,
                               worker_cached, write_json, write_records)
 from data_prep.clean import BoilerplateDetector, BoilerplateLines, CleanStats, clean_text
-from data_prep.config import DataConfig
 from data_prep.decontaminate import DecontaminateStats, Decontaminator
 from data_prep.dedup import DedupStats, Deduplicator, Fingerprint, fingerprint
 from data_prep.filters import FilterStats, filter_document
-from data_prep.pack import STREAM, encode_texts, split_of, token_dtype
+from data_prep.pack import STREAM, encode_texts, split_of
 from data_prep.pii import PiiStats, redact_pii
-from data_prep.report import LENGTH_BINS, length_histogram
 from data_prep.sources import SourceStats, iter_documents, mixture_copies, source_name
+from slmkit.data import token_dtype
+from slmkit.data_config import DataConfig
 from slmkit.errors import SlmkitError
 
 CORPUS_DIR = "curated"
 CORPUS_DONE = "corpus.json"
+# The corpus summary (and the report) counts documents and characters per source after each of these, in order;
+# a chunk result's "counts" holds the stages its task ran, under these names.
+STAGES = ("ingest", "clean", "filter", "dedup", "pii", "decontaminate", "final")
+# document lengths in characters, on a log scale from 1 to 100M (8 bins per decade)
+LENGTH_BINS = np.logspace(0, 8, 65)
 # Python holds a chunk's text more than once while a worker processes it (decoded records, cleaned copies, output)
 CHUNK_MEMORY_FACTOR = 4
 
@@ -64,6 +69,11 @@ class ChunkJob:
     eval_files: tuple[str, ...] = ()
     boilerplate: Optional[BoilerplateLines] = None
     tokens: Optional[TokenSpec] = None
+
+
+def length_histogram(lengths: Iterable[int]) -> np.ndarray:
+    values = np.fromiter(lengths, dtype=np.float64)
+    return np.histogram(np.clip(values, 1, LENGTH_BINS[-1]), bins=LENGTH_BINS)[0].astype(np.int64)
 
 
 def worker_count(data: DataConfig) -> int:
@@ -477,16 +487,13 @@ def corpus_summary(
     finals: list[dict[str, Any]], split_documents: dict[str, int],
 ) -> dict[str, Any]:
     """Documents and characters per source after every stage, with each stage's own statistics."""
-    stages: dict[str, Counts] = {name: Counts() for name in ("clean", "filter", "dedup", "pii", "decontaminate", "final")}
-    ingested = Counts({s["name"]: [s["documents"], s["characters"]] for s in ingest["sources"]})
-    for result in curated:
-        stages["clean"].merge(result["counts"]["clean"])
-        stages["filter"].merge(result["counts"]["filter"])
+    stages: dict[str, Counts] = {name: Counts() for name in STAGES}
+    stages["ingest"] = Counts({s["name"]: [s["documents"], s["characters"]] for s in ingest["sources"]})
+    for result in curated + finals:
+        for name, counts in result["counts"].items():
+            stages[name].merge(counts)
     stages["dedup"] = Counts(dedup["counts"] if dedup["counts"] is not None else
                              {k: list(v) for k, v in stages["filter"].data.items()})
-    for result in finals:
-        for name in ("pii", "decontaminate", "final"):
-            stages[name].merge(result["counts"][name])
     seconds: dict[str, float] = collections.defaultdict(float)
     for result in curated + finals:
         for name, value in result["seconds"].items():
@@ -495,8 +502,7 @@ def corpus_summary(
     sources = []
     for entry in ingest["sources"]:
         name = entry["name"]
-        per_stage = {"ingest": ingested.data.get(name, [0, 0])}
-        per_stage.update({stage: counts.data.get(name, [0, 0]) for stage, counts in stages.items()})
+        per_stage = {stage: stages[stage].data.get(name, [0, 0]) for stage in STAGES}
         sources.append({**entry, "stages": per_stage, "documents_used": per_stage["final"][0]})
     return {
         "corpus_sha256": corpus_sha256,
@@ -534,9 +540,3 @@ def corpus_records(folder: Path, summary: dict[str, Any], split: str) -> Iterato
     for parts in summary["parts"]:
         if split in parts:
             yield from read_records(folder / CORPUS_DIR / parts[split])
-
-
-def read_curated(prepared_dir: Path, split: str) -> Iterator[dict[str, Any]]:
-    """The curated documents of one split of a prepared folder ({"id", "source", "text"} each), in corpus order."""
-    summary = read_json(Path(prepared_dir) / CORPUS_DIR / CORPUS_DONE)
-    return corpus_records(Path(prepared_dir), summary, split)

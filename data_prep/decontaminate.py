@@ -16,30 +16,11 @@ from typing import Iterable, Iterator, Optional, Sequence
 import numpy as np
 
 from data_prep.dedup import normalized_words, word_ngram_hashes
+from slmkit.data_config import DecontaminateConfig
 from slmkit.errors import SlmkitError
-from slmkit.options import option
 
-ACTIONS = ("drop", "report")
 # Files taken from a directory of evaluation data; READMEs and provenance notes are not evaluation text.
 _EVAL_SUFFIXES = (".jsonl", ".jsonl.gz", ".txt", ".txt.gz", ".tokens")
-
-
-@dataclass
-class DecontaminateConfig:
-    eval_files: list[str] = option([], "Evaluation data to protect: files (.jsonl[.gz] records or plain .txt/.tokens), directories of them, or globs. Empty disables the step.")
-    fields: list[str] = option(["text", "input", "question", "context", "contexts"], "Fields of jsonl records whose text is evaluation text (strings or lists of strings); missing fields are skipped.")
-    n: int = option(13, "Words per n-gram (GPT-3 used 13): long enough that a shared n-gram means copied text, not a common phrase.")
-    min_matches: int = option(1, "A document is contaminated when at least this many of its n-grams occur in the evaluation text.")
-    action: str = option("drop", "drop: remove contaminated documents; report: keep them and only count them in the report.")
-    max_examples: int = option(5, "Matched n-grams kept as examples for the curation report.")
-
-    def __post_init__(self) -> None:
-        if self.n < 5:
-            raise SlmkitError(f"data.decontaminate.n is {self.n}; use at least 5 words (13 is the usual choice), shorter n-grams match common phrases.")
-        if self.min_matches < 1:
-            raise SlmkitError(f"data.decontaminate.min_matches is {self.min_matches}; use 1 or more.")
-        if self.action not in ACTIONS:
-            raise SlmkitError(f"data.decontaminate.action is {self.action!r}; use one of {list(ACTIONS)}.")
 
 
 @dataclass

@@ -15,33 +15,14 @@ from typing import Optional
 
 import numpy as np
 
+from slmkit.data_config import DedupConfig
 from slmkit.errors import SlmkitError
-from slmkit.options import option
 
 _WORD = re.compile(r"\w+")
 # splitmix64 constants: a cheap, well-mixing 64-bit finalizer for n-gram keys
 _MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX_2 = np.uint64(0x94D049BB133111EB)
 _NGRAM_BASE = np.uint64(0x9E3779B97F4A7C15)
-
-
-@dataclass
-class DedupConfig:
-    exact: bool = option(True, "Drop documents whose normalized text (lowercase, punctuation and spacing removed) equals an earlier one.")
-    near: bool = option(True, "Drop near duplicates of an earlier document, found with MinHash LSH.")
-    threshold: float = option(0.8, "Near duplicate when the estimated Jaccard similarity of word-shingle sets is at least this.")
-    num_perm: int = option(128, "MinHash permutations: more estimate Jaccard better and cost proportionally more time and memory.")
-    shingle_words: int = option(5, "Words per shingle (word n-gram) of the sets compared for near duplicates.")
-    seed: int = option(1, "Seed of the MinHash permutations; fingerprints from different seeds cannot be compared.")
-    max_examples: int = option(5, "Duplicate pairs kept as examples for the curation report.")
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.threshold <= 1.0:
-            raise SlmkitError(f"data.dedup.threshold is {self.threshold}; use a Jaccard similarity in (0, 1], e.g. 0.8.")
-        if self.num_perm < 16:
-            raise SlmkitError(f"data.dedup.num_perm is {self.num_perm}; use at least 16 (128 is a good default).")
-        if self.shingle_words < 1:
-            raise SlmkitError(f"data.dedup.shingle_words is {self.shingle_words}; use 1 or more (5 is a good default).")
 
 
 # ---- fingerprints (worker side) --------------------------------------------------------------------------------

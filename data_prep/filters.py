@@ -12,8 +12,7 @@ from typing import Optional
 
 import numpy as np
 
-from slmkit.errors import SlmkitError
-from slmkit.options import option
+from slmkit.data_config import STOPWORD_LANGUAGES, FilterConfig
 
 # Function words per language, for the "is this the target language?" check. Short lists on purpose: the ratio of
 # such words among all words is ~0.35-0.5 in running prose of that language and near zero in other languages.
@@ -40,6 +39,9 @@ STOPWORDS: dict[str, frozenset[str]] = {
     ),
 }
 
+for _language, _words in STOPWORDS.items():  # what makes a language valid for data.filter.language
+    STOPWORD_LANGUAGES.register(_language)(_words)
+
 # The eight words of Gopher's stop-word rule: text with fewer than two of them is rarely natural English prose.
 GOPHER_STOPWORDS = frozenset(["the", "be", "to", "of", "and", "that", "have", "with"])
 
@@ -63,69 +65,6 @@ _PARAGRAPHS = re.compile(r"\n[ \t]*\n\s*")
 
 # Word n-gram keys combine per-document word ids in wrapping 64-bit arithmetic (a multiplicative hash).
 _NGRAM_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
-
-
-@dataclass
-class FilterConfig:
-    enabled: bool = option(True, "Run the quality filters at all.")
-    # Defaults follow Gopher except where its web-text thresholds were measured to wipe out real legal prose
-    # (statutes repeat long formulas and cite many numbers); each such field names the Gopher value to restore it.
-    min_words: Optional[int] = option(20, "Drop documents with fewer whitespace-separated words (Gopher: 50; 20 keeps short statute sections); null disables.")
-    max_words: Optional[int] = option(100_000, "Drop documents with more words (Gopher: 100,000); null disables.")
-    min_chars: Optional[int] = option(None, "Drop documents shorter than this many characters; null disables.")
-    max_chars: Optional[int] = option(None, "Drop documents longer than this many characters; null disables.")
-    min_mean_word_length: Optional[float] = option(3.0, "Drop if the mean word length is below this (Gopher: 3); null disables.")
-    max_mean_word_length: Optional[float] = option(10.0, "Drop if the mean word length is above this (Gopher: 10); null disables.")
-    max_symbol_word_ratio: Optional[float] = option(0.1, "Drop if ('#' + ellipses) per word exceeds this (Gopher: 0.1); null disables.")
-    max_bullet_lines_fraction: Optional[float] = option(0.9, "Drop if more than this fraction of lines start with a bullet (Gopher: 0.9); null disables.")
-    max_ellipsis_lines_fraction: Optional[float] = option(0.3, "Drop if more than this fraction of lines end in an ellipsis (Gopher: 0.3); null disables.")
-    min_alpha_words_fraction: Optional[float] = option(0.7, "Drop if fewer than this fraction of words contain a letter (Gopher: 0.8; 0.7 keeps citation-dense rules); null disables.")
-    gopher_min_words: int = option(50, "The stopword and n-gram repetition rules judge only documents with at least this many words (Gopher's own floor); in shorter ones a single repeated name decides.")
-    min_gopher_stopwords: Optional[int] = option(2, "Drop if fewer than this many of the, be, to, of, and, that, have, with occur (Gopher: 2; English only); null disables.")
-    language: str = option("en", "Target language of the stopword check: en, fr, de or es.")
-    min_stopword_ratio: Optional[float] = option(0.1, "Drop as non-target-language if fewer than this fraction of words are stopwords of `language`; null disables.")
-    max_duplicate_lines_fraction: Optional[float] = option(0.3, "Drop if more than this fraction of lines repeat an earlier line (Gopher: 0.3); null disables.")
-    max_duplicate_line_chars_fraction: Optional[float] = option(0.2, "Drop if repeated lines hold more than this fraction of characters (Gopher: 0.2); null disables.")
-    max_duplicate_paragraphs_fraction: Optional[float] = option(0.3, "Drop if more than this fraction of paragraphs repeat an earlier one (Gopher: 0.3); null disables.")
-    max_duplicate_paragraph_chars_fraction: Optional[float] = option(0.2, "Drop if repeated paragraphs hold more than this fraction of characters (Gopher: 0.2); null disables.")
-    max_top_ngram_chars_fraction: dict[int, float] = option(
-        {2: 0.2, 3: 0.18, 4: 0.16},
-        "Per n: drop if the most frequent word n-gram covers more than this fraction of characters (Gopher); {} disables.",
-    )
-    max_duplicate_ngram_chars_fraction: dict[int, float] = option(
-        {5: 0.65, 6: 0.62, 7: 0.60, 8: 0.58, 9: 0.56, 10: 0.55},
-        "Per n: drop if word n-grams occurring more than once cover more than this fraction of characters "
-        "(Gopher: 0.15 for n=5 down to 0.10 for n=10, which drops ~90% of DC session laws); {} disables.",
-    )
-    max_examples: int = option(5, "Short examples kept per drop reason for the curation report.")
-
-    def __post_init__(self) -> None:
-        if self.language not in STOPWORDS:
-            raise SlmkitError(
-                f"data.filter.language is {self.language!r}, which has no stopword list; use one of "
-                f"{sorted(STOPWORDS)} or set data.filter.min_stopword_ratio: null to skip the language check."
-            )
-        fractions = {
-            "max_bullet_lines_fraction": self.max_bullet_lines_fraction,
-            "max_ellipsis_lines_fraction": self.max_ellipsis_lines_fraction,
-            "min_alpha_words_fraction": self.min_alpha_words_fraction,
-            "min_stopword_ratio": self.min_stopword_ratio,
-            "max_duplicate_lines_fraction": self.max_duplicate_lines_fraction,
-            "max_duplicate_line_chars_fraction": self.max_duplicate_line_chars_fraction,
-            "max_duplicate_paragraphs_fraction": self.max_duplicate_paragraphs_fraction,
-            "max_duplicate_paragraph_chars_fraction": self.max_duplicate_paragraph_chars_fraction,
-        }
-        for n, value in {**self.max_top_ngram_chars_fraction, **self.max_duplicate_ngram_chars_fraction}.items():
-            if not isinstance(n, int) or n < 1:
-                raise SlmkitError(f"data.filter n-gram sizes must be positive integers, got {n!r}.")
-            fractions[f"n-gram fraction for n={n}"] = value
-        for name, value in fractions.items():
-            if value is not None and not 0.0 <= value <= 1.0:
-                raise SlmkitError(f"data.filter.{name} is {value}; it is a fraction, so use a value in [0, 1] or null to disable it.")
-        for low, high in (("min_words", "max_words"), ("min_chars", "max_chars"), ("min_mean_word_length", "max_mean_word_length")):
-            lo, hi = getattr(self, low), getattr(self, high)
-            if lo is not None and hi is not None and lo > hi:
-                raise SlmkitError(f"data.filter.{low} ({lo}) is larger than data.filter.{high} ({hi}); no document could pass.")
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """Token shards: documents encoded with EOS after each, packed into flat {split}_{index:05d}.bin files, and the manifest.
 
-The train/val split lives here too: by seeded document hash, or the tail of the token stream (nanoGPT's char task).
+The format (file names, token dtype, manifest keys) is `slmkit.data`'s, which training reads with. The train/val
+split lives here too: by seeded document hash, or the tail of the token stream (nanoGPT's char task).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import numpy as np
 
 from data_prep.sources import unit_hash
 from slmkit.atomic import atomic_write_bytes
+from slmkit.data import MANIFEST, REQUIRED_KEYS
 
-FORMAT = "slmkit-shards/1"
 SPLITS = ("train", "val")
 STREAM = "stream"  # the tail split's single token stream, cut into train and val once its length is known
 BATCH_CHARS = 4_000_000  # characters per encode_batch call: large enough to keep every tokenizer thread busy
@@ -28,13 +29,12 @@ def split_of(doc_id: str, seed: int, val_fraction: float) -> str:
     return "val" if unit_hash(f"split:{seed}:{doc_id}") < val_fraction else "train"
 
 
-def token_dtype(vocab_size: int) -> np.dtype:
-    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
-
-
 def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
     """Written last: a prepared folder is complete exactly when it has a manifest."""
-    atomic_write_bytes(out_dir / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
+    missing = [key for key in REQUIRED_KEYS if key not in manifest]
+    if missing:  # a bug in the writer: training would refuse the folder
+        raise ValueError(f"the manifest lacks {', '.join(missing)}")
+    atomic_write_bytes(out_dir / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
 
 
 class ShardWriter:

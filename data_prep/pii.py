@@ -11,30 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from slmkit.errors import SlmkitError
-from slmkit.options import option
-
-PII_KINDS = ("email", "card", "ssn", "phone")  # the order they are replaced in: longer digit runs first
-
-
-@dataclass
-class PiiConfig:
-    enabled: bool = option(False, "Replace personal data with placeholders. Off by default: public legal, medical and finance sources carry none, and every pattern has some false positives.")
-    kinds: list[str] = option(list(PII_KINDS), "Which kinds to replace: email, phone (US), ssn (US), card (Luhn-checked payment card numbers).")
-    placeholders: dict[str, str] = option(
-        {"email": "<EMAIL>", "phone": "<PHONE>", "ssn": "<SSN>", "card": "<CARD>"},
-        "Replacement text per kind.",
-    )
-    max_examples: int = option(5, "Redacted snippets kept per kind for the curation report (they show the placeholder, never the data).")
-
-    def __post_init__(self) -> None:
-        unknown = [kind for kind in self.kinds if kind not in PII_KINDS]
-        if unknown:
-            raise SlmkitError(f"data.pii.kinds has unknown kinds {unknown}; choose from {list(PII_KINDS)}.")
-        missing = [kind for kind in self.kinds if kind not in self.placeholders]
-        if missing:
-            raise SlmkitError(f"data.pii.placeholders has no replacement for {missing}; add one per kind in data.pii.kinds.")
-
+from slmkit.data_config import PII_KINDS, PiiConfig
 
 @dataclass
 class PiiStats:

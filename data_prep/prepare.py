@@ -19,32 +19,25 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
 from data_prep.chunks import ChunkPool, load_npz, read_json, stage_bar, write_json
-from data_prep.config import DataConfig, TokenizerConfig
 from data_prep.curate import (CORPUS_DIR, TokenSpec, build_corpus, chunks_in_flight, corpus_records, corpus_splits,
                               tokenize_part, worker_count)
-from data_prep.pack import FORMAT, STREAM, ShardPacker, token_dtype, write_manifest
-from data_prep.report import write_report
+from data_prep.pack import STREAM, ShardPacker, write_manifest
+from data_prep.report import REPORT_MARKDOWN, write_report
 from data_prep.sources import resolve_data_root, resolve_source_files, source_name
-from data_prep.tokenizer import eos_id, load_tokenizer, tokenizer_sha256, train_tokenizer
-from slmkit.atomic import atomic_path
-from slmkit.data import MANIFEST
+from data_prep.tokenizer import tokenizer_sha256, train_tokenizer
+from slmkit.atomic import atomic_copy
+from slmkit.data import FORMAT, MANIFEST, PreparedData, token_dtype
+from slmkit.data_config import DataConfig, TokenizerConfig
 from slmkit.errors import SlmkitError
+from slmkit.options import check_choices
+from slmkit.tokenizer import TOKENIZER_FILE, end_of_document_id, load_tokenizer
 
 # DataConfig fields that cannot change any output (where it goes, how fast), and those that only change packing
 NO_EFFECT_FIELDS = ("prepared_dir", "num_workers")
 PACK_ONLY_FIELDS = ("shard_tokens",)
 HELDOUT_CHARS = 2_000_000  # held-out text for the tokenizer's bytes-per-token figure
-TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_REPORT = "tokenizer_report.json"
-
-
-@dataclass
-class PreparedData:
-    shards_dir: Path
-    tokenizer_path: Path
-    manifest: dict[str, Any]
-    reused: bool
-    report_path: Optional[Path] = None
+REPORT_DIR = "report"
 
 
 @dataclass
@@ -74,14 +67,12 @@ def sha256_json(value: Any) -> str:
 
 
 def validate(data: DataConfig) -> None:
+    """What a recipe's data section must satisfy beyond its types; also for a DataConfig built in Python."""
+    check_choices(data, prefix="data.")
     if not data.sources:
         raise SlmkitError("data.sources is empty: list at least one source (path: or hf_dataset:) in the recipe's data section")
-    if data.split not in ("hash", "tail"):
-        raise SlmkitError(f"data.split={data.split!r} is not known; use hash (by document) or tail (end of the token stream)")
     if not 0.0 <= data.val_fraction < 1.0:
         raise SlmkitError(f"data.val_fraction={data.val_fraction} must be in [0, 1)")
-    if data.on_error not in ("stop", "skip"):
-        raise SlmkitError(f"data.on_error={data.on_error!r} is not known; use stop or skip")
     if data.shard_tokens < 1:
         raise SlmkitError(f"data.shard_tokens={data.shard_tokens} must be at least 1")
     if data.chunk_mb <= 0 or data.memory_limit_mb < 1:
@@ -232,9 +223,9 @@ def known_tokenizer(plan: Plan, tokenizer: TokenizerConfig) -> Optional[Path]:
     return None
 
 
-def token_spec(plan: Plan, path: Path, tokenizer: TokenizerConfig) -> TokenSpec:
+def token_spec(plan: Plan, path: Path) -> TokenSpec:
     loaded = load_tokenizer(path)
-    eos = eos_id(loaded, tokenizer.special_tokens)  # fails now, not after curating, when EOS is missing
+    eos = end_of_document_id(loaded)  # fails now, not after curating, when there is no EOS
     folder = plan.work / f"tokens-{tokenizer_sha256(path)[:16]}"
     return TokenSpec(path=str(path), eos_id=eos, vocab_size=loaded.get_vocab_size(), folder=str(folder))
 
@@ -257,9 +248,8 @@ def ensure_tokenizer(
             texts, heldout = tokenizer_texts(plan, data, corpus)
             report = train_tokenizer(tokenizer, texts, source, heldout)
             write_json(report_path, report)
-    eos_id(load_tokenizer(source), tokenizer.special_tokens)  # fail now, not after packing, when EOS is missing
-    with atomic_path(target) as tmp:
-        shutil.copyfile(source, tmp)
+    end_of_document_id(load_tokenizer(source))  # fail now, not after packing, when there is no EOS
+    atomic_copy(source, target)
     return target, report
 
 
@@ -308,18 +298,18 @@ def prepare(
     plan = make_plan(data, tokenizer, out_dir)
     manifest = reusable_manifest(plan)
     if manifest is not None:
-        report = plan.folder / "report" / "report.md"
+        report = plan.folder / REPORT_DIR / REPORT_MARKDOWN
         return PreparedData(plan.folder, plan.folder / TOKENIZER_FILE, manifest, True, report if report.is_file() else None)
     plan.folder.mkdir(parents=True, exist_ok=True)
     clear_outputs(plan.folder)
     with ChunkPool(worker_count(data), chunks_in_flight(data)) as pool:
         known = known_tokenizer(plan, tokenizer)
-        corpus = build_corpus(data, plan, pool, token_spec(plan, known, tokenizer) if known else None, progress)
+        corpus = build_corpus(data, plan, pool, token_spec(plan, known) if known else None, progress)
         start = time.perf_counter()
         tokenizer_path, tokenizer_report = ensure_tokenizer(plan, data, tokenizer, corpus)
         tokenizer_seconds = time.perf_counter() - start
         start = time.perf_counter()
-        spec = token_spec(plan, tokenizer_path, tokenizer)
+        spec = token_spec(plan, tokenizer_path)
         chunk_tokens = tokenize_corpus(plan, corpus, pool, spec, progress)
     splits = pack_shards(plan, data, spec, len(corpus["parts"]))
     pack_seconds = time.perf_counter() - start
@@ -348,7 +338,7 @@ def prepare(
     write_json(plan.folder / TOKENIZER_REPORT, tokenizer_report)
     timings = {**corpus["timings"], "tokenizer": tokenizer_seconds, "tokenize (rest)+pack": pack_seconds}
     corpus["stage_cpu_seconds"]["tokenize"] = sum(result.get("seconds", 0.0) for result in chunk_tokens)
-    report_path = write_report(plan.folder / "report", corpus, manifest, tokenizer_report, timings)
+    report_path = write_report(plan.folder / REPORT_DIR, corpus, manifest, tokenizer_report, timings)
     write_manifest(plan.folder, manifest)
     remove_work(plan)
     return PreparedData(plan.folder, tokenizer_path, manifest, reused=False, report_path=report_path)
@@ -372,6 +362,8 @@ def train_recipe_tokenizer(data: DataConfig, tokenizer: TokenizerConfig, progres
     path, report = ensure_tokenizer(plan, data, tokenizer, corpus)
     details = ", ".join(f"{key} {value}" for key, value in report.items() if key in ("kind", "vocab_size", "bytes_per_token"))
     return f"tokenizer: {path} ({details})"
+
+
 def describe_status(data: DataConfig, tokenizer: TokenizerConfig) -> str:
     """One line for `slmkit train --dry-run`: are the shards for this recipe ready, and where."""
     try:

@@ -11,16 +11,11 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from data_prep.curate import LENGTH_BINS, STAGES
 from slmkit.atomic import atomic_path, atomic_write_text
 
-# document lengths in characters, on a log scale from 1 to 100M (8 bins per decade)
-LENGTH_BINS = np.logspace(0, 8, 65)
-STAGES = ("ingest", "clean", "filter", "dedup", "pii", "decontaminate", "final")
-
-
-def length_histogram(lengths: Iterable[int]) -> np.ndarray:
-    values = np.fromiter(lengths, dtype=np.float64)
-    return np.histogram(np.clip(values, 1, LENGTH_BINS[-1]), bins=LENGTH_BINS)[0].astype(np.int64)
+REPORT_JSON = "report.json"
+REPORT_MARKDOWN = "report.md"
 
 
 def plot_lengths(histograms: dict[str, list[int]], path: Path) -> None:
@@ -142,7 +137,7 @@ def write_report(
     """Writes report.json, report.md and lengths.png into folder; returns the path of report.md."""
     folder.mkdir(parents=True, exist_ok=True)
     report = {"corpus": corpus, "manifest": manifest, "tokenizer": tokenizer, "timings": timings}
-    atomic_write_text(folder / "report.json", json.dumps(report, indent=1, sort_keys=True))
+    atomic_write_text(folder / REPORT_JSON, json.dumps(report, indent=1, sort_keys=True))
     plot_lengths({"read": corpus["histograms"]["ingest"], "curated": corpus["histograms"]["final"]}, folder / "lengths.png")
-    atomic_write_text(folder / "report.md", render_markdown(report))
-    return folder / "report.md"
+    atomic_write_text(folder / REPORT_MARKDOWN, render_markdown(report))
+    return folder / REPORT_MARKDOWN

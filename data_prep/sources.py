@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator, Optional
 
-from data_prep.config import SourceConfig
+from slmkit.data_config import SourceConfig
 from slmkit.errors import SlmkitError
 
 TEXT_FORMATS = (".txt", ".md")

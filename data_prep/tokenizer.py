@@ -1,6 +1,8 @@
-"""Trains a Hugging Face `tokenizers` tokenizer of a kind picked by name, saves tokenizer.json, and loads one back.
+"""Trains a Hugging Face `tokenizers` tokenizer of a kind picked by name and saves tokenizer.json.
 
-Kinds: bpe (byte-level, as GPT-2), unigram, wordpiece, char (every character seen is a token, as nanoGPT's char task).
+Each kind registers in slmkit's TOKENIZER_KINDS, so tokenizer.kind is checked when the recipe resolves. Every kind
+gives the recipe's special tokens ids 0, 1, ... in order: the first is the end-of-document token (see
+`slmkit.tokenizer.end_of_document_id`).
 """
 
 from __future__ import annotations
@@ -8,20 +10,14 @@ from __future__ import annotations
 import hashlib
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-from data_prep.config import TokenizerConfig
 from slmkit.atomic import atomic_path
+from slmkit.data_config import TokenizerConfig
 from slmkit.errors import SlmkitError
-from slmkit.registry import Registry
-
-UNK = "<unk>"
-
-TOKENIZER_KINDS: Registry[Callable[[TokenizerConfig, Iterator[str]], Tokenizer]] = Registry(
-    "tokenizer kind", "Builds and trains a tokenizer from a config and an iterator of training texts."
-)
+from slmkit.tokenizer import TOKENIZER_KINDS, UNK
 
 
 def with_unk(special_tokens: list[str]) -> list[str]:
@@ -31,7 +27,7 @@ def with_unk(special_tokens: list[str]) -> list[str]:
 
 @TOKENIZER_KINDS.register("bpe")
 def train_bpe(config: TokenizerConfig, texts: Iterator[str]) -> Tokenizer:
-    # byte-level: every string is encodable (no unknown token) and decoding restores it exactly
+    """Byte-level BPE, as GPT-2: every string is encodable (no unknown token) and decoding restores it exactly."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -45,7 +41,7 @@ def train_bpe(config: TokenizerConfig, texts: Iterator[str]) -> Tokenizer:
 
 @TOKENIZER_KINDS.register("unigram")
 def train_unigram(config: TokenizerConfig, texts: Iterator[str]) -> Tokenizer:
-    # SentencePiece-style: spaces become ▁ so decoding restores them
+    """SentencePiece-style unigram: spaces become ▁ so decoding restores them."""
     tokenizer = Tokenizer(models.Unigram())
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
     tokenizer.decoder = decoders.Metaspace()
@@ -59,7 +55,7 @@ def train_unigram(config: TokenizerConfig, texts: Iterator[str]) -> Tokenizer:
 
 @TOKENIZER_KINDS.register("wordpiece")
 def train_wordpiece(config: TokenizerConfig, texts: Iterator[str]) -> Tokenizer:
-    # BERT-style pieces on whitespace-split words; decoding joins words with single spaces
+    """BERT-style pieces of whitespace-split words; decoding joins words with single spaces."""
     tokenizer = Tokenizer(models.WordPiece(unk_token=UNK))
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tokenizer.decoder = decoders.WordPiece()
@@ -73,7 +69,7 @@ def train_wordpiece(config: TokenizerConfig, texts: Iterator[str]) -> Tokenizer:
 
 @TOKENIZER_KINDS.register("char")
 def train_char(config: TokenizerConfig, texts: Iterator[str]) -> Tokenizer:
-    # one token per character and no unknown token, so the vocabulary is exactly specials + characters seen
+    """One token per character seen, as nanoGPT's char task: the vocabulary is exactly specials + characters seen."""
     tokenizer = Tokenizer(models.WordLevel(unk_token=None))
     tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     tokenizer.decoder = decoders.Fuse()
@@ -141,31 +137,5 @@ def train_tokenizer(config: TokenizerConfig, texts: Iterable[str], out_path: Pat
     }
 
 
-def load_tokenizer(path: Path) -> Tokenizer:
-    path = Path(path)
-    if not path.is_file():
-        raise SlmkitError(f"tokenizer file {path} does not exist; check tokenizer.path, or leave it unset to train one")
-    try:
-        return Tokenizer.from_file(str(path))
-    except Exception as error:  # the Rust side raises a bare Exception for any parse failure
-        raise SlmkitError(
-            f"{path} is not a valid tokenizer.json ({error}); point tokenizer.path at a Hugging Face tokenizers file "
-            f"or leave it unset to train one"
-        ) from None
-
-
 def tokenizer_sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def eos_id(tokenizer: Tokenizer, special_tokens: list[str]) -> int:
-    """The id of the first special token, which separates documents in the shards."""
-    if not special_tokens:
-        raise SlmkitError("tokenizer.special_tokens is empty; the first special token is the end-of-document (EOS) token")
-    token_id = tokenizer.token_to_id(special_tokens[0])
-    if token_id is None:
-        raise SlmkitError(
-            f"the tokenizer has no token {special_tokens[0]!r} (the EOS, first of tokenizer.special_tokens); "
-            f"set tokenizer.special_tokens to tokens that the tokenizer has"
-        )
-    return token_id

@@ -23,11 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from data_prep.config import DataConfig, SourceConfig, TokenizerConfig
-from data_prep.dedup import DedupConfig
 from data_prep.prepare import prepare
 from data_prep.sources import SourceStats, iter_documents
-from data_prep.tokenizer import load_tokenizer, train_tokenizer
+from data_prep.tokenizer import train_tokenizer
+from slmkit.data_config import DataConfig, DedupConfig, SourceConfig, TokenizerConfig
+from slmkit.tokenizer import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 LEGAL = ["dc_code_sections", "dc_session_laws", "scotus_opinions", "appellate_opinions", "federal_rules"]

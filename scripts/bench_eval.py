@@ -32,7 +32,7 @@ from slmkit.checkpoint import load_checkpoint, save_inference_checkpoint  # noqa
 from slmkit.config import RunConfig  # noqa: E402
 from slmkit.eval import resolve_task, run_tasks  # noqa: E402
 from slmkit.eval.tasks import TASK_TYPES, RunSettings  # noqa: E402
-from slmkit.model import ModelConfig, Transformer  # noqa: E402
+from slmkit.model import Model, ModelConfig  # noqa: E402
 
 
 def build_model(folder: Path, shared: Path) -> Path:
@@ -52,7 +52,7 @@ def build_model(folder: Path, shared: Path) -> Path:
     tokenizer.save(str(folder / "bench-tokenizer.json"))
     config = ModelConfig(vocab_size=4096, block_size=512, n_layer=4, n_head=4, d_model=256)
     torch.manual_seed(0)
-    save_inference_checkpoint(folder / "run", Transformer(config), RunConfig(name="bench-eval", model=config), folder / "bench-tokenizer.json")
+    save_inference_checkpoint(folder / "run", Model(config), RunConfig(name="bench-eval", model=config), folder / "bench-tokenizer.json")
     return folder / "run"
 
 

@@ -22,9 +22,9 @@ from slmkit.checkpoint import load_checkpoint, save_inference_checkpoint
 from slmkit.config import RunConfig
 from slmkit.export import ExportArgs, run_export
 from slmkit.export.measure import bits_per_byte, heldout_windows, size_on_disk
-from slmkit.export.quantize import load_int8
-from slmkit.generate import Sampling, generate_ids
-from slmkit.model import ModelConfig, Transformer
+from slmkit.export.int8 import load_int8
+from slmkit.decoding import Sampling, generate_ids
+from slmkit.model import Model, ModelConfig
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "The court held that the statute"
@@ -47,7 +47,7 @@ def random_run(folder: Path, text: str) -> Path:
     config = RunConfig(name="legal-tiny-size-random")
     config.model = ModelConfig(vocab_size=4096, block_size=512, n_layer=4, n_head=4, d_model=256)
     torch.manual_seed(0)
-    save_inference_checkpoint(folder / "run", Transformer(config.model), config, folder / "tokenizer.json")
+    save_inference_checkpoint(folder / "run", Model(config.model), config, folder / "tokenizer.json")
     return folder / "run"
 
 
@@ -126,13 +126,13 @@ def main() -> None:
         base = bits_per_byte(fp32.model, windows, n_bytes)
         rows = [("fp32 safetensors (hf)", size_on_disk(hf_dir / "model.safetensors"), base),
                 ("int8 slmkit", size_on_disk(int8_dir / "model.int8.safetensors"), bits_per_byte(int8.model, windows, n_bytes))]
-        from slmkit.export.command import _gguf_logits
-        from slmkit.export.hf import select_architecture
+        from slmkit.export.gguf import gguf_logits
+        from slmkit.export.targets import select_target
         from slmkit.export.tokenizer_files import special_tokens
 
         specials = special_tokens(fp32.tokenizer_path, fp32.config.tokenizer.special_tokens)
         for dtype, folder in gguf_dirs.items():
-            logits = _gguf_logits(folder / "model.gguf", c, select_architecture(c), specials)
+            logits = gguf_logits(folder / "model.gguf", c, select_target(c), specials)
             rows.append((f"gguf {dtype}", size_on_disk(folder / "model.gguf"), bits_per_byte(logits, windows, n_bytes)))
         for label, size, bpb in rows:
             print(f"{label:<22}{size / 2**20:>18.2f}{bpb:>12.4f} ({bpb - base:+.4f})")

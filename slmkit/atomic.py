@@ -57,6 +57,13 @@ def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> None:
             os.fsync(f.fileno())
 
 
+def atomic_copy(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+
+
 def _fsync_dir(folder: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)

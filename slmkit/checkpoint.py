@@ -15,28 +15,35 @@ from safetensors.torch import load_file, save_model
 
 from slmkit.config import RunConfig, load_run_config, save_run_config
 from slmkit.errors import SlmkitError
-from slmkit.model import Transformer
+from slmkit.lora import add_lora, has_adapters, merge_lora
+from slmkit.model import Model
+from slmkit.tokenizer import TOKENIZER_FILE, load_tokenizer
 
 CONFIG_FILE = "config.yaml"
-TOKENIZER_FILE = "tokenizer.json"
 WEIGHTS_FILE = "model.safetensors"
-LIGHTNING_PREFIX = "model."  # the LightningModule holds the Transformer as `self.model`
+LIGHTNING_PREFIX = "model."  # the LightningModule holds the Model as `self.model`
+TIED = ("heads.lm.proj.weight", "body.tok_embeddings.weight")  # one tensor when model.tie_embeddings
+
+
+def build_model(config: RunConfig) -> Model:
+    """The run's model: its body, and the heads its objective needs (freshly initialized)."""
+    from slmkit.objectives import model_heads
+
+    return Model(config.model, model_heads(config))
 
 
 @dataclass
 class LoadedCheckpoint:
-    model: Transformer
+    model: Model
     config: RunConfig
     tokenizer_path: Path
     path: Path
 
     def tokenizer(self):
-        from tokenizers import Tokenizer
-
-        return Tokenizer.from_file(str(self.tokenizer_path))
+        return load_tokenizer(self.tokenizer_path)
 
 
-def save_inference_checkpoint(out_dir: str | Path, model: Transformer, config: RunConfig, tokenizer_path: str | Path) -> Path:
+def save_inference_checkpoint(out_dir: str | Path, model: Model, config: RunConfig, tokenizer_path: str | Path) -> Path:
     """Writes config.yaml + tokenizer.json + model.safetensors (fp32) into out_dir; returns the weights path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -46,8 +53,8 @@ def save_inference_checkpoint(out_dir: str | Path, model: Transformer, config: R
         (out_dir / f".{TOKENIZER_FILE}.tmp").replace(out_dir / TOKENIZER_FILE)
     tmp = out_dir / f".{WEIGHTS_FILE}.tmp"
     fp32 = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
-    # save_model drops the tied lm_head alias so safetensors does not refuse shared storage.
-    shadow = Transformer(config.model)
+    # save_model drops one name of a tied pair so safetensors does not refuse shared storage.
+    shadow = Model(config.model, model.head_specs)
     shadow.load_state_dict(fp32)
     save_model(shadow, str(tmp))
     tmp.replace(out_dir / WEIGHTS_FILE)
@@ -64,11 +71,32 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     tokenizer_path = run_dir / TOKENIZER_FILE
     if not tokenizer_path.is_file():
         raise SlmkitError(f"no {TOKENIZER_FILE} beside the checkpoint in {run_dir}: copy the run's tokenizer there")
-    state = read_state_dict(weights_path)
-    model = Transformer(config.model)
-    _load_into(model, state, weights_path)
+    model = model_from_state(config, read_state_dict(weights_path), weights_path)
     model.to(map_location).eval()
     return LoadedCheckpoint(model=model, config=config, tokenizer_path=tokenizer_path, path=weights_path)
+
+
+def locate_run(path: str | Path, key: str) -> Path:
+    """The run folder that a run folder, a `latest` link or a checkpoint in one belongs to; `key` names the setting."""
+    path = Path(path)
+    if not path.exists():
+        raise SlmkitError(
+            f"{key}={path}: nothing there; give a run folder (runs/<recipe>/<time> or runs/<recipe>/latest, written "
+            "by `slmkit train recipe=<recipe>`) or a checkpoint in one"
+        )
+    return _locate(path)[1]
+
+
+def model_from_state(config: RunConfig, state: dict[str, torch.Tensor], source: Path) -> Model:
+    """The run's model holding exactly `state`; a LoRA training checkpoint is loaded as trained, then its adapters
+    are folded into plain weights."""
+    model = build_model(config)
+    if has_adapters(state):
+        add_lora(model, config.lora)
+        _load_into(model, state, source)
+        return merge_lora(model)
+    _load_into(model, state, source)
+    return model
 
 
 def _locate(path: Path) -> tuple[Path, Path]:
@@ -126,21 +154,30 @@ def read_state_dict(weights_path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _load_into(model: Transformer, state: dict[str, torch.Tensor], source: Path) -> None:
+def with_tied_names(model: Model, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Fills in the other name of the tied embedding / LM-head pair: safetensors' save_model keeps only one."""
+    if not model.config.tie_embeddings:
+        return state
     expected = model.state_dict()
-    if model.config.tie_embeddings and "lm_head.weight" not in state and "tok_embeddings.weight" in state:
-        state = {**state, "lm_head.weight": state["tok_embeddings.weight"]}
-    # safetensors' save_model may keep either name of the tied pair.
-    if model.config.tie_embeddings and "tok_embeddings.weight" not in state and "lm_head.weight" in state:
-        state = {**state, "tok_embeddings.weight": state["lm_head.weight"]}
+    for name, twin in (TIED, TIED[::-1]):
+        if name not in state and twin in state and name in expected:
+            state = {**state, name: state[twin]}
+    return state
+
+
+def _shape_mismatch(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> list[str]:
+    return [f"{k} is {tuple(state[k].shape)} in the checkpoint but {tuple(v.shape)} in the model"
+            for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+
+
+def _load_into(model: Model, state: dict[str, torch.Tensor], source: Path) -> None:
+    expected = model.state_dict()
+    state = with_tied_names(model, state)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    mismatched = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    mismatched = _shape_mismatch(state, expected)
     if missing or unexpected or mismatched:
-        details = []
-        if mismatched:
-            k = mismatched[0]
-            details.append(f"{k} is {tuple(state[k].shape)} in the checkpoint but {tuple(expected[k].shape)} in the model")
+        details = mismatched[:1]
         if missing:
             details.append(f"missing {', '.join(missing[:3])}{'...' if len(missing) > 3 else ''}")
         if unexpected:
@@ -150,3 +187,49 @@ def _load_into(model: Transformer, state: dict[str, torch.Tensor], source: Path)
             "it comes from a different architecture — use the config.yaml of the run that wrote it"
         )
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items() if k in expected})
+
+
+@dataclass
+class InitReport:
+    """What `init_from` did: heads loaded, heads newly initialized (the checkpoint lacks them), heads left behind."""
+
+    loaded_heads: list[str]
+    new_heads: list[str]
+    unused_heads: list[str]
+
+    def lines(self) -> list[str]:
+        out = [f"heads loaded from the checkpoint: {', '.join(self.loaded_heads) or 'none'}"]
+        if self.new_heads:
+            out.append(f"heads the checkpoint lacks, initialized fresh: {', '.join(self.new_heads)}")
+        if self.unused_heads:
+            out.append(f"checkpoint heads this run does not use: {', '.join(self.unused_heads)}")
+        return out
+
+
+def init_from_checkpoint(model: Model, path: str | Path) -> InitReport:
+    """Loads the body (all of it, or nothing) and every head the checkpoint has into `model`, which keeps the fresh
+    init of heads the checkpoint lacks. Any weight whose shape differs is refused, named."""
+    from slmkit.objectives import model_heads
+
+    weights_path, run_dir = _locate(Path(path))
+    source_heads = [spec.kind for spec in model_heads(load_run_config(run_dir / CONFIG_FILE))]
+    state = with_tied_names(model, read_state_dict(weights_path))
+    expected = model.state_dict()
+    mismatched = _shape_mismatch(state, expected)
+    if mismatched:
+        raise SlmkitError(
+            f"init_from={path}: weights do not fit this run's model ({'; '.join(mismatched[:3])}"
+            f"{'; ...' if len(mismatched) > 3 else ''}); keep the checkpoint's model section (drop model.* overrides)"
+        )
+    body_missing = sorted(k for k in expected if k.startswith("body.") and k not in state)
+    if body_missing:
+        raise SlmkitError(
+            f"init_from={path}: the checkpoint lacks body weights this model has ({', '.join(body_missing[:3])}"
+            f"{'...' if len(body_missing) > 3 else ''}): it is not a model of this architecture"
+        )
+    loaded = [name for name in model.heads if name in source_heads]
+    take = {k: v.to(expected[k].dtype) for k, v in state.items()
+            if k in expected and (k.startswith("body.") or k.split(".")[1] in loaded)}
+    model.load_state_dict(take, strict=False)
+    return InitReport(loaded, [name for name in model.heads if name not in loaded],
+                      [name for name in source_heads if name not in model.heads])

@@ -6,14 +6,15 @@ Arguments after the command are `key=value` pairs with the same dotted keys as t
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import logging
 import os
 import sys
-from pathlib import Path
 from typing import Callable, Sequence
 
+from slmkit.commands import RECIPE_COMMANDS, RecipeCommand
 from slmkit.errors import SlmkitError
+from slmkit.plugins import missing_plugin, plugin_problem
 
 USAGE_EXAMPLES = """examples:
   slmkit recipes
@@ -66,43 +67,20 @@ def cmd_train(ns: argparse.Namespace) -> None:
 
 
 def cmd_recipes(ns: argparse.Namespace) -> None:
-    from slmkit.recipes import list_recipes
+    from slmkit.recipes import list_recipes, recipe_guide
 
-    print(list_recipes(show_keys=ns.keys))
-
-
-def cmd_tokenizer(ns: argparse.Namespace) -> None:
-    from data_prep.prepare import train_recipe_tokenizer
-    from slmkit.recipes import resolve_recipe
-
-    config = resolve_recipe(*_recipe_and_overrides(ns.args))
-    print(train_recipe_tokenizer(config.data, config.tokenizer))
-
-
-def cmd_data(ns: argparse.Namespace) -> None:
-    from data_prep.prepare import prepare
-    from slmkit.recipes import resolve_recipe
-
-    config = resolve_recipe(*_recipe_and_overrides(ns.args))
-    prepared = prepare(config.data, config.tokenizer)
-    state = "reused (inputs unchanged)" if prepared.reused else "written"
-    print(f"token shards {state}: {prepared.shards_dir}")
-
-
-def cmd_data_report(ns: argparse.Namespace) -> None:
-    from data_prep.prepare import prepare
-    from data_prep.report import render_markdown
-    from slmkit.recipes import resolve_recipe
-
-    config = resolve_recipe(*_recipe_and_overrides(ns.args))
-    prepared = prepare(config.data, config.tokenizer)  # reuses the prepared data when its inputs are unchanged
-    report = json.loads((prepared.shards_dir / "report" / "report.json").read_text(encoding="utf-8"))
-    markdown = render_markdown(report, examples=not ns.figures_only)
-    if ns.out is None:
-        print(markdown, end="")
+    if ns.guide:
+        print(recipe_guide(), end="")
     else:
-        Path(ns.out).write_text(markdown, encoding="utf-8")
-        print(f"report written to {ns.out}")
+        print(list_recipes(show_keys=ns.keys))
+
+
+def cmd_recipe_command(command: RecipeCommand, ns: argparse.Namespace) -> None:
+    """A command a plugin registered: the recipe resolved here, the work and the text to print from the plugin."""
+    from slmkit.recipes import resolve_recipe
+
+    output = command.run(resolve_recipe(*_recipe_and_overrides(ns.args)), ns)
+    print(output, end="" if output.endswith("\n") else "\n")
 
 
 def cmd_eval(ns: argparse.Namespace) -> None:
@@ -139,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="show library logs and full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
+    parser.set_defaults(commands=sub.choices)  # every command name, plugins' included, for main's check
 
     def add(name: str, fn: Callable[[argparse.Namespace], None], help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
@@ -151,24 +130,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--multirun", "-m", action="store_true", help="sweep: comma lists / range() in overrides run one after another")
     recipes = sub.add_parser("recipes", help="list recipes with parameter counts")
     recipes.add_argument("--keys", action="store_true", help="also list every recipe key with its type, default and meaning")
+    recipes.add_argument("--guide", action="store_true",
+                         help="print the recipe guide (Markdown, kept as docs/recipe-guide.md) generated from the config")
     recipes.set_defaults(fn=cmd_recipes)
-    tok = sub.add_parser("tokenizer", help="tokenizer commands")
-    tok_sub = tok.add_subparsers(dest="action", required=True)
-    tok_train = tok_sub.add_parser("train", help="train the recipe's tokenizer: slmkit tokenizer train recipe=NAME")
-    tok_train.add_argument("args", nargs=argparse.REMAINDER)
-    tok_train.set_defaults(fn=cmd_tokenizer)
-    data = sub.add_parser("data", help="data commands")
-    data_sub = data.add_subparsers(dest="action", required=True)
-    prep = data_sub.add_parser("prepare", help="curate the recipe's corpus and pack token shards")
-    prep.add_argument("args", nargs=argparse.REMAINDER)
-    prep.set_defaults(fn=cmd_data)
-    report = data_sub.add_parser(
-        "report", help="print the curation report of the recipe's data (prepared first if needed): "
-                       "slmkit data report [--figures-only] [--out FILE] recipe=NAME")
-    report.add_argument("--figures-only", action="store_true", help="leave out every quote of corpus text")
-    report.add_argument("--out", default=None, help="write the markdown to this file instead of printing it")
-    report.add_argument("args", nargs=argparse.REMAINDER)
-    report.set_defaults(fn=cmd_data_report)
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for name in RECIPE_COMMANDS:  # plugin commands, "GROUP ACTION"
+        group, action = name.split(" ", 1)
+        if group not in groups:
+            groups[group] = sub.add_parser(group, help=f"{group} commands").add_subparsers(dest="action", required=True)
+        command = RECIPE_COMMANDS.get(name)
+        p = groups[group].add_parser(action, help=command.help, description=command.help)
+        for flag, keywords in command.flags.items():
+            p.add_argument(flag, **keywords)
+        p.add_argument("args", nargs=argparse.REMAINDER, help="recipe=NAME, then key=value overrides")
+        p.set_defaults(fn=functools.partial(cmd_recipe_command, command))
     add("eval", cmd_eval, "evaluate a checkpoint: slmkit eval checkpoint=PATH tasks=[...] | slmkit eval compare RUN_A RUN_B")
     add("export", cmd_export, "export a checkpoint: slmkit export checkpoint=PATH out=DIR [format=hf|gguf|int8]")
     add("generate", cmd_generate, "generate text: slmkit generate checkpoint=PATH prompt=\"...\"")
@@ -176,7 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ns = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    if command is not None and command not in parser.get_default("commands") and plugin_problem():
+        # a command that a plugin would add: say why the plugin is missing instead of argparse's bare "invalid choice"
+        print(f"slmkit: error: {missing_plugin(f'the command {command!r}')}", file=sys.stderr)
+        return 2
+    ns = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if ns.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not ns.verbose:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

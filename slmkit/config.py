@@ -13,11 +13,11 @@ from typing import Any, Optional, Sequence
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from data_prep.config import DataConfig, TokenizerConfig
 from slmkit.atomic import atomic_write_text
+from slmkit.data_config import DataConfig, TokenizerConfig
 from slmkit.errors import SlmkitError
 from slmkit.model.config import ModelConfig
-from slmkit.options import documented_keys, option
+from slmkit.options import check_choices, documented_keys, option
 from slmkit.registry import did_you_mean
 
 
@@ -29,7 +29,7 @@ class OptimConfig:
     beta1: float = option(0.9, "AdamW beta1.")
     beta2: float = option(0.95, "AdamW beta2.")
     eps: float = option(1e-8, "AdamW epsilon.")
-    schedule: str = option("cosine", "Learning-rate schedule by name: cosine, linear, wsd (warmup-stable-decay), constant.", choices=("cosine", "linear", "wsd", "constant"))
+    schedule: str = option("cosine", "Learning-rate schedule by name; wsd is warmup-stable-decay.", choices="slmkit.training.schedule:SCHEDULES")
     warmup_steps: int = option(100, "Linear warmup steps from 0 to lr.")
     decay_steps: Optional[int] = option(None, "Step at which the decay reaches min_lr; None = trainer.max_steps.")
     wsd_decay_fraction: float = option(0.2, "wsd only: the final fraction of decay_steps spent decaying to min_lr.")
@@ -70,11 +70,31 @@ class EvalConfig:
 
 
 @dataclass
+class ObjectiveConfig:
+    name: str = option("causal_lm", "What the run trains the model to do, by name; it decides the model's heads and the data it reads.")
+    task: Optional[str] = option(None, "Fine-tuning objectives: the task (built-in name or task YAML) whose `train` records are learned and whose `data` records are scored.")
+    labels: list[str] = option([], "Classification heads: label names in output order; empty = the task's labels (filled in when the run starts and saved with it).")
+    pooling: str = option("auto", "Sequence classification: how one vector stands for the sequence, by name; auto = last for a causal model, mean for a bidirectional one.")
+    loss_on_prompt: bool = option(False, "sft: also learn to predict prompt tokens; by default only the completion (and its end token) carries loss.")
+
+
+@dataclass
+class LoraConfig:
+    rank: int = option(0, "LoRA rank r of the low-rank updates; 0 = no LoRA (every weight trains).")
+    alpha: float = option(16.0, "LoRA scale numerator: an update B @ A is scaled by alpha / rank.")
+    dropout: float = option(0.0, "Dropout on the input of each LoRA branch.")
+    targets: list[str] = option(["q_proj", "k_proj", "v_proj", "o_proj"], "Linear layers that get adapters, by module name (the last part, e.g. q_proj, or a full dotted name).")
+
+
+@dataclass
 class RunConfig:
     name: str = option("run", "Name of the recipe / run; the default out_dir is runs/<name>/<timestamp>.")
     out_dir: Optional[str] = option(None, "Run folder: config.yaml, checkpoints/, metrics.jsonl, TensorBoard events.")
     resume: Optional[str] = option(None, "true = continue from the latest checkpoint in out_dir; or a checkpoint path.")
+    init_from: Optional[str] = option(None, "Start from the weights of this slmkit run folder or checkpoint (fresh optimizer and schedule); the model section and tokenizer default to its own.")
     model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -99,8 +119,10 @@ def build_config(schema: type, *layers: Any, overrides: Sequence[str] = ()) -> A
                 raise SlmkitError(f"override {override!r} is not of the form key=value (e.g. trainer.max_steps=100)")
             key, value = override.split("=", 1)
             if _is_text_field(schema, key):
-                # Taken literally: a prompt like "ROMEO:" must not be read as YAML (a mapping).
-                OmegaConf.update(merged, key, value.strip("\"'") if value[:1] in "\"'" else value)
+                # Taken literally: a prompt like "ROMEO:" must not be read as YAML (a mapping); a bare null still
+                # unsets an optional text (init_from=null), as it would in the YAML.
+                literal = None if value == "null" else value.strip("\"'") if value[:1] in "\"'" else value
+                OmegaConf.update(merged, key, literal)
             else:
                 merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([override]))
         config = OmegaConf.to_object(merged)
@@ -128,7 +150,7 @@ def _is_text_field(schema: type, key: str) -> bool:
 def _explain(err: OmegaConfBaseException, schema: type) -> SlmkitError:
     key = getattr(err, "full_key", None) or ""
     if isinstance(err, ConfigKeyError) or "not in" in str(err) or "Key '" in str(err):
-        known = [k for k, *_ in documented_keys(schema)]
+        known = [k.key for k in documented_keys(schema)]
         parent = key.rsplit(".", 1)[0] if "." in key else ""
         siblings = [k for k in known if k.rsplit(".", 1)[0] == parent] if parent else known
         return SlmkitError(
@@ -139,40 +161,6 @@ def _explain(err: OmegaConfBaseException, schema: type) -> SlmkitError:
         value = getattr(err, "value", None)
         return SlmkitError(f"bad value {value!r} for {key}: {str(err).splitlines()[0]}" if key else f"bad config value: {err}")
     return SlmkitError(f"bad config: {str(err).splitlines()[0]}" + (f" (key {key})" if key else ""))
-
-
-def check_choices(config: Any, prefix: str = "") -> None:
-    """Rejects string fields whose value is not among the field's declared choices (or its registry's names)."""
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        key = f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(value):
-            check_choices(value, prefix=f"{key}.")
-        elif isinstance(value, list):
-            for i, item in enumerate(value):
-                if dataclasses.is_dataclass(item):
-                    check_choices(item, prefix=f"{key}[{i}].")
-        choices = f.metadata.get("choices") if f.metadata else None
-        if choices is None:
-            choices = _registry_choices(key)
-        if choices is not None and value not in choices:
-            raise SlmkitError(
-                f"bad value {value!r} for {key}{did_you_mean(str(value), list(choices))}; choose one of: {', '.join(choices)}"
-            )
-
-
-def _registry_choices(key: str) -> tuple[str, ...] | None:
-    """Model parts are validated against their registries, so a new registered part is valid in recipes at once."""
-    if not key.startswith("model."):
-        return None
-    # Deferred imports: the config must load without pulling in torch until a model key is checked.
-    from slmkit.model.attention import ATTENTION
-    from slmkit.model.feedforward import FEEDFORWARDS
-    from slmkit.model.norms import NORMS
-    from slmkit.model.positions import POSITIONS
-
-    registry = {"model.attention": ATTENTION, "model.positions": POSITIONS, "model.ffn": FEEDFORWARDS, "model.norm": NORMS}.get(key)
-    return tuple(registry.names()) if registry is not None else None
 
 
 def config_to_yaml(config: Any) -> str:

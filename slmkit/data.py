@@ -1,21 +1,67 @@
-"""Reads prepared token shards: the manifest, and one split's shard files memory-mapped as a single token sequence.
+"""Token shards, the contract between data preparation and training: the format, reading a prepared folder (the
+manifest, and one split's shard files memory-mapped as a single token sequence), and the hook that prepares one.
 
-Training reads data only through this module; `data_prep/pack.py` writes the files it reads.
+Training reads data only through this module. A plugin (data_prep) writes the files, with the names and rules
+defined here, and registers the preparer that `slmkit train` calls.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 import numpy as np
 
+from slmkit.data_config import DataConfig, TokenizerConfig
 from slmkit.errors import SlmkitError
+from slmkit.plugins import load_plugins, missing_plugin
 
 MANIFEST = "manifest.json"
+RUN_MANIFEST = "data_manifest.json"  # the manifest a run trained on, copied into its run folder
 FORMAT = "slmkit-shards/1"
 REQUIRED_KEYS = ("format", "dtype", "eos_id", "vocab_size", "tokenizer_sha256", "inputs_sha256", "sources", "splits")
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """Token ids are stored in the smallest unsigned type that holds every id of the vocabulary."""
+    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
+
+
+@dataclass
+class PreparedData:
+    """What a data preparer hands to training: the shards folder with its manifest, and the tokenizer that wrote it."""
+
+    shards_dir: Path
+    tokenizer_path: Path
+    manifest: dict[str, Any]
+    reused: bool  # True when an earlier run's shards fitted these inputs and nothing was written
+    report_path: Optional[Path] = None  # the curation report, when the preparer writes one
+
+
+@dataclass(frozen=True)
+class DataPreparer:
+    """How `slmkit train` gets its token shards; a plugin registers one with `register_preparer`."""
+
+    prepare: Callable[[DataConfig, TokenizerConfig], PreparedData]  # writes the shards, or reuses unchanged ones
+    status: Callable[[DataConfig, TokenizerConfig], str]  # one line for the dry run: ready or not, and where
+
+
+_preparer: Optional[DataPreparer] = None
+
+
+def register_preparer(preparer: DataPreparer) -> None:
+    global _preparer
+    _preparer = preparer
+
+
+def data_preparer() -> DataPreparer:
+    """The registered preparer (the installed plugins are loaded first); a SlmkitError saying why when there is none."""
+    load_plugins()
+    if _preparer is None:
+        raise missing_plugin("data preparation (the data_prep package: `slmkit data prepare`, and data for training)")
+    return _preparer
 
 
 def read_manifest(shards_dir: Path) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
-from slmkit.config import RunConfig, build_config
+from slmkit.config import RunConfig, build_config, load_run_config
 from slmkit.errors import SlmkitError
 from slmkit.registry import did_you_mean
 
@@ -51,7 +51,12 @@ def split_overrides(overrides: Sequence[str]) -> tuple[list[str], list[str]]:
     return groups, values
 
 
-def resolve_recipe(name: str, overrides: Sequence[str] = ()) -> RunConfig:
+def resolve_recipe(name: str, overrides: Sequence[str] = (), follow_init_from: bool = True) -> RunConfig:
+    """The recipe composed with its group choices and key overrides, validated.
+
+    With init_from, the model section and the tokenizer start from the source run's (the recipe and the overrides
+    may still set keys on top); follow_init_from=False skips reading the source run (listing recipes).
+    """
     names = recipe_names()
     if name not in names:
         raise SlmkitError(f"unknown recipe {name!r}{did_you_mean(name, names)}; available: {', '.join(names)} (see `slmkit recipes`)")
@@ -72,9 +77,36 @@ def resolve_recipe(name: str, overrides: Sequence[str] = ()) -> RunConfig:
     raw = OmegaConf.to_container(composed, resolve=False)
     raw.setdefault("name", name)
     config = build_config(RunConfig, raw, overrides=values)
+    if config.init_from and follow_init_from:
+        config = build_config(RunConfig, init_from_layer(config), raw, overrides=values)
+        check_init_tokenizer(config)
     # vocab_size 0 means "the tokenizer's size", resolved when the tokenizer exists; check everything else now.
     dataclasses.replace(config.model, vocab_size=max(config.model.vocab_size, 1)).validate()
     return config
+
+
+def init_from_layer(config: RunConfig) -> dict:
+    """The source run's model section and tokenizer file, as the lowest layer of a run that starts from its weights."""
+    from slmkit.checkpoint import CONFIG_FILE, locate_run
+    from slmkit.tokenizer import TOKENIZER_FILE
+
+    run_dir = locate_run(config.init_from, "init_from")
+    source = load_run_config(run_dir / CONFIG_FILE)
+    return {"model": dataclasses.asdict(source.model), "tokenizer": {"path": str(run_dir / TOKENIZER_FILE)}}
+
+
+def check_init_tokenizer(config: RunConfig) -> None:
+    """A run from trained weights must read text as they were trained: with the source run's tokenizer."""
+    from slmkit.checkpoint import locate_run
+    from slmkit.tokenizer import TOKENIZER_FILE
+
+    own = locate_run(config.init_from, "init_from") / TOKENIZER_FILE
+    chosen = Path(config.tokenizer.path)
+    if chosen.resolve() != own.resolve() and (not chosen.is_file() or chosen.read_bytes() != own.read_bytes()):
+        raise SlmkitError(
+            f"tokenizer.path={chosen} is not the tokenizer of init_from={config.init_from} ({own}): a model can only "
+            "continue with the tokenizer it was trained with; drop the tokenizer.path override"
+        )
 
 
 def expand_sweep(overrides: Sequence[str]) -> Iterator[list[str]]:
@@ -98,14 +130,14 @@ def count_parameters(config: RunConfig) -> tuple[int, bool]:
     """
     import torch
 
-    from slmkit.model import Transformer
+    from slmkit.model import Model
 
     model_config = config.model
     exact = model_config.vocab_size > 0
     if not exact:
         model_config = dataclasses.replace(model_config, vocab_size=1)
     with torch.device("meta"):
-        model = Transformer(model_config)
+        model = Model(model_config)
     return model.num_parameters(non_embedding=not exact), exact
 
 
@@ -118,19 +150,24 @@ def list_recipes(show_keys: bool = False) -> str:
 
     rows = []
     for name in recipe_names():
-        config = resolve_recipe(name)
-        params, exact = count_parameters(config)
+        # A run from trained weights takes its model from a run that may not exist yet: name it instead.
+        config = resolve_recipe(name, follow_init_from=False)
         m, t = config.model, config.trainer
-        rows.append((
-            name,
-            format_count(params) + ("" if exact else " + emb"),
-            f"{m.n_layer}x{m.d_model} {m.positions}/{m.ffn}/{m.norm}" + (f" kv={m.kv_heads}" if m.kv_heads != m.n_head else ""),
-            f"{config.tokenizer.kind} {config.tokenizer.vocab_size if config.tokenizer.kind != 'char' else 'chars'}",
-            f"{t.strategy}{'-z' + str(t.zero_stage) if t.strategy == 'deepspeed' else ''} {t.precision}",
-            f"{len(config.data.sources)} source(s): " + ", ".join(s.name or s.path or s.hf_dataset or "?" for s in config.data.sources[:2])
-            + (", ..." if len(config.data.sources) > 2 else ""),
-        ))
-    header = ("recipe", "params", "model", "tokenizer", "trainer", "data")
+        if config.init_from:
+            params, model, tokenizer = "-", f"from {config.init_from}", "the init_from run's"
+        else:
+            count, exact = count_parameters(config)
+            params = format_count(count) + ("" if exact else " + emb")
+            model = f"{m.n_layer}x{m.d_model} {m.positions}/{m.ffn}/{m.norm}" + (f" kv={m.kv_heads}" if m.kv_heads != m.n_head else "")
+            tokenizer = f"{config.tokenizer.kind} {config.tokenizer.vocab_size if config.tokenizer.kind != 'char' else 'chars'}"
+        if config.objective.task:
+            data = f"task {config.objective.task}"
+        else:
+            data = f"{len(config.data.sources)} source(s): " + ", ".join(s.name or s.path or s.hf_dataset or "?" for s in config.data.sources[:2]) \
+                + (", ..." if len(config.data.sources) > 2 else "")
+        rows.append((name, config.objective.name, params, model, tokenizer,
+                     f"{t.strategy}{'-z' + str(t.zero_stage) if t.strategy == 'deepspeed' else ''} {t.precision}", data))
+    header = ("recipe", "objective", "params", "model", "tokenizer", "trainer", "data")
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
     lines.append("")
@@ -138,6 +175,22 @@ def list_recipes(show_keys: bool = False) -> str:
     if show_keys:
         lines.append("")
         lines.append("keys (override with key=value):")
-        for key, type_name, default, doc in documented_keys(RunConfig):
-            lines.append(f"  {key} ({type_name}, default {default!r}): {doc}")
+        for key in documented_keys(RunConfig):
+            lines.append(f"  {key.key} ({key.type_name}, default {key.default!r}): {key.help()}")
     return "\n".join(lines)
+
+
+GUIDE_INTRO = """Every key a recipe can set, generated from the config dataclasses (`slmkit/config.py`, `slmkit/data_config.py`,
+`slmkit/model/config.py`): regenerate with `slmkit recipes --guide > docs/recipe-guide.md` after changing a field,
+never edit by hand.
+
+A recipe is a YAML file in `recipes/` composed from groups (`model`, `tokenizer`, `data`, `optim`, `trainer`);
+`slmkit train recipe=NAME group=option key=value ...` picks group options and sets any key below on top.
+`data.sources[].path` is the `path` of each item of the `data.sources` list."""
+
+
+def recipe_guide() -> str:
+    """docs/recipe-guide.md: every recipe key with type, default and meaning, and the registries of named parts."""
+    from slmkit.options import render_guide
+
+    return render_guide(RunConfig, "Recipe guide", GUIDE_INTRO)

@@ -1,6 +1,7 @@
 """Named registries of swappable parts (attention, positions, feed-forward, norms, task types, export formats).
 
-A recipe picks a part by name; adding a variant is one function plus one `@REGISTRY.register("name")`.
+A recipe picks a part by name; adding a variant is one function plus one `@REGISTRY.register("name")`, in slmkit or
+in a plugin (see `slmkit.plugins`): every lookup first loads the installed plugins, so their parts are there too.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import difflib
 from typing import Callable, Generic, Iterator, TypeVar
 
 from slmkit.errors import SlmkitError
+from slmkit.plugins import REINSTALL, load_plugins, plugin_problem
 
 T = TypeVar("T")
 
@@ -20,7 +22,11 @@ def did_you_mean(name: str, choices: list[str]) -> str:
 
 
 class Registry(Generic[T]):
-    """Maps names to implementations of one kind of part; `kind` names that part in error messages."""
+    """Maps names to implementations of one kind of part.
+
+    `kind` names the part in error messages; `doc` says what an entry is and how it is called (the recipe guide
+    shows it to whoever adds one).
+    """
 
     def __init__(self, kind: str, doc: str = ""):
         self.kind = kind
@@ -36,18 +42,28 @@ class Registry(Generic[T]):
 
         return add
 
+    def unregister(self, name: str) -> None:
+        """Withdraws an entry: a test that registers a part for itself leaves the registry as it found it."""
+        del self._entries[name]
+
     def get(self, name: str) -> T:
-        if name not in self._entries:
-            raise SlmkitError(
-                f"unknown {self.kind} {name!r}{did_you_mean(name, self.names())}; "
-                f"choose one of: {', '.join(self.names())}"
-            )
+        if name not in self:
+            raise SlmkitError(f"unknown {self.kind} {name!r}{self.choices_hint(name)}")
         return self._entries[name]
 
+    def choices_hint(self, name: str) -> str:
+        """'; choose one of: ...' with a did-you-mean for `name`, or why there is nothing to choose from."""
+        names = self.names()
+        if not names:
+            return f"; no {self.kind} is registered at all: {plugin_problem() or 'no installed plugin provides one'}; {REINSTALL}"
+        return f"{did_you_mean(name, names)}; choose one of: {', '.join(names)}"
+
     def names(self) -> list[str]:
+        load_plugins()
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:
+        load_plugins()
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:

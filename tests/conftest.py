@@ -21,6 +21,7 @@ def shared_dir() -> Path:
     root = shared_root()
     if not (root / "corpora").is_dir():
         pytest.fail(f"shared data not found at {root}: set SLMKIT_SHARED to the folder holding corpora/ and eval/")
+    os.environ.setdefault("SLMKIT_SHARED", str(root))  # the built-in task files read it
     return root
 
 

@@ -8,8 +8,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from slmkit.checkpoint import save_inference_checkpoint
-from slmkit.config import RunConfig
-from slmkit.model import ModelConfig, Transformer
+from slmkit.config import ObjectiveConfig, RunConfig
+from slmkit.model import LM_HEAD, HeadSpec, Model, ModelConfig
 
 EOS = "<|endoftext|>"
 TEXT = (
@@ -31,12 +31,17 @@ def train_tokenizer(path: Path, vocab_size: int = 300) -> Path:
     return path
 
 
-def tiny_model(seed: int = 0, **overrides) -> Transformer:
-    """A random model whose norms and biases are perturbed too, so a mis-mapped norm or bias changes the logits."""
+# The objective that gives a model each head, so a run folder written here rebuilds the same model.
+OBJECTIVE_OF_HEAD = {"lm": "causal_lm", "sequence_classification": "classification",
+                     "token_classification": "token_classification", "span": "span_qa"}
+
+
+def tiny_model(seed: int = 0, head: HeadSpec = LM_HEAD, **overrides) -> Model:
+    """A random model whose norms and biases are perturbed too, so a mis-mapped norm or bias changes the outputs."""
     settings = dict(vocab_size=320, block_size=32, n_layer=2, n_head=4, d_model=32, init_std=0.2)
     settings.update(overrides)
     torch.manual_seed(seed)
-    model = Transformer(ModelConfig(**settings)).eval()
+    model = Model(ModelConfig(**settings), [head]).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name or name.endswith("bias"):
@@ -44,8 +49,10 @@ def tiny_model(seed: int = 0, **overrides) -> Transformer:
     return model
 
 
-def write_run(folder: Path, tokenizer_path: Path, model: Transformer, name: str = "tiny-test") -> Path:
+def write_run(folder: Path, tokenizer_path: Path, model: Model, name: str = "tiny-test") -> Path:
+    head = model.head_specs[0]
     config = RunConfig(name=name)
     config.model = model.config
+    config.objective = ObjectiveConfig(name=OBJECTIVE_OF_HEAD[head.kind], labels=list(head.labels), pooling=head.pooling)
     save_inference_checkpoint(folder, model, config, tokenizer_path)
     return folder

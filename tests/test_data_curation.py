@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
 
 import data_prep.curate as curate_module
-from data_prep.config import DataConfig, SourceConfig, TokenizerConfig
-from data_prep.decontaminate import DecontaminateConfig
-from data_prep.dedup import DedupConfig
-from data_prep.curate import CHUNK_MEMORY_FACTOR, read_curated
+from data_helpers import curated_documents
+from data_prep.curate import CHUNK_MEMORY_FACTOR
 from data_prep.prepare import prepare
 from data_prep.report import render_markdown
 from data_prep.sources import SourceStats, iter_documents
+from slmkit.data_config import DataConfig, DecontaminateConfig, DedupConfig, SourceConfig, TokenizerConfig
+from slmkit.errors import SlmkitError
 
 TOKENIZER = TokenizerConfig(kind="bpe", vocab_size=500)
 
@@ -58,7 +60,7 @@ def test_duplicates_across_sources_are_dropped_and_the_report_is_written(tmp_pat
     report = json.loads((tmp_path / "out" / "report" / "report.json").read_text())
     dedup = report["corpus"]["dedup"]
     assert dedup["dropped_documents"] == {"exact": 1, "near": 1}
-    texts = [r["text"] for split in ("train", "val") for r in read_curated(tmp_path / "out", split)]
+    texts = [r["text"] for split in ("train", "val") for r in curated_documents(tmp_path / "out", split)]
     assert texts.count(rules[0]) == 1 and len(texts) == len(set(texts))
     b = next(s for s in report["corpus"]["sources"] if s["name"] == "b")
     assert b["stages"]["filter"][0] - b["stages"]["dedup"][0] == 2
@@ -134,6 +136,27 @@ def test_a_crash_resumes_from_the_last_finished_chunk(tmp_path, corpus_dir, monk
     assert not (tmp_path / "out" / "work").exists()
 
 
+def curate_or_die_at_chunk_two(task):
+    """curate_chunk, except that the worker given chunk 2 dies the way the out-of-memory killer ends a process."""
+    if task[1] == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return curate_module.curate_chunk(task)
+
+
+def test_a_killed_worker_stops_the_run_with_one_error_and_the_rerun_resumes(tmp_path, corpus_dir, monkeypatch):
+    data = config(corpus_dir, chunk_mb=0.03, num_workers=2)
+    with monkeypatch.context() as patch:
+        # workers receive the stage by name and import this module to run it; in them curate_chunk is the real one
+        patch.setattr(curate_module, "curate_chunk", curate_or_die_at_chunk_two)
+        with pytest.raises(SlmkitError, match=r"out-of-memory killer.*lower data\.num_workers \(it is 2\)"):
+            prepare(data, TOKENIZER, tmp_path / "out", progress=False)
+    finished = {path.name for path in (tmp_path / "out" / "work").rglob("curate/chunk_*.json")}
+    assert "chunk_00000.json" in finished and "chunk_00002.json" not in finished
+    resumed = prepare(data, TOKENIZER, tmp_path / "out", progress=False)
+    fresh = prepare(config(corpus_dir, chunk_mb=0.03), TOKENIZER, tmp_path / "fresh", progress=False)
+    assert output_bytes(resumed.shards_dir) == output_bytes(fresh.shards_dir)
+
+
 def test_documents_copied_from_an_eval_set_are_dropped(tmp_path, corpus_dir, rules):
     eval_dir = tmp_path / "eval"
     eval_dir.mkdir()
@@ -142,5 +165,5 @@ def test_documents_copied_from_an_eval_set_are_dropped(tmp_path, corpus_dir, rul
     prepare(data, TOKENIZER, tmp_path / "out", progress=False)
     corpus = json.loads((tmp_path / "out" / "report" / "report.json").read_text())["corpus"]
     assert corpus["decontaminate"]["dropped_documents"] == 1
-    texts = [r["text"] for split in ("train", "val") for r in read_curated(tmp_path / "out", split)]
+    texts = [r["text"] for split in ("train", "val") for r in curated_documents(tmp_path / "out", split)]
     assert rules[5] not in texts and rules[6] in texts

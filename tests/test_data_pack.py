@@ -7,11 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from data_prep.config import TokenizerConfig
-from data_prep.pack import FORMAT, ShardPacker, encode_texts, split_of, token_dtype, write_manifest
-from data_prep.tokenizer import load_tokenizer, train_tokenizer
-from slmkit.data import TokenShards, read_manifest
+from data_prep.pack import ShardPacker, encode_texts, split_of, write_manifest
+from data_prep.tokenizer import train_tokenizer
+from slmkit.data import FORMAT, MANIFEST, TokenShards, read_manifest, token_dtype
+from slmkit.data_config import TokenizerConfig
 from slmkit.errors import SlmkitError
+from slmkit.tokenizer import load_tokenizer
 
 DOCS = [f"document {i}: " + "abcdefghij"[i % 10] * (5 + i % 7) for i in range(40)]
 
@@ -100,7 +101,7 @@ def test_hash_split_is_by_document_and_seeded():
 def test_missing_or_incomplete_manifest_says_to_prepare(tmp_path, char_tokenizer):
     with pytest.raises(SlmkitError, match="slmkit data prepare"):
         read_manifest(tmp_path)
-    (tmp_path / "manifest.json").write_text(json.dumps({"format": FORMAT}))
+    (tmp_path / MANIFEST).write_text(json.dumps({"format": FORMAT}))
     with pytest.raises(SlmkitError, match="lacks dtype"):
         read_manifest(tmp_path)
     out, _ = pack(tmp_path, char_tokenizer, [("train", "s", d) for d in DOCS])

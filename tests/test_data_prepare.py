@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import json
 import os
+from types import SimpleNamespace
 
 import pytest
 
 import data_prep.prepare as prepare_module
-from data_prep.clean import CleanConfig
-from data_prep.config import DataConfig, SourceConfig, TokenizerConfig
-from data_prep.dedup import DedupConfig
-from data_prep.filters import FilterConfig
-from data_prep.curate import read_curated
+from data_helpers import curated_documents
+from data_prep.plugin import prepare_command
 from data_prep.prepare import describe_status, prepare
 from slmkit.data import TokenShards, read_manifest
+from slmkit.data_config import CleanConfig, DataConfig, DedupConfig, FilterConfig, SourceConfig, TokenizerConfig
 from slmkit.errors import SlmkitError
 
 MANIFEST_KEYS = {"format", "dtype", "eos_id", "vocab_size", "tokenizer_sha256", "inputs_sha256", "sources", "splits"}
@@ -44,8 +44,8 @@ def test_prepare_writes_shards_manifest_and_disjoint_splits(tmp_path, legal_corp
     manifest = read_manifest(prepared.shards_dir)
     assert set(manifest) == MANIFEST_KEYS and manifest == prepared.manifest and not prepared.reused
     assert manifest["dtype"] == "uint16" and manifest["vocab_size"] <= 600 and manifest["eos_id"] == 0
-    train_ids = [r["id"] for r in read_curated(tmp_path / "out", "train")]
-    val_ids = [r["id"] for r in read_curated(tmp_path / "out", "val")]
+    train_ids = [r["id"] for r in curated_documents(tmp_path / "out", "train")]
+    val_ids = [r["id"] for r in curated_documents(tmp_path / "out", "val")]
     assert train_ids and val_ids and not set(train_ids) & set(val_ids)
     splits = manifest["splits"]
     sources = {s["name"]: s for s in manifest["sources"]}
@@ -132,3 +132,14 @@ def test_bad_records_skipped_are_counted_in_the_manifest(tmp_path):
     with pytest.raises(SlmkitError, match=r"a\.jsonl\.gz:21"):
         prepare(DataConfig(root=str(tmp_path), sources=[SourceConfig(path="a.jsonl.gz")]), TokenizerConfig(kind="char"),
                 tmp_path / "out2", progress=False)
+
+
+def test_the_prepare_command_names_the_shards_and_the_report_whether_written_or_reused(tmp_path):
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": f"text number {i} here"}) + "\n" for i in range(30)))
+    data = DataConfig(root=str(tmp_path), sources=[SourceConfig(path="a.jsonl")], prepared_dir=str(tmp_path / "prep"),
+                      num_workers=1, filter=FilterConfig(enabled=False), dedup=DedupConfig(exact=False, near=False))
+    recipe = SimpleNamespace(data=data, tokenizer=TokenizerConfig(kind="char"))
+    for state in ("written", "reused (inputs unchanged)"):
+        lines = prepare_command(recipe, argparse.Namespace()).splitlines()
+        assert lines == [f"token shards {state}: {tmp_path / 'prep'}",
+                         f"curation report: {tmp_path / 'prep' / 'report' / 'report.md'}"]

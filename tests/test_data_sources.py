@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from data_prep.config import SourceConfig
 from data_prep.sources import SourceStats, iter_documents, mixture_copies, resolve_data_root
+from slmkit.data_config import SourceConfig
 from slmkit.errors import SlmkitError
 
 RECORDS = [{"text": "first document", "court": "a"}, {"text": "second document", "court": "b"}]

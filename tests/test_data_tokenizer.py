@@ -1,12 +1,16 @@
-"""Tokenizer training: every kind trains and round-trips, the char kind gives nanoGPT's 65 characters, errors are clear."""
+"""Tokenizer training: every kind trains and round-trips with the recipe's first special token as the end-of-document
+token, the char kind gives nanoGPT's 65 characters, and errors are clear."""
 
 from __future__ import annotations
 
 import pytest
+from tokenizers import Tokenizer, models
 
-from data_prep.config import TokenizerConfig
-from data_prep.tokenizer import TOKENIZER_KINDS, eos_id, load_tokenizer, tokenizer_sha256, train_tokenizer
+from data_prep.tokenizer import tokenizer_sha256, train_tokenizer
+from slmkit.data_config import TokenizerConfig
 from slmkit.errors import SlmkitError
+from slmkit.recipes import resolve_recipe
+from slmkit.tokenizer import TOKENIZER_KINDS, end_of_document_id, load_tokenizer
 
 TEXTS = [
     "The court held that the statute applies to every contract signed after 1990.",
@@ -20,7 +24,7 @@ def test_every_kind_trains_saves_and_round_trips(tmp_path, kind):
     path = tmp_path / "tokenizer.json"
     report = train_tokenizer(TokenizerConfig(kind=kind, vocab_size=300, min_frequency=1), TEXTS, path, TEXTS[:3])
     tokenizer = load_tokenizer(path)
-    assert eos_id(tokenizer, ["<|endoftext|>"]) == 0
+    assert end_of_document_id(tokenizer) == tokenizer.token_to_id("<|endoftext|>") == 0
     text = "The court held that the rules apply."
     assert tokenizer.decode(tokenizer.encode(text).ids) == text
     assert report["vocab_size"] == tokenizer.get_vocab_size() <= 300
@@ -51,6 +55,11 @@ def test_unknown_kind_names_the_choices(tmp_path):
     assert set(TOKENIZER_KINDS.names()) == {"bpe", "char", "unigram", "wordpiece"}
 
 
+def test_a_misspelt_kind_is_refused_when_the_recipe_resolves():
+    with pytest.raises(SlmkitError, match=r"tokenizer\.kind — did you mean 'unigram'\?; choose one of: bpe, char"):
+        resolve_recipe("legal-tiny", ["tokenizer.kind=unigam"])
+
+
 def test_missing_or_corrupt_tokenizer_file_is_a_user_error(tmp_path):
     with pytest.raises(SlmkitError, match="does not exist"):
         load_tokenizer(tmp_path / "none.json")
@@ -59,8 +68,14 @@ def test_missing_or_corrupt_tokenizer_file_is_a_user_error(tmp_path):
         load_tokenizer(tmp_path / "bad.json")
 
 
-def test_eos_must_be_in_the_vocabulary(tmp_path):
+def test_the_end_of_document_token_is_the_lowest_special_token_and_stays_so(tmp_path):
     path = tmp_path / "t.json"
-    train_tokenizer(TokenizerConfig(kind="char"), ["abc"], path, [])
-    with pytest.raises(SlmkitError, match="<eos>"):
-        eos_id(load_tokenizer(path), ["<eos>"])
+    train_tokenizer(TokenizerConfig(kind="unigram", vocab_size=100, special_tokens=["<eos>", "<pad>"]), TEXTS, path, [])
+    tokenizer = load_tokenizer(path)
+    tokenizer.add_special_tokens(["<mask>"])  # as an encoder recipe will: the document separator does not move
+    assert end_of_document_id(tokenizer) == tokenizer.token_to_id("<eos>") == 0
+
+
+def test_a_tokenizer_without_special_tokens_is_refused():
+    with pytest.raises(SlmkitError, match="no special token"):
+        end_of_document_id(Tokenizer(models.WordLevel({"a": 0, "b": 1}, unk_token=None)))

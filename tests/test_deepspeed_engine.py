@@ -42,10 +42,10 @@ def _reference_losses() -> list[list[float]]:
     sys.path.insert(0, str(WORKER.parent))
     from zero_worker import MODEL, STEPS, batch
 
-    from slmkit.model import Transformer
+    from slmkit.model import Model
 
     torch.manual_seed(0)
-    model = Transformer(MODEL)
+    model = Model(MODEL)
     optimizer = torch.optim.AdamW(model.param_groups(0.1), lr=1e-2)
     per_rank: list[list[float]] = [[], []]
     for step in range(STEPS):

@@ -16,7 +16,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from slmkit.checkpoint import save_inference_checkpoint
 from slmkit.config import EvalConfig, RunConfig
-from slmkit.model import ModelConfig, Transformer
+from slmkit.model import Model, ModelConfig
 
 EOS = "<|endoftext|>"
 VOCAB = 384
@@ -56,7 +56,7 @@ def make_run(out_dir: Path, texts: list[str], steps: int, seed: int = 0, vocab_s
     data = torch.tensor(stream)
     config = ModelConfig(vocab_size=tokenizer.get_vocab_size(), block_size=WINDOW, n_layer=2, n_head=4, d_model=64)
     torch.manual_seed(seed)
-    model = Transformer(config)
+    model = Model(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     generator = torch.Generator().manual_seed(seed)
     for _ in range(steps):

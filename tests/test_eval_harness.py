@@ -9,7 +9,8 @@ import pytest
 
 from slmkit.errors import SlmkitError
 from slmkit.eval import EvalArgs, compare_runs, evaluate, run_eval
-from slmkit.eval.decode import cut_at_stop, greedy_until
+from slmkit.decoding import cut_at_stop
+from slmkit.eval.decode import greedy_until
 from test_eval_fixtures import legal_texts, one_torch_thread, tiny_loaded, tiny_run, train_tokenizer  # noqa: F401
 
 

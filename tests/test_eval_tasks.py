@@ -30,7 +30,8 @@ def test_every_builtin_task_resolves_to_its_type():
     kinds = {n: resolve_task(n).type for n in builtin_names() if "/" not in n}
     assert kinds == {
         "fin_sentiment": "classification", "legal_heldout": "perplexity", "medmcqa": "multiple_choice",
-        "pubmedqa": "classification", "wikitext2": "perplexity",
+        "pubmedqa": "classification", "wikitext2": "perplexity", "ncbi_disease": "token_classification",
+        "pubmedqa_answer": "generation", "tatqa_text_spans": "span_qa",
     }
     assert verbalizations(resolve_task("pubmedqa")) == {"yes": "yes", "no": "no", "maybe": "maybe"}
 

@@ -8,7 +8,8 @@ import torch
 from slmkit.errors import SlmkitError
 from slmkit.export import ExportArgs, run_export
 from slmkit.export.gguf import gguf_to_hf_state, read_gguf_tensors
-from slmkit.export.hf import hf_config, hf_state_dict, select_architecture
+from slmkit.export.hf import hf_config, hf_state_dict
+from slmkit.export.targets import select_target
 
 from export_helpers import EOS, tiny_model, train_tokenizer, write_run
 
@@ -54,7 +55,7 @@ def test_gguf_reads_back_with_names_shapes_metadata_and_same_logits(tmp_path, to
         assert shapes["blk.0.attn_q_norm.weight"] == (c.head_dim,)
 
     # Undo the GGUF layout and run the transformers class on it: the logits are slmkit's.
-    arch_class = select_architecture(c)
+    arch_class = select_target(c)
     config = hf_config(c, arch_class, {"bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0})
     names = list(hf_state_dict(model, arch_class, config))
     hf = transformers.AutoModelForCausalLM.from_config(config).eval()
@@ -86,7 +87,7 @@ def test_q8_0_gguf_is_smaller_and_stays_close(tmp_path, tokenizer_path):
     assert kinds["blk.0.attn_q.weight"] == gguf.GGMLQuantizationType.Q8_0
     assert kinds["blk.0.attn_norm.weight"] == gguf.GGMLQuantizationType.F32
     back = read_gguf_tensors(q8)["token_embd.weight"]
-    assert (back - model.tok_embeddings.weight).abs().max() < 0.02 * model.tok_embeddings.weight.abs().max()
+    assert (back - model.body.tok_embeddings.weight).abs().max() < 0.02 * model.body.tok_embeddings.weight.abs().max()
 
 
 def test_gguf_refuses_models_llama_cpp_would_run_differently(tmp_path, tokenizer_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 
@@ -9,9 +10,10 @@ import pytest
 import torch
 
 from slmkit.errors import SlmkitError
-from slmkit.export import ExportArgs, run_export
-from slmkit.export.hf import hf_config, hf_state_dict, select_architecture
-from slmkit.generate import Sampling, generate_ids
+from slmkit.export import ExportArgs, run_export, targets
+from slmkit.export.hf import hf_config, hf_state_dict
+from slmkit.export.targets import select_target
+from slmkit.decoding import Sampling, generate_ids
 from slmkit.model import ModelConfig
 
 from export_helpers import EOS, TEXT, tiny_model, train_tokenizer, write_run
@@ -28,14 +30,14 @@ def _all_combinations():
     ):
         for bias, kv, window, qk_norm in EXTRAS:
             yield dict(
-                attention=attention, positions=positions, ffn=ffn, norm=norm, tie_embeddings=tie,
+                attention_kernel=attention, positions=positions, ffn=ffn, norm=norm, tie_embeddings=tie,
                 bias=bias, n_kv_heads=kv, sliding_window=window, qk_norm=qk_norm,
             )
 
 
 def _exportable(settings) -> bool:
     try:
-        select_architecture(ModelConfig(vocab_size=320, block_size=32, n_layer=2, n_head=4, d_model=32, **settings))
+        select_target(ModelConfig(vocab_size=320, block_size=32, n_layer=2, n_head=4, d_model=32, **settings))
         return True
     except SlmkitError:
         return False
@@ -46,26 +48,34 @@ REFUSED = [s for s in _all_combinations() if not _exportable(s)]
 
 
 def _target(s: dict) -> str:
-    return select_architecture(ModelConfig(vocab_size=320, block_size=32, n_layer=2, n_head=4, d_model=32, **s)).__name__
+    return select_target(ModelConfig(vocab_size=320, block_size=32, n_layer=2, n_head=4, d_model=32, **s)).name
 
 
 # The default suite checks the first sdpa case of every (target class, positions, ffn, norm, tying) pattern;
 # the full sweep over every exportable combination runs with `make test-slow`.
 QUICK = list({(_target(s), s["positions"], s["ffn"], s["norm"], s["tie_embeddings"]): s
-              for s in EXPORTABLE if s["attention"] == "sdpa"}.values())
+              for s in EXPORTABLE if s["attention_kernel"] == "sdpa"}.values())
 
 
 def _id(s: dict) -> str:
     return "-".join(
-        [s["attention"], s["positions"], s["ffn"], s["norm"], "tied" if s["tie_embeddings"] else "untied",
+        [s["attention_kernel"], s["positions"], s["ffn"], s["norm"], "tied" if s["tie_embeddings"] else "untied",
          "bias" if s["bias"] else "nobias", f"kv{s['n_kv_heads']}", f"win{s['sliding_window']}", "qk" if s["qk_norm"] else "noqk"]
     )
 
 
 def test_every_position_ffn_norm_and_tying_choice_has_an_exportable_form():
-    covered = {(s["positions"], s["ffn"], s["norm"], s["tie_embeddings"], s["attention"]) for s in EXPORTABLE}
+    covered = {(s["positions"], s["ffn"], s["norm"], s["tie_embeddings"], s["attention_kernel"]) for s in EXPORTABLE}
     assert len(covered) == 48  # 12 (positions, ffn, norm) triples x tied/untied x sdpa/eager
     assert ("alibi", "swiglu", "rmsnorm", True, "sdpa") not in covered
+
+
+def _transformers_twin(model, target):
+    """The target's transformers class holding `model`'s exported tensors."""
+    config = hf_config(model.config, target, {"bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0})
+    hf = transformers.AutoModelForCausalLM.from_config(config).eval()
+    hf.load_state_dict(hf_state_dict(model, target, config), strict=not model.config.tie_embeddings)
+    return hf
 
 
 @pytest.mark.parametrize(
@@ -73,10 +83,7 @@ def test_every_position_ffn_norm_and_tying_choice_has_an_exportable_form():
 )
 def test_transformers_model_matches_slmkit_logits_and_greedy_text(settings):
     model = tiny_model(**settings)
-    arch = select_architecture(model.config)
-    config = hf_config(model.config, arch, {"bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0})
-    hf = transformers.AutoModelForCausalLM.from_config(config).eval()
-    hf.load_state_dict(hf_state_dict(model, arch, config), strict=not model.config.tie_embeddings)
+    hf = _transformers_twin(model, select_target(model.config))
     ids = torch.randint(1, 320, (2, 24), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert (model(ids) - hf(ids).logits).abs().max().item() < 1e-4
@@ -90,29 +97,51 @@ def test_transformers_model_matches_slmkit_logits_and_greedy_text(settings):
 def test_unrepresentable_models_are_refused_naming_the_part(settings):
     config = ModelConfig(vocab_size=320, block_size=32, n_layer=2, n_head=4, d_model=32, **settings)
     with pytest.raises(SlmkitError, match="no stock transformers class represents this model exactly") as err:
-        select_architecture(config)
+        select_target(config)
     assert "=" in str(err.value).split("—", 1)[1]  # names at least one field=value it cannot represent
 
 
 def test_refusal_names_alibi_for_a_llama_shaped_alibi_model():
     with pytest.raises(SlmkitError, match=r"positions=alibi \(LlamaForCausalLM supports positions in: rope\)"):
-        select_architecture(ModelConfig(positions="alibi", ffn="swiglu", norm="rmsnorm"))
+        select_target(ModelConfig(positions="alibi", ffn="swiglu", norm="rmsnorm"))
 
 
 def test_mpt_export_matches_for_a_head_count_that_is_not_a_power_of_two():
     model = tiny_model(positions="alibi", ffn="gelu", norm="layernorm", n_head=6, d_model=48)
-    arch = select_architecture(model.config)
-    config = hf_config(model.config, arch, {"bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0})
-    hf = transformers.AutoModelForCausalLM.from_config(config).eval()
-    hf.load_state_dict(hf_state_dict(model, arch, config), strict=False)
+    hf = _transformers_twin(model, select_target(model.config))
     ids = torch.randint(0, 320, (1, 20), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert (model(ids) - hf(ids).logits).abs().max().item() < 1e-4
+
+
+def test_a_target_row_added_in_a_test_is_selected_refused_and_exported_with_no_other_edit(monkeypatch):
+    llama = targets.TARGETS["llama"]
+    mha_llama = dataclasses.replace(llama, name="llama-mha", accepts=dataclasses.replace(llama.accepts, grouped_query=(False,)))
+    rows = list(targets.TARGETS.values())
+    monkeypatch.setattr(targets, "TARGETS", {})
+    for row in [mha_llama, *rows]:  # first in the table, so tried first
+        targets.register(row)
+
+    model = tiny_model()
+    assert select_target(model.config) is mha_llama
+    gqa = ModelConfig(vocab_size=320, block_size=32, n_layer=2, n_head=4, d_model=32, n_kv_heads=2)
+    assert targets.target_mismatches(gqa, mha_llama) == [
+        "n_kv_heads=2 (LlamaForCausalLM has multi-head attention only: n_kv_heads must equal n_head=4)"
+    ]
+    assert select_target(gqa) is llama
+    with pytest.raises(SlmkitError, match=r"LlamaForCausalLM: positions=alibi .* Exportable: LlamaForCausalLM \(rope, swiglu, "
+                       r"rmsnorm, multi-head attention only, no sliding window, no qk-norm\); LlamaForCausalLM \(rope, swiglu"):
+        select_target(ModelConfig(positions="alibi"))
+
+    hf = _transformers_twin(model, mha_llama)
+    ids = torch.randint(0, 320, (1, 20), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         assert (model(ids) - hf(ids).logits).abs().max().item() < 1e-4
 
 
 def test_causal_false_is_refused():
     with pytest.raises(SlmkitError, match="causal=False"):
-        select_architecture(ModelConfig(causal=False))
+        select_target(ModelConfig(causal=False))
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from safetensors import safe_open
 
 from slmkit.export import ExportArgs, run_export
 from slmkit.export.measure import bits_per_byte, heldout_windows, size_on_disk
-from slmkit.export.quantize import INT8_WEIGHTS_FILE, load_int8, quantize_weight
+from slmkit.export.int8 import INT8_WEIGHTS_FILE, load_int8, quantize_weight
 from slmkit.generate import GenerateArgs, run_generate
 
 from export_helpers import EOS, TEXT, tiny_model, train_tokenizer, write_run
@@ -34,14 +34,14 @@ def test_int8_export_is_smaller_loads_as_int8_and_keeps_bits_per_byte(tmp_path, 
     heldout.write_text(TEXT[:2000])
     out = run_export(ExportArgs(checkpoint=str(run), out=str(tmp_path / "int8"), format="int8", heldout=str(heldout)))
     with safe_open(str(out / INT8_WEIGHTS_FILE), framework="pt") as f:
-        assert f.get_tensor("blocks.0.attn.q_proj.weight_int8").dtype == torch.int8
+        assert f.get_tensor("body.blocks.0.attn.q_proj.weight_int8").dtype == torch.int8
     assert size_on_disk(out / INT8_WEIGHTS_FILE) < 0.5 * size_on_disk(run / "model.safetensors")
 
     loaded = load_int8(out)
     from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
 
-    assert isinstance(loaded.model.blocks[0].ffn.down_proj, DynamicInt8Linear)
-    assert isinstance(loaded.model.lm_head, DynamicInt8Linear)
+    assert isinstance(loaded.model.body.blocks[0].ffn.down_proj, DynamicInt8Linear)
+    assert isinstance(loaded.model.heads["lm"].proj, DynamicInt8Linear)
     windows, n_bytes = heldout_windows(TEXT[:2000], loaded.tokenizer(), 0, model.config.block_size, 4096)
     fp32_bpb = bits_per_byte(model, windows, n_bytes)
     int8_bpb = bits_per_byte(loaded.model, windows, n_bytes)

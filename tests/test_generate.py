@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from slmkit.errors import SlmkitError
-from slmkit.generate import GenerateArgs, Sampling, generate_ids, generate_text, next_token, run_generate
+from slmkit.decoding import Sampling, generate_ids, next_token
+from slmkit.generate import GenerateArgs, generate_text, run_generate
 from slmkit.checkpoint import load_checkpoint
 
 from export_helpers import tiny_model, train_tokenizer, write_run

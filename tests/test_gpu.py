@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from slmkit.checkpoint import load_checkpoint, read_state_dict
-from slmkit.model import ModelConfig, Transformer
+from slmkit.model import Model, ModelConfig
 from test_training import read_metrics, tiny_config
 
 from slmkit.training.run import train
@@ -47,7 +47,7 @@ def test_flash_attention_kernel_matches_the_eager_reference():
 
     torch.manual_seed(0)
     config = ModelConfig(vocab_size=512, block_size=256, n_layer=2, n_head=4, n_kv_heads=2, d_model=256)
-    model = Transformer(config).cuda()
+    model = Model(config).cuda()
     tokens = torch.randint(0, 512, (2, 256), device="cuda")
     with torch.no_grad():
         reference = model(tokens).float()

@@ -1,4 +1,4 @@
-"""The assembled Transformer: causality, parameter counts, init, learning, KV-cache decoding and user errors."""
+"""The assembled model (body + language-model head): causality, parameter counts, init, learning, KV-cache decoding and user errors."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from slmkit.errors import SlmkitError
-from slmkit.model import POSITIONS, ModelConfig, Transformer
+from slmkit.model import POSITIONS, Model, ModelConfig
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "slmkit" / "model"
 
@@ -40,11 +40,11 @@ def gpt2_style(**overrides) -> ModelConfig:
 # --- causality -------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("kernel", ["sdpa", "eager"])
 @pytest.mark.parametrize("positions", ["learned", "sinusoidal", "rope", "alibi", "none"])
-def test_a_later_token_never_changes_earlier_logits(positions, attention):
+def test_a_later_token_never_changes_earlier_logits(positions, kernel):
     torch.manual_seed(0)
-    model = Transformer(tiny(positions=positions, attention=attention, n_kv_heads=2)).eval()
+    model = Model(tiny(positions=positions, attention_kernel=kernel, n_kv_heads=2)).eval()
     ids = torch.randint(0, 61, (2, 12))
     with torch.no_grad():
         logits = model(ids)
@@ -58,7 +58,7 @@ def test_a_later_token_never_changes_earlier_logits(positions, attention):
 
 def test_bidirectional_model_lets_later_tokens_change_earlier_logits():
     torch.manual_seed(0)
-    model = Transformer(tiny(causal=False)).eval()
+    model = Model(tiny(causal=False)).eval()
     ids = torch.randint(0, 61, (1, 8))
     changed = ids.clone()
     changed[0, 7] = (changed[0, 7] + 1) % 61
@@ -66,11 +66,11 @@ def test_bidirectional_model_lets_later_tokens_change_earlier_logits():
         assert not torch.allclose(model(ids)[0, 0], model(changed)[0, 0])
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
-def test_a_token_outside_the_sliding_window_has_no_effect(attention):
+@pytest.mark.parametrize("kernel", ["sdpa", "eager"])
+def test_a_token_outside_the_sliding_window_has_no_effect(kernel):
     torch.manual_seed(0)
     # One layer: with more, information hops window by window and reaches further back.
-    model = Transformer(tiny(n_layer=1, sliding_window=4, attention=attention)).eval()
+    model = Model(tiny(n_layer=1, sliding_window=4, attention_kernel=kernel)).eval()
     ids = torch.randint(0, 61, (1, 12))
     with torch.no_grad():
         logits = model(ids)
@@ -90,7 +90,7 @@ def test_llama_style_parameter_count_matches_a_hand_count():
     d, head_dim, hidden, vocab = 32, 8, 128, 100  # swiglu hidden: int(8 * 32 / 3) = 85, rounded up to 128
     per_block = d + (d * d + 2 * d * 2 * head_dim + d * d) + d + 3 * d * hidden
     expected = vocab * d + 2 * per_block + d + vocab * d
-    model = Transformer(config)
+    model = Model(config)
     assert model.num_parameters() == expected == 37280
     assert model.num_parameters(non_embedding=True) == expected - vocab * d
 
@@ -102,14 +102,14 @@ def test_gpt2_style_parameter_count_matches_a_hand_count():
     mlp = (d * 4 * d + 4 * d) + (4 * d * d + d)
     per_block = 2 * d + attn + 2 * d + mlp
     expected = 100 * d + 16 * d + 2 * per_block + 2 * d  # tied lm_head adds nothing
-    model = Transformer(config)
+    model = Model(config)
     assert model.num_parameters() == expected
     assert model.num_parameters(non_embedding=True) == expected - 100 * d - 16 * d
 
 
 def test_gpt2_small_has_the_classic_124m_parameters():
     with torch.device("meta"):  # shapes only: no memory, no init time
-        model = Transformer(gpt2_style(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, d_model=768))
+        model = Model(gpt2_style(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, d_model=768))
     assert model.num_parameters() == 124_439_808
     assert model.num_parameters(non_embedding=True) == 124_439_808 - 50257 * 768 - 1024 * 768
     # 6N + 12 L H Q T, N = non-embedding parameters plus the (tied) output projection.
@@ -119,21 +119,21 @@ def test_gpt2_small_has_the_classic_124m_parameters():
 
 
 def test_tied_embeddings_share_one_tensor():
-    model = Transformer(tiny(tie_embeddings=True))
-    assert model.lm_head.weight is model.tok_embeddings.weight
-    assert model.lm_head.bias is None
-    untied = Transformer(tiny(tie_embeddings=False))
-    assert untied.lm_head.weight is not untied.tok_embeddings.weight
+    model = Model(tiny(tie_embeddings=True))
+    assert model.heads["lm"].proj.weight is model.body.tok_embeddings.weight
+    assert model.heads["lm"].proj.bias is None
+    untied = Model(tiny(tie_embeddings=False))
+    assert untied.heads["lm"].proj.weight is not untied.body.tok_embeddings.weight
 
 
 def test_module_names_are_the_ones_export_maps():
-    llama = Transformer(tiny(qk_norm=True, tie_embeddings=False))
+    llama = Model(tiny(qk_norm=True, tie_embeddings=False))
     assert set(llama.state_dict()) == {
-        "tok_embeddings.weight",
-        "final_norm.weight",
-        "lm_head.weight",
+        "body.tok_embeddings.weight",
+        "body.final_norm.weight",
+        "heads.lm.proj.weight",
         *(
-            f"blocks.{i}.{name}.weight"
+            f"body.blocks.{i}.{name}.weight"
             for i in range(2)
             for name in (
                 "attn_norm", "attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj", "attn.q_norm",
@@ -141,34 +141,35 @@ def test_module_names_are_the_ones_export_maps():
             )
         ),
     }
-    gpt2 = Transformer(gpt2_style(vocab_size=61, block_size=32, n_layer=1, n_head=4, d_model=32))
+    gpt2 = Model(gpt2_style(vocab_size=61, block_size=32, n_layer=1, n_head=4, d_model=32))
     keys = set(gpt2.state_dict())
-    assert {"pos_embeddings.weight", "blocks.0.attn.q_proj.bias", "blocks.0.ffn.up_proj.bias", "final_norm.bias"} <= keys
-    assert isinstance(gpt2.pos_embeddings, torch.nn.Embedding)
-    assert not hasattr(llama, "pos_embeddings")
+    assert {"body.pos_embeddings.weight", "body.blocks.0.attn.q_proj.bias", "body.blocks.0.ffn.up_proj.bias",
+            "body.final_norm.bias"} <= keys
+    assert isinstance(gpt2.body.pos_embeddings, torch.nn.Embedding)
+    assert not hasattr(llama.body, "pos_embeddings")
 
 
 def test_init_is_deterministic_and_scales_residual_projections():
     config = tiny(n_layer=8, d_model=128, bias=True, init_std=0.02)
     torch.manual_seed(3)
-    a = Transformer(config)
+    a = Model(config)
     torch.manual_seed(3)
-    b = Transformer(config)
+    b = Model(config)
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(p, q), name
     residual_std = 0.02 / math.sqrt(16)
-    assert a.blocks[0].attn.o_proj.weight.std().item() == pytest.approx(residual_std, rel=0.05)
-    assert a.blocks[0].ffn.down_proj.weight.std().item() == pytest.approx(residual_std, rel=0.05)
-    assert a.blocks[0].attn.q_proj.weight.std().item() == pytest.approx(0.02, rel=0.05)
-    assert a.tok_embeddings.weight.std().item() == pytest.approx(0.02, rel=0.05)
-    assert torch.count_nonzero(a.blocks[0].attn.q_proj.bias) == 0
-    assert torch.all(a.blocks[0].attn_norm.weight == 1)
-    unscaled = Transformer(tiny(n_layer=8, d_model=128, scaled_residual_init=False))
-    assert unscaled.blocks[0].attn.o_proj.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert a.body.blocks[0].attn.o_proj.weight.std().item() == pytest.approx(residual_std, rel=0.05)
+    assert a.body.blocks[0].ffn.down_proj.weight.std().item() == pytest.approx(residual_std, rel=0.05)
+    assert a.body.blocks[0].attn.q_proj.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert a.body.tok_embeddings.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert torch.count_nonzero(a.body.blocks[0].attn.q_proj.bias) == 0
+    assert torch.all(a.body.blocks[0].attn_norm.weight == 1)
+    unscaled = Model(tiny(n_layer=8, d_model=128, scaled_residual_init=False))
+    assert unscaled.body.blocks[0].attn.o_proj.weight.std().item() == pytest.approx(0.02, rel=0.05)
 
 
 def test_param_groups_decay_matrices_only_and_cover_every_parameter_once():
-    model = Transformer(gpt2_style(vocab_size=61, block_size=32, n_layer=2, n_head=4, d_model=32))
+    model = Model(gpt2_style(vocab_size=61, block_size=32, n_layer=2, n_head=4, d_model=32))
     decay, no_decay = model.param_groups(0.1)
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
@@ -184,7 +185,7 @@ def test_param_groups_decay_matrices_only_and_cover_every_parameter_once():
 )
 def test_tiny_model_overfits_one_batch(overrides):
     torch.manual_seed(0)
-    model = Transformer(tiny(**overrides))
+    model = Model(tiny(**overrides))
     ids = torch.randint(0, 61, (4, 17))
     optimizer = torch.optim.AdamW(model.param_groups(0.0), lr=1e-2)
     for _ in range(150):
@@ -198,7 +199,7 @@ def test_tiny_model_overfits_one_batch(overrides):
 
 def test_dropout_is_active_in_training_only():
     torch.manual_seed(0)
-    model = Transformer(tiny(dropout=0.2))
+    model = Model(tiny(dropout=0.2))
     ids = torch.randint(0, 61, (2, 8))
     assert not torch.equal(model(ids), model(ids))
     model.eval()
@@ -208,7 +209,7 @@ def test_dropout_is_active_in_training_only():
 # --- KV cache ----------------------------------------------------------------------------------------------
 
 
-def greedy(model: Transformer, prompt: torch.Tensor, steps: int, use_cache: bool) -> torch.Tensor:
+def greedy(model: Model, prompt: torch.Tensor, steps: int, use_cache: bool) -> torch.Tensor:
     ids = prompt
     cache = model.new_cache(prompt.shape[0], prompt.shape[1] + steps) if use_cache else None
     next_input = prompt
@@ -226,9 +227,9 @@ CACHE_CASES = [
     dict(positions="alibi"),
     dict(positions="learned", n_kv_heads=1),
     dict(positions="rope", sliding_window=4, n_kv_heads=2),
-    dict(positions="alibi", sliding_window=3, attention="eager"),
+    dict(positions="alibi", sliding_window=3, attention_kernel="eager"),
     dict(positions="sinusoidal", qk_norm=True),
-    dict(positions="none", attention="eager"),
+    dict(positions="none", attention_kernel="eager"),
 ]
 
 
@@ -236,7 +237,7 @@ CACHE_CASES = [
 def test_cached_greedy_decoding_equals_recomputing_the_whole_sequence(overrides):
     torch.manual_seed(0)
     # A larger init spreads the logits so that argmax ties cannot hide behind float noise.
-    model = Transformer(tiny(init_std=0.2, **overrides)).eval()
+    model = Model(tiny(init_std=0.2, **overrides)).eval()
     prompt = torch.randint(0, 61, (3, 5))
     with_cache = greedy(model, prompt, 20, use_cache=True)
     assert torch.equal(with_cache, greedy(model, prompt, 20, use_cache=False))
@@ -246,7 +247,7 @@ def test_cached_greedy_decoding_equals_recomputing_the_whole_sequence(overrides)
 @pytest.mark.parametrize("overrides", CACHE_CASES)
 def test_prefill_in_chunks_gives_the_logits_of_one_full_pass(overrides):
     torch.manual_seed(0)
-    model = Transformer(tiny(**overrides)).eval()
+    model = Model(tiny(**overrides)).eval()
     ids = torch.randint(0, 61, (2, 14))
     cache = model.new_cache(2, 16)
     with torch.no_grad():
@@ -257,7 +258,7 @@ def test_prefill_in_chunks_gives_the_logits_of_one_full_pass(overrides):
 
 
 def test_cache_reports_overflow_and_a_wrong_batch_size():
-    model = Transformer(tiny()).eval()
+    model = Model(tiny()).eval()
     cache = model.new_cache(2, 6)
     model(torch.zeros(2, 5, dtype=torch.long), cache)
     with pytest.raises(SlmkitError, match="max_len"):
@@ -269,23 +270,23 @@ def test_cache_reports_overflow_and_a_wrong_batch_size():
 
 
 def test_cache_takes_the_models_dtype_and_device():
-    model = Transformer(tiny(n_kv_heads=1)).to(torch.bfloat16)
+    model = Model(tiny(n_kv_heads=1)).to(torch.bfloat16)
     cache = model.new_cache(2, 10)
-    assert cache.keys[0].dtype == torch.bfloat16 and cache.keys[0].shape == (2, 1, 10, 8)
-    assert len(cache.keys) == 2
+    assert cache.slots[0].keys.dtype == torch.bfloat16 and cache.slots[0].keys.shape == (2, 1, 10, 8)
+    assert len(cache.slots) == 2
 
 
 # --- user errors -------------------------------------------------------------------------------------------
 
 
 def test_token_ids_beyond_the_vocabulary_say_the_tokenizer_does_not_fit():
-    model = Transformer(tiny(vocab_size=61))
+    model = Model(tiny(vocab_size=61))
     with pytest.raises(SlmkitError, match="tokenizer does not fit the model"):
         model(torch.tensor([[1, 2, 61]]))
 
 
 def test_learned_positions_refuse_sequences_longer_than_block_size():
-    model = Transformer(tiny(positions="learned", block_size=8)).eval()
+    model = Model(tiny(positions="learned", block_size=8)).eval()
     with pytest.raises(SlmkitError, match="block_size=8"):
         model(torch.zeros(1, 9, dtype=torch.long))
     cache = model.new_cache(1, 12)
@@ -295,13 +296,13 @@ def test_learned_positions_refuse_sequences_longer_than_block_size():
 
 
 def test_relative_positions_run_past_block_size():
-    model = Transformer(tiny(positions="rope", block_size=8)).eval()
+    model = Model(tiny(positions="rope", block_size=8)).eval()
     assert model(torch.zeros(1, 12, dtype=torch.long)).shape == (1, 12, 61)
 
 
 def test_invalid_config_is_rejected_on_construction():
     with pytest.raises(SlmkitError, match="n_kv_heads"):
-        Transformer(tiny(n_kv_heads=3))
+        Model(tiny(n_kv_heads=3))
 
 
 # --- architecture ------------------------------------------------------------------------------------------
@@ -326,5 +327,5 @@ def test_model_package_imports_only_torch_and_its_own_kind():
 
 def test_every_position_encoding_builds_a_working_model():
     for name in POSITIONS.names():
-        model = Transformer(tiny(positions=name)).eval()
+        model = Model(tiny(positions=name)).eval()
         assert model(torch.zeros(1, 4, dtype=torch.long)).dtype == torch.float32

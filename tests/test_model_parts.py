@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from slmkit.errors import SlmkitError
-from slmkit.model import ATTENTION, FEEDFORWARDS, NORMS, POSITIONS, ModelConfig, Transformer, alibi_slopes
-from slmkit.model.attention import Attention, attention_mask
+from slmkit.model import (ATTENTION_KERNELS, ATTENTION_LAYERS, FEEDFORWARDS, NORMS, POSITIONS, AttentionMasks, Model,
+                          ModelConfig, alibi_slopes)
+from slmkit.model.attention import AttentionMask, MultiHeadAttention
 from slmkit.model.positions import apply_rotary
 
 
@@ -33,12 +34,13 @@ def test_every_part_kind_has_its_registry_of_names():
     assert NORMS.names() == ["layernorm", "rmsnorm"]
     assert POSITIONS.names() == ["alibi", "learned", "none", "rope", "sinusoidal"]
     assert FEEDFORWARDS.names() == ["gelu", "relu2", "swiglu"]
-    assert ATTENTION.names() == ["eager", "sdpa"]
+    assert ATTENTION_KERNELS.names() == ["eager", "sdpa"]
+    assert ATTENTION_LAYERS.names() == ["multihead"]
 
 
 def test_unknown_part_name_is_a_user_error_with_a_suggestion():
     with pytest.raises(SlmkitError, match="did you mean 'swiglu'"):
-        Transformer(tiny(ffn="swiglue"))
+        Model(tiny(ffn="swiglue"))
 
 
 # --- norms -------------------------------------------------------------------------------------------------
@@ -152,14 +154,22 @@ def test_sinusoidal_positions_are_the_fixed_waves_of_vaswani_et_al():
 # --- attention ---------------------------------------------------------------------------------------------
 
 
-def run_attention(attn: Attention, x: torch.Tensor, config: ModelConfig) -> torch.Tensor:
-    return attn(x, attention_mask(config, x.shape[1], 0, None, x.device))
+def masks_of(config: ModelConfig, n_queries: int, start: int = 0) -> AttentionMasks:
+    return AttentionMasks(config.causal, start, n_queries, None, None, torch.device("cpu"))
+
+
+def mask_of(config: ModelConfig, n_queries: int, start: int = 0) -> AttentionMask:
+    return masks_of(config, n_queries, start).for_window(config.sliding_window)
+
+
+def run_attention(attn: MultiHeadAttention, x: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+    return attn(x, masks_of(config, x.shape[1]))
 
 
 def test_gqa_equals_mha_whose_kv_projections_repeat_each_kv_head():
     torch.manual_seed(0)
     gqa_config, mha_config = tiny(n_kv_heads=2), tiny(n_kv_heads=4)
-    gqa, mha = Attention(gqa_config, 0), Attention(mha_config, 0)
+    gqa, mha = MultiHeadAttention(gqa_config, 0), MultiHeadAttention(mha_config, 0)
     head_dim = gqa_config.head_dim
     with torch.no_grad():
         for name in ("q_proj", "o_proj"):
@@ -175,7 +185,7 @@ def test_gqa_equals_mha_whose_kv_projections_repeat_each_kv_head():
 def test_grouped_query_attention_matches_a_per_head_loop(n_kv_heads):
     torch.manual_seed(0)
     config = tiny(n_kv_heads=n_kv_heads)
-    attn = Attention(config, 0)
+    attn = MultiHeadAttention(config, 0)
     x = torch.randn(2, 7, 32)
     t, d, group = 7, config.head_dim, 4 // n_kv_heads
     q = attn.q_proj(x).view(2, t, 4, d)
@@ -194,22 +204,22 @@ def test_grouped_query_attention_matches_a_per_head_loop(n_kv_heads):
 
 def test_sliding_window_mask_keeps_exactly_the_last_window_tokens():
     config = tiny(sliding_window=3)
-    mask = attention_mask(config, 6, 0, None, torch.device("cpu")).mask
+    mask = mask_of(config, 6, 0).mask
     expected = torch.tensor([[i - 3 < j <= i for j in range(6)] for i in range(6)])
     assert torch.equal(mask, expected)
     # Two new tokens after four cached ones: queries at positions 4 and 5 over keys 0..5.
-    assert torch.equal(attention_mask(config, 2, 4, None, torch.device("cpu")).mask, expected[4:])
+    assert torch.equal(mask_of(config, 2, 4).mask, expected[4:])
 
 
 def test_unconstrained_causal_attention_takes_the_fused_fast_path():
-    assert attention_mask(tiny(), 8, 0, None, torch.device("cpu")).is_causal
-    assert attention_mask(tiny(sliding_window=8), 8, 0, None, torch.device("cpu")).is_causal
-    assert attention_mask(tiny(), 1, 7, None, torch.device("cpu")).mask is None
-    assert not attention_mask(tiny(sliding_window=4), 8, 0, None, torch.device("cpu")).is_causal
+    assert mask_of(tiny(), 8, 0).is_causal
+    assert mask_of(tiny(sliding_window=8), 8, 0).is_causal
+    assert mask_of(tiny(), 1, 7).mask is None
+    assert not mask_of(tiny(sliding_window=4), 8, 0).is_causal
 
 
 def test_bidirectional_attention_has_no_mask():
-    mask = attention_mask(tiny(causal=False), 8, 0, None, torch.device("cpu"))
+    mask = mask_of(tiny(causal=False), 8, 0)
     assert not mask.is_causal and mask.mask is None
 
 
@@ -226,8 +236,8 @@ def test_bidirectional_attention_has_no_mask():
 )
 def test_sdpa_and_eager_kernels_agree(overrides):
     torch.manual_seed(0)
-    sdpa = Transformer(tiny(attention="sdpa", **overrides)).eval()
-    eager = Transformer(tiny(attention="eager", **overrides)).eval()
+    sdpa = Model(tiny(attention_kernel="sdpa", **overrides)).eval()
+    eager = Model(tiny(attention_kernel="eager", **overrides)).eval()
     eager.load_state_dict(sdpa.state_dict())
     ids = torch.randint(0, 61, (2, 20))
     torch.testing.assert_close(sdpa(ids), eager(ids), atol=1e-5, rtol=1e-5)
@@ -236,7 +246,7 @@ def test_sdpa_and_eager_kernels_agree(overrides):
 def test_qk_norm_normalizes_each_head_before_rope_as_qwen3():
     torch.manual_seed(0)
     config = tiny(qk_norm=True, positions="rope")
-    attn = Attention(config, 0)
+    attn = MultiHeadAttention(config, 0)
     with torch.no_grad():
         attn.q_norm.weight.copy_(torch.rand(8) + 0.5)
         attn.k_norm.weight.copy_(torch.rand(8) + 0.5)
@@ -250,5 +260,116 @@ def test_qk_norm_normalizes_each_head_before_rope_as_qwen3():
     k = apply_rotary(rms(attn.k_proj(x).view(1, 6, 4, 8), attn.k_norm.weight).transpose(1, 2), cos, sin)
     v = attn.v_proj(x).view(1, 6, 4, 8).transpose(1, 2)
     expected = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(1, 6, 32)
-    mask = attention_mask(config, 6, 0, None, x.device)
-    torch.testing.assert_close(attn(x, mask, (cos, sin)), attn.o_proj(expected))
+    torch.testing.assert_close(attn(x, masks_of(config, 6), (cos, sin)), attn.o_proj(expected))
+
+
+# --- every registered part ---------------------------------------------------------------------------------
+
+
+def part_configs() -> list[tuple[str, dict]]:
+    """One small config per registered name of every part kind (each other part at its default)."""
+    cases = [(f"attention={n}", dict(attention=n)) for n in ATTENTION_LAYERS.names()]
+    cases += [(f"kernel={n}", dict(attention_kernel=n)) for n in ATTENTION_KERNELS.names()]
+    cases += [(f"positions={n}", dict(positions=n)) for n in POSITIONS.names()]
+    cases += [(f"ffn={n}", dict(ffn=n)) for n in FEEDFORWARDS.names()]
+    cases += [(f"norm={n}", dict(norm=n, qk_norm=True)) for n in NORMS.names()]
+    return cases
+
+
+def check_forward_cache_and_init(config: ModelConfig) -> Model:
+    """The three promises of any part: a finite forward pass, cached decoding equal to a full pass, the init."""
+    torch.manual_seed(0)
+    model = Model(config).eval()
+    ids = torch.randint(0, config.vocab_size, (2, 12))
+    with torch.no_grad():
+        full = model(ids)
+        cache = model.new_cache(2, 12)
+        pieces = torch.cat([model(ids[:, :5], cache), model(ids[:, 5:6], cache), model(ids[:, 6:], cache)], dim=1)
+    assert torch.isfinite(full).all()
+    torch.testing.assert_close(pieces, full, atol=1e-5, rtol=1e-5)
+    residual_std = config.init_std / math.sqrt(2 * config.n_layer)
+    for block in model.body.blocks:
+        for layer in block.attn.residual_outputs() + block.ffn.residual_outputs():
+            assert layer.weight.std().item() == pytest.approx(residual_std, rel=0.3)
+    return model
+
+
+@pytest.mark.parametrize("overrides", [c for _, c in part_configs()], ids=[n for n, _ in part_configs()])
+def test_every_registered_part_runs_caches_and_initializes(overrides):
+    check_forward_cache_and_init(tiny(d_model=64, n_layer=4, **overrides))
+
+
+# --- a new part is one class plus one registration ---------------------------------------------------------
+
+
+@pytest.fixture
+def registered():
+    """Registers parts for one test and withdraws them after it."""
+    added = []
+
+    def register(registry, name, entry):
+        registry.register(name)(entry)
+        added.append((registry, name))
+        return entry
+
+    yield register
+    for registry, name in added:
+        registry.unregister(name)
+
+
+def test_a_new_gated_feedforward_needs_no_other_edit(registered):
+    from slmkit.model.feedforward import GatedFeedForward
+
+    class GeGLU(GatedFeedForward):
+        """A gated GELU whose residual output layer is not called down_proj."""
+
+        def __init__(self, config):
+            super().__init__()
+            hidden = config.ffn_hidden_size
+            self.gate_up = torch.nn.Linear(config.d_model, 2 * hidden, bias=False)
+            self.out = torch.nn.Linear(hidden, config.d_model, bias=False)
+
+        def residual_outputs(self):
+            return [self.out]
+
+        def forward(self, x):
+            gate, up = self.gate_up(x).chunk(2, dim=-1)
+            return self.out(F.gelu(gate) * up)
+
+    registered(FEEDFORWARDS, "test_geglu", GeGLU)
+    config = tiny(ffn="test_geglu", d_model=96, n_layer=8)
+    assert config.ffn_hidden_size == 256  # the gated width rule, inherited: int(8 * 96 / 3) rounded to 64
+    model = check_forward_cache_and_init(config)
+    assert model.body.blocks[0].ffn.out.weight.std().item() == pytest.approx(0.02 / 4, rel=0.1)
+
+
+def test_a_new_rotary_variant_brings_its_own_checks(registered):
+    from slmkit.model.positions import RotaryPositions
+
+    class HalfRotary(RotaryPositions):
+        """Rotates with half the base frequency: a variant that inherits RoPE's even-head-size check."""
+
+        def __init__(self, config):
+            super().__init__(config)
+            self.theta = config.rope_theta / 2
+
+    registered(POSITIONS, "test_half_rope", HalfRotary)
+    check_forward_cache_and_init(tiny(positions="test_half_rope"))
+    with pytest.raises(SlmkitError, match="even head"):
+        Model(tiny(positions="test_half_rope", d_model=36, n_head=4))
+
+
+def test_a_new_attention_layer_sizes_its_own_cache_slot(registered):
+    class AlwaysMultiQuery(MultiHeadAttention):
+        """One key/value head whatever model.n_kv_heads says: a layer of its own shape and its own cache size."""
+
+        def __init__(self, config, layer_idx):
+            super().__init__(config, layer_idx)
+            self.n_kv_heads = 1
+            self.k_proj = torch.nn.Linear(config.d_model, self.head_dim, bias=config.bias)
+            self.v_proj = torch.nn.Linear(config.d_model, self.head_dim, bias=config.bias)
+
+    registered(ATTENTION_LAYERS, "test_always_mqa", AlwaysMultiQuery)
+    model = check_forward_cache_and_init(tiny(attention="test_always_mqa", n_kv_heads=4))
+    cache = model.new_cache(2, 8)
+    assert cache.slots[0].keys.shape == (2, 1, 8, 8)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from slmkit.errors import SlmkitError
@@ -80,3 +82,16 @@ def test_text_values_are_taken_literally_not_as_yaml():
 
     args = build_config(GenerateArgs, overrides=["checkpoint=runs/x", "prompt=ROMEO: [act 1]", "max_new_tokens=5"])
     assert args.prompt == "ROMEO: [act 1]" and args.max_new_tokens == 5
+
+
+def test_key_listing_documents_list_items_and_takes_choices_from_registries():
+    text = list_recipes(show_keys=True)
+    assert "data.sources[].path (Optional[str], default None)" in text
+    assert "optim.schedule (str, default 'cosine'): Learning-rate schedule by name; wsd is warmup-stable-decay. One of: constant, cosine, linear, wsd." in text
+
+
+def test_the_committed_recipe_guide_is_generated_from_the_current_config():
+    from slmkit.recipes import recipe_guide
+
+    committed = (Path(__file__).resolve().parents[1] / "docs" / "recipe-guide.md").read_text(encoding="utf-8")
+    assert committed == recipe_guide(), "docs/recipe-guide.md is stale: run `slmkit recipes --guide > docs/recipe-guide.md`"

@@ -13,7 +13,9 @@ import pytest
 import torch
 
 from slmkit.checkpoint import load_checkpoint
+from slmkit.data import RUN_MANIFEST
 from slmkit.errors import SlmkitError
+from slmkit.export.model_card import model_card
 from slmkit.recipes import resolve_recipe
 from slmkit.training.run import train
 
@@ -38,7 +40,7 @@ def test_training_writes_run_folder_and_loss_falls(shared_dir, tmp_path):
     run = tmp_path / "run"
     result = train(tiny_config(shared_dir, run, "trainer.max_steps=12", "trainer.checkpoint_every=4", "trainer.keep_checkpoints=2"))
     assert result.steps == 12
-    for name in ["config.yaml", "tokenizer.json", "model.safetensors", "metrics.jsonl"]:
+    for name in ["config.yaml", "tokenizer.json", "model.safetensors", "metrics.jsonl", RUN_MANIFEST]:
         assert (run / name).is_file(), name
     assert any((run / "tb").iterdir())
     records = read_metrics(run)
@@ -52,6 +54,9 @@ def test_training_writes_run_folder_and_loss_falls(shared_dir, tmp_path):
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-12.ckpt", "step-8.ckpt"]
     loaded = load_checkpoint(run)
     assert loaded.model.config.n_layer == 2
+    manifest = json.loads((run / RUN_MANIFEST).read_text())
+    card = model_card(loaded.config, run, {"format": "safetensors"})  # the card reports what the run trained on
+    assert f"| train | {manifest['splits']['train']['documents']} | {manifest['splits']['train']['tokens']} |" in card
 
 
 def test_resume_continues_with_identical_losses(shared_dir, tmp_path):

@@ -22,7 +22,7 @@ WRITER = textwrap.dedent(
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[3], RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     import deepspeed
     from safetensors.torch import save_file
-    from slmkit.model import ModelConfig, Transformer
+    from slmkit.model import Model, ModelConfig
 
     stage, out = int(sys.argv[1]), sys.argv[2]
     torch.manual_seed(0)
@@ -30,8 +30,8 @@ WRITER = textwrap.dedent(
     class Wrapper(torch.nn.Module):  # holds the Transformer as `model`, like slmkit's LightningModule
         def __init__(self):
             super().__init__()
-            self.model = Transformer(ModelConfig(vocab_size=61, block_size=16, n_layer=2, n_head=2, d_model=20, bias=True))
-            self.model.blocks[0].ffn_norm.weight.requires_grad_(False)  # a frozen parameter too
+            self.model = Model(ModelConfig(vocab_size=61, block_size=16, n_layer=2, n_head=2, d_model=20, bias=True))
+            self.model.body.blocks[0].ffn_norm.weight.requires_grad_(False)  # a frozen parameter too
 
         def forward(self, x):
             return self.model(x)
@@ -50,7 +50,7 @@ WRITER = textwrap.dedent(
             state = {k: v.detach().clone() for k, v in module.state_dict().items()}
     else:
         state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-    state.pop("model.lm_head.weight")  # tied to the embedding
+    state.pop("model.heads.lm.proj.weight")  # tied to the embedding
     save_file(state, os.path.join(out, "expected.safetensors"))
     """
 )
@@ -68,7 +68,7 @@ def test_consolidated_zero_checkpoint_equals_the_module_weights(tmp_path, stage)
     assert set(expected) <= set(state)
     for name, tensor in expected.items():
         assert torch.equal(state[name].float(), tensor.float()), name
-    assert torch.equal(state["model.blocks.0.ffn_norm.weight"], torch.ones(20))  # the frozen one
+    assert torch.equal(state["model.body.blocks.0.ffn_norm.weight"], torch.ones(20))  # the frozen one
 
 
 def test_a_folder_without_shards_is_a_user_error(tmp_path):

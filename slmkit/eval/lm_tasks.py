@@ -52,10 +52,6 @@ class PerplexityTask:
         nll = [-s.logprob for s in scores]
         tokens = [s.n_tokens for s in scores]
         n_bytes = [len(t.encode("utf-8")) for t in texts]
-        if scorer.prefix_id is None:
-            # Without a document-start token the first token has no context and is not scored: leave its bytes out.
-            n_bytes = [b - len(scorer.tokenizer.decode(scorer.tokenizer.encode(t).ids[:1]).encode("utf-8"))
-                       for b, t in zip(n_bytes, texts)]
         total_nll, total_tokens, total_bytes = sum(nll), sum(tokens), sum(n_bytes)
         loss = total_nll / total_tokens
         loss_se = bootstrap_stderr(list(zip(nll, tokens)), np.divide, seed=settings.seed)

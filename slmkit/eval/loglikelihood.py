@@ -13,7 +13,8 @@ import torch
 from tokenizers import Tokenizer
 
 from slmkit.errors import SlmkitError
-from slmkit.eval.encoding import Request, check_tokenizer_fits, document_start_id, encode, encode_pair
+from slmkit.eval.encoding import Request, check_tokenizer_fits, encode, encode_pair
+from slmkit.tokenizer import end_of_document_id
 
 
 @dataclass(frozen=True)
@@ -32,20 +33,30 @@ class _Row:
 
 
 class Scorer:
-    """Scores token requests with `model` (eval mode, on its own device); `batch_size` sequences per forward pass."""
+    """A model and its tokenizer as the tasks see them (eval mode, on its own device): log-likelihoods of token
+    requests under the language-model head, and the settings head-based tasks share (window, padding, batch size)."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, batch_size: int = 8):
         if batch_size < 1:
             raise SlmkitError(f"batch_size must be at least 1, got {batch_size}")
-        if not model.config.causal:
-            raise SlmkitError("log-likelihood evaluation needs a causal model; this one has model.causal=false")
         check_tokenizer_fits(tokenizer, model.config.vocab_size)
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.window = model.config.block_size
-        self.prefix_id = document_start_id(tokenizer)
+        self.prefix_id = end_of_document_id(tokenizer)
+        # Padding is masked out, so any id will do; the document-start token is always in the vocabulary.
+        self.pad_id = self.prefix_id if self.prefix_id is not None else 0
         self.device = next(model.parameters()).device
+
+    def _check_language_model(self) -> None:
+        if not self.model.config.causal:
+            raise SlmkitError("log-likelihood evaluation needs a causal model; this one has model.causal=false")
+        if "lm" not in getattr(self.model, "heads", {"lm": None}):
+            raise SlmkitError(
+                f"this task scores text by its likelihood, which needs a language-model head; this model has "
+                f"{', '.join(self.model.heads)}: evaluate it on the task it was fine-tuned for"
+            )
 
     def loglikelihood(self, pairs: Sequence[tuple[str, str]]) -> list[Score]:
         """log P(continuation | context) for (context, continuation) strings."""
@@ -63,7 +74,7 @@ class Scorer:
         requests: list[Request] = []
         owners: list[int] = []
         for index, text in enumerate(texts):
-            ids = ([self.prefix_id] if self.prefix_id is not None else []) + encode(self.tokenizer, text)
+            ids = [self.prefix_id] + encode(self.tokenizer, text)
             for request in _windows(ids, self.window, stride):
                 requests.append(request)
                 owners.append(index)
@@ -77,6 +88,7 @@ class Scorer:
         return [Score(t, g, n) for t, g, n in zip(totals, greedy, counts)]
 
     def score(self, requests: Sequence[Request]) -> list[Score]:
+        self._check_language_model()
         rows = self._rows(requests)
         # Longest first: padding stays small within a batch, and an out-of-memory error shows up at once.
         rows.sort(key=lambda row: -len(row.input_ids))
@@ -119,7 +131,7 @@ class Scorer:
         batch = torch.zeros(len(rows), width, dtype=torch.long)
         for i, row in enumerate(rows):
             batch[i, : len(row.input_ids)] = torch.tensor(row.input_ids)
-        logits = self.model(batch.to(self.device))
+        logits = self.model(batch.to(self.device), head="lm")
         row_index, positions, targets, spans = [], [], [], []
         for i, row in enumerate(rows):
             for request_index, pos, target in row.entries:

@@ -6,6 +6,7 @@ Accuracies get the binomial standard error; corpus-level ratios (bits per byte, 
 from __future__ import annotations
 
 import math
+import string
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Hashable, Sequence
@@ -75,3 +76,95 @@ def bootstrap_stderr(
     picks = np.random.default_rng(seed).integers(0, len(parts), size=(iterations, len(parts)))
     values = statistic(numerators[picks].sum(1), denominators[picks].sum(1))
     return float(values.std(ddof=1))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Scores of fine-tuned heads: label classification, entity spans, extractive answers.
+
+@dataclass
+class LabelReport:
+    """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix (rows gold, columns predicted)."""
+
+    accuracy: Metric
+    macro_f1: Metric
+    per_class: dict[str, dict[str, float]]
+    confusion: list[list[int]]
+
+
+def label_report(golds: Sequence[int], predictions: Sequence[int], names: Sequence[str]) -> LabelReport:
+    n = len(names)
+    confusion = np.zeros((n, n), dtype=np.int64)
+    for gold, predicted in zip(golds, predictions):
+        confusion[gold, predicted] += 1
+    per_class = {}
+    f1s = []
+    for i, name in enumerate(names):
+        tp = confusion[i, i]
+        precision = tp / confusion[:, i].sum() if confusion[:, i].sum() else 0.0
+        recall = tp / confusion[i].sum() if confusion[i].sum() else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[name] = {"precision": float(precision), "recall": float(recall), "f1": float(f1), "support": int(confusion[i].sum())}
+        f1s.append(f1)
+    return LabelReport(
+        accuracy=accuracy([g == p for g, p in zip(golds, predictions)]),
+        macro_f1=Metric(float(np.mean(f1s))),
+        per_class=per_class,
+        confusion=confusion.tolist(),
+    )
+
+
+def bio_entities(tags: Sequence[str]) -> set[tuple[str, int, int]]:
+    """(type, first, last) of each entity in a BIO (or IOB1) tag sequence, chunked as conlleval and seqeval do:
+    an entity starts at B-X, or at I-X after a tag of another type or O; it ends before the next start or O."""
+    entities = set()
+    start, kind = None, None
+    for i, tag in enumerate([*tags, "O"]):
+        prefix, _, label = tag.partition("-")
+        begins = prefix == "B" or (prefix == "I" and label != kind)
+        if start is not None and (prefix == "O" or begins):
+            entities.add((kind, start, i - 1))
+            start, kind = None, None
+        if begins:
+            start, kind = i, label
+    return entities
+
+
+def entity_scores(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]) -> dict[str, Metric]:
+    """Micro precision, recall and F1 over entities whose type and exact span both match (seqeval's default)."""
+    tp = n_gold = n_predicted = 0
+    for gold_tags, predicted_tags in zip(gold, predicted):
+        g, p = bio_entities(gold_tags), bio_entities(predicted_tags)
+        tp += len(g & p)
+        n_gold += len(g)
+        n_predicted += len(p)
+    precision = tp / n_predicted if n_predicted else 0.0
+    recall = tp / n_gold if n_gold else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"entity_f1": Metric(f1), "entity_precision": Metric(precision), "entity_recall": Metric(recall)}
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD's normalization: lower case, no punctuation, no articles (a, an, the), single spaces."""
+    text = "".join(ch for ch in text.lower() if ch not in string.punctuation)
+    return " ".join(word for word in text.split() if word not in ("a", "an", "the"))
+
+
+def answer_f1(prediction: str, gold: str) -> float:
+    """Token-overlap F1 of two normalized answers (SQuAD)."""
+    p, g = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    common = sum((Counter(p) & Counter(g)).values())
+    if not p or not g:
+        return float(p == g)
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(p), common / len(g)
+    return 2 * precision * recall / (precision + recall)
+
+
+def answer_scores(predictions: Sequence[str], golds: Sequence[Sequence[str]]) -> dict[str, Metric]:
+    """SQuAD exact match and F1, each the best over an example's gold answers, averaged over examples."""
+    exact = [max(normalize_answer(p) == normalize_answer(g) for g in gs) for p, gs in zip(predictions, golds)]
+    f1 = [max(answer_f1(p, g) for g in gs) for p, gs in zip(predictions, golds)]
+    return {"exact_match": accuracy(exact), "f1": Metric(float(np.mean(f1)) if f1 else float("nan"))}
+
+

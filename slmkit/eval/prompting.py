@@ -1,4 +1,4 @@
-"""Prompts of example-based tasks: the options they share, and contexts with seeded few-shot demonstrations.
+"""Records and prompts of example-based tasks: the options they share, and contexts with seeded few-shot demonstrations.
 
 A context is preamble + shots + the example's prompt; each shot is a prompt followed by its answer.
 """
@@ -10,28 +10,49 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from slmkit.errors import SlmkitError
-from slmkit.eval.records import read_records, subset
+from slmkit.eval.records import FORMATS, read_records, select, subset
 from slmkit.eval.tasks import RunSettings, TaskSpec, required
 from slmkit.eval.templates import render
 from slmkit.options import option
 
 
 @dataclass
-class PromptOptions:
-    data: Optional[str] = required("Test records: a .jsonl/.json file or glob (${SLMKIT_SHARED}/... or relative to the task file).")
+class RecordOptions:
+    """Where a task's records are and which of them count: shared by every task type that reads records."""
+
+    data: Optional[str] = required("Test records: a .jsonl/.json/.csv/CoNLL file or glob (${SLMKIT_SHARED}/... or relative to the task file).")
+    train: Optional[str] = option(None, "Training records for fine-tuning on this task (never the test file).")
+    format: str = option("auto", "File format of data/train/fewshot_data: auto (by suffix), jsonl, json, csv, tsv, conll, text.", choices=FORMATS)
+    where: dict[str, Any] = option({}, "Keep only records whose field equals the value (or one of a list of values), e.g. {answer_type: span}.")
+    limit: Optional[int] = option(None, "Evaluate at most this many examples unless the run sets its own limit.")
+
+
+def task_records(spec: TaskSpec, split: str = "data") -> list[dict[str, Any]]:
+    """All records of a task's `data` (test) or `train` file, filtered by its `where`."""
+    options: RecordOptions = spec.options
+    pattern = getattr(options, split)
+    if not pattern:
+        raise SlmkitError(f"task {spec.name} has no `{split}` records: add `{split}: PATH` to its task file")
+    records = select(read_records(pattern, spec.name, format=options.format), options.where, spec.name)
+    if not records:
+        raise SlmkitError(f"task {spec.name}: {pattern} holds no records" + (" that match its `where`" if options.where else ""))
+    return records
+
+
+@dataclass
+class PromptOptions(RecordOptions):
     prompt: Optional[str] = required("Jinja2 template of the question, e.g. 'Q: {{question}}\\nA:'.")
     fewshot_data: Optional[str] = option(None, "Records to draw few-shot demonstrations from (never the test file).")
     num_fewshot: int = option(0, "Demonstrations before each example, drawn with a seed per example.")
     preamble: str = option("", "Text before the demonstrations (an instruction).")
     target_delimiter: str = option(" ", "Between a prompt and its answer.")
     fewshot_delimiter: str = option("\n\n", "Between demonstrations, and before the example.")
-    limit: Optional[int] = option(None, "Evaluate at most this many examples unless the run sets its own limit.")
 
 
 def load_examples(spec: TaskSpec, settings: RunSettings) -> list[dict[str, Any]]:
-    options: PromptOptions = spec.options
-    records = read_records(options.data, spec.name)
-    return subset(records, settings.limit if settings.limit is not None else options.limit, settings.seed)
+    """The test records an evaluation run scores: all, or its seeded `limit` subset."""
+    options: RecordOptions = spec.options
+    return subset(task_records(spec), settings.limit if settings.limit is not None else options.limit, settings.seed)
 
 
 class ContextBuilder:
@@ -50,7 +71,7 @@ class ContextBuilder:
                     f"task {spec.name} has no fewshot_data to draw {self.num_fewshot} demonstrations from: "
                     "run it with num_fewshot=0 or add fewshot_data to its task file"
                 )
-            self.pool = read_records(self.options.fewshot_data, spec.name)
+            self.pool = read_records(self.options.fewshot_data, spec.name, format=self.options.format)
             if len(self.pool) < self.num_fewshot:
                 raise SlmkitError(
                     f"task {spec.name}: num_fewshot={self.num_fewshot} but its fewshot_data holds {len(self.pool)} records"

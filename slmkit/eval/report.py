@@ -31,13 +31,33 @@ def markdown_table(results: Sequence[TaskResult]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def label_tables(results: Sequence[TaskResult]) -> str:
+    """Per-class precision/recall/F1 and the confusion matrix of every task scored by a classifier head."""
+    parts = []
+    for result in results:
+        per_class = result.details.get("per_class")
+        if not per_class:
+            continue
+        lines = [f"### {result.task}: per class", "", "| label | precision | recall | f1 | support |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {name} | {v['precision']:.4f} | {v['recall']:.4f} | {v['f1']:.4f} | {v['support']} |" for name, v in per_class.items()]
+        confusion = next((v for k, v in result.details.items() if k.startswith("confusion")), None)
+        if confusion:
+            names = confusion["labels"]
+            lines += ["", f"### {result.task}: confusion matrix (rows gold, columns predicted)", "",
+                      "| gold \\ predicted | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+            lines += [f"| {name} | " + " | ".join(str(c) for c in row) + " |" for name, row in zip(names, confusion["matrix"])]
+        parts.append("\n".join(lines) + "\n")
+    return "\n".join(parts)
+
+
 def write_report(out_dir: str | Path, results: Sequence[TaskResult], meta: dict[str, Any]) -> tuple[Path, Path]:
     """Writes results.json (meta + every task's metrics) and results.md into out_dir, each atomically."""
     out_dir = Path(out_dir)
     payload = {**meta, "results": {r.task: r.to_dict() for r in results}}
     atomic_write_text(out_dir / RESULTS_JSON, json.dumps(payload, indent=2) + "\n")
     header = f"# Evaluation of {meta.get('checkpoint', 'a model')}\n\n"
-    atomic_write_text(out_dir / RESULTS_MD, header + markdown_table(results))
+    tables = label_tables(results)
+    atomic_write_text(out_dir / RESULTS_MD, header + markdown_table(results) + ("\n" + tables if tables else ""))
     return out_dir / RESULTS_JSON, out_dir / RESULTS_MD
 
 

@@ -19,7 +19,7 @@ from slmkit.errors import SlmkitError
 from slmkit.eval.catalog import resolve_task
 from slmkit.eval.loglikelihood import Scorer
 from slmkit.eval.metrics import TaskResult
-from slmkit.eval.report import markdown_table, write_report
+from slmkit.eval.report import label_tables, markdown_table, write_report
 from slmkit.eval.tasks import TASK_TYPES, RunSettings
 from slmkit.options import option
 
@@ -83,7 +83,7 @@ def run_eval(args: EvalArgs) -> dict:
         raise SlmkitError("which model? pass checkpoint=PATH (a run folder or a checkpoint file in one)")
     device = _device(args.device)
     loaded = load_checkpoint(args.checkpoint, map_location=device)
-    tasks = list(args.tasks) or list(loaded.config.eval.tasks)
+    tasks = list(args.tasks) or run_tasks_of(loaded.config)
     if not tasks:
         raise SlmkitError(
             f"no tasks to run: pass tasks=[...] (e.g. tasks=[wikitext2]) or set eval.tasks in the recipe of {args.checkpoint}"
@@ -102,8 +102,18 @@ def run_eval(args: EvalArgs) -> dict:
     }
     json_path, md_path = write_report(Path(args.out) if args.out else run_dir / "eval", results, meta)
     print(markdown_table(results), end="")
+    tables = label_tables(results)
+    if tables:
+        print("\n" + tables, end="")
     print(f"\nreports: {json_path} {md_path}")
     return {**meta, "results": {r.task: r.to_dict() for r in results}}
+
+
+def run_tasks_of(config) -> list[str]:
+    """The tasks a run is evaluated on by default: its eval.tasks, else the task it was fine-tuned on."""
+    if config.eval.tasks:
+        return list(config.eval.tasks)
+    return [config.objective.task] if config.objective.task else []
 
 
 def _device(name: str) -> torch.device:

@@ -1,4 +1,4 @@
-"""Writes a single-file GGUF (llama.cpp's format) through the `gguf` package: metadata, byte-level BPE vocab, tensors.
+"""The gguf format: a single-file GGUF (llama.cpp's format) through the `gguf` package: metadata, byte-level BPE vocab, tensors.
 
 Only architectures that llama.cpp computes exactly as slmkit does are written: `llama` (rope + swiglu + rmsnorm) and
 `qwen3` (the same with per-head qk-norm). llama.cpp's gpt2/starcoder2/mpt graphs use the tanh GELU and have no
@@ -9,31 +9,48 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from slmkit.errors import SlmkitError
-from slmkit.export.hf import HFArchitecture
+from slmkit.export.accepts import Accepts, unrepresentable
+from slmkit.export.hf import auto_class, export_head, hf_config, mapped_checkpoint
+from slmkit.export.run import EXPORT_FORMATS, ExportContext
+from slmkit.export.targets import Target
 from slmkit.export.tokenizer_files import SpecialTokens
 from slmkit.model import ModelConfig
 
 GGUF_DTYPES = ("fp32", "fp16", "q8_0")
+# The transformers model types written, with the llama.cpp graph (gguf.MODEL_ARCH member) that computes each.
+GGUF_ARCHITECTURES = {"llama": "LLAMA", "qwen3": "QWEN3"}
+# What those graphs compute as slmkit does, beyond the transformers class they mirror.
+GGUF_ACCEPTS = Accepts(
+    bias=(False,),
+    sliding_window=(False,),
+    why={
+        "bias": "written only by the HF export; the GGUF llama/qwen3 graphs here carry no biases",
+        "sliding_window": "llama.cpp's llama/qwen3 graphs attend to the whole context",
+    },
+)
 
 
-def gguf_mismatches(c: ModelConfig, arch: type[HFArchitecture]) -> list[str]:
+def gguf_mismatches(c: ModelConfig, target: Target) -> list[str]:
     """Why this model has no exact GGUF form (empty when it has one)."""
     found = []
-    if arch.model_type not in ("llama", "qwen3"):
+    if target.model_type not in GGUF_ARCHITECTURES:
         found.append(
-            f"the model maps to {arch.model_class}, and llama.cpp runs only the llama and qwen3 graphs exactly as slmkit "
-            "(its gpt2/starcoder2/mpt graphs use the tanh GELU; it has no sliding window for llama)"
+            f"the model maps to {target.heads['lm'].model_class}, and llama.cpp runs only the llama and qwen3 graphs exactly "
+            "as slmkit (its gpt2/starcoder2/mpt graphs use the tanh GELU; it has no sliding window for llama)"
         )
-    if c.sliding_window is not None:
-        found.append(f"sliding_window={c.sliding_window} (llama.cpp's llama/qwen3 graphs attend to the whole context)")
-    if c.bias:
-        found.append("bias=True (written only by the HF export; the GGUF llama/qwen3 graphs here carry no biases)")
-    return found
+    return found + unrepresentable(c, GGUF_ACCEPTS, "llama.cpp")
+
+
+def _model_arch(target: Target):
+    import gguf
+
+    return gguf.MODEL_ARCH[GGUF_ARCHITECTURES[target.model_type]]
 
 
 def _llama_permute(weight: torch.Tensor, n_head: int) -> torch.Tensor:
@@ -71,7 +88,7 @@ def write_gguf(
     path: Path,
     name: str,
     c: ModelConfig,
-    arch: type[HFArchitecture],
+    target: Target,
     hf_state: dict[str, torch.Tensor],
     tokenizer_path: Path,
     specials: SpecialTokens,
@@ -79,12 +96,12 @@ def write_gguf(
 ) -> None:
     import gguf
 
-    found = gguf_mismatches(c, arch)
+    found = gguf_mismatches(c, target)
     if found:
         raise SlmkitError("this model has no exact GGUF form: " + "; ".join(found) + ". Export it with format=hf instead.")
     if dtype not in GGUF_DTYPES:
         raise SlmkitError(f"dtype={dtype} is not a GGUF tensor type slmkit writes; choose one of: {', '.join(GGUF_DTYPES)}")
-    model_arch = gguf.MODEL_ARCH.LLAMA if arch.model_type == "llama" else gguf.MODEL_ARCH.QWEN3
+    model_arch = _model_arch(target)
     arch_name = gguf.MODEL_ARCH_NAMES[model_arch]
     writer = gguf.GGUFWriter(str(path), arch_name)
     writer.add_name(name)
@@ -119,9 +136,9 @@ def write_gguf(
         if gguf_name is None:
             raise RuntimeError(f"no GGUF name for {hf_name} in the {arch_name} tensor map")
         tensor = tensor.detach().float()
-        if arch.model_type == "llama" and hf_name.endswith("self_attn.q_proj.weight"):
+        if target.model_type == "llama" and hf_name.endswith("self_attn.q_proj.weight"):
             tensor = _llama_permute(tensor, c.n_head)
-        elif arch.model_type == "llama" and hf_name.endswith("self_attn.k_proj.weight"):
+        elif target.model_type == "llama" and hf_name.endswith("self_attn.k_proj.weight"):
             tensor = _llama_permute(tensor, c.kv_heads)
         data, raw_dtype = _encode(tensor.numpy(), dtype, gguf)
         writer.add_tensor(gguf_name, data, raw_dtype=raw_dtype)
@@ -155,18 +172,43 @@ def read_gguf_tensors(path: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def gguf_to_hf_state(tensors: dict[str, torch.Tensor], hf_names: list[str], c: ModelConfig, arch: type[HFArchitecture]) -> dict[str, torch.Tensor]:
+def gguf_to_hf_state(tensors: dict[str, torch.Tensor], hf_names: list[str], c: ModelConfig, target: Target) -> dict[str, torch.Tensor]:
     """Undoes write_gguf's renaming and q/k permutation, giving the transformers state dict the file encodes."""
     import gguf
 
-    model_arch = gguf.MODEL_ARCH.LLAMA if arch.model_type == "llama" else gguf.MODEL_ARCH.QWEN3
-    names = gguf.get_tensor_name_map(model_arch, c.n_layer)
+    names = gguf.get_tensor_name_map(_model_arch(target), c.n_layer)
     out = {}
     for hf_name in hf_names:
         tensor = tensors[names.get_name(hf_name, try_suffixes=(".weight", ".bias"))]
-        if arch.model_type == "llama" and hf_name.endswith(("self_attn.q_proj.weight", "self_attn.k_proj.weight")):
+        if target.model_type == "llama" and hf_name.endswith(("self_attn.q_proj.weight", "self_attn.k_proj.weight")):
             heads = c.n_head if "q_proj" in hf_name else c.kv_heads
             # The permutation is its own inverse only up to the split order: undo it by the transposed reshape.
             tensor = tensor.reshape(heads, tensor.shape[0] // heads // 2, 2, *tensor.shape[1:]).swapaxes(1, 2).reshape(tensor.shape)
         out[hf_name] = tensor
     return out
+
+
+@EXPORT_FORMATS.register("gguf")
+def export_gguf(context: ExportContext, folder: Path) -> dict[str, Any]:
+    dtype = context.dtype_among(GGUF_DTYPES, "a GGUF type slmkit writes")
+    c = context.loaded.config.model
+    head = export_head(context.loaded.model).kind
+    if head != "lm":
+        raise SlmkitError(f"GGUF holds language models for llama.cpp, and this model's head is {head}: export it with format=hf")
+    target, _, state = mapped_checkpoint(context)
+    name = context.loaded.config.name
+    write_gguf(folder / "model.gguf", name, c, target, state, context.loaded.tokenizer_path, context.specials, dtype)
+    return {
+        "format": f"GGUF ({dtype}, llama.cpp architecture `{target.model_type}`)",
+        "details": {"GGUF file": "model.gguf"},
+        "usage": ["```sh", "llama-cli -m model.gguf -p 'The court held'", "```"],
+        "logits_fn": lambda f: gguf_logits(f / "model.gguf", c, target, context.specials),
+    }
+
+
+def gguf_logits(path: Path, c: ModelConfig, target: Target, specials: SpecialTokens):
+    """Reads the GGUF back (dequantizing) into the transformers class, so the figure is of the file itself."""
+    model = auto_class(target).from_config(hf_config(c, target, specials.ids())).eval()
+    names = [n for n in model.state_dict() if not (c.tie_embeddings and n == "lm_head.weight")]
+    model.load_state_dict(gguf_to_hf_state(read_gguf_tensors(path), names, c, target), strict=not c.tie_embeddings)
+    return lambda ids: model(ids).logits

@@ -11,14 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from slmkit.config import RunConfig
-
-
-def find_manifest(run_dir: Path, config: RunConfig) -> Path | None:
-    """The token-shard manifest a run trained on: beside the run, or in its data.prepared_dir."""
-    candidates = [run_dir / "data_manifest.json", run_dir / "manifest.json"]
-    if config.data.prepared_dir:
-        candidates.append(Path(config.data.prepared_dir) / "manifest.json")
-    return next((p for p in candidates if p.is_file()), None)
+from slmkit.data import RUN_MANIFEST
 
 
 def model_card(config: RunConfig, run_dir: Path, export: dict[str, Any]) -> str:
@@ -27,8 +20,12 @@ def model_card(config: RunConfig, run_dir: Path, export: dict[str, Any]) -> str:
     lines = [
         f"# {config.name}",
         "",
-        f"A {_size(export.get('parameters'))} causal language model trained from scratch with slmkit "
-        f"(recipe `{config.name}`), exported as {export['format']}.",
+        f"A {_size(export.get('parameters'))} {'causal' if m.causal else 'bidirectional'} transformer trained with slmkit "
+        f"(recipe `{config.name}`, objective `{config.objective.name}`"
+        + (f" on task `{config.objective.task}`" if config.objective.task else "")
+        + (f", from the weights of `{config.init_from}`" if config.init_from else ", from scratch")
+        + f"), exported as {export['format']}."
+        + (f" Labels, in output order: {', '.join(f'`{label}`' for label in config.objective.labels)}." if config.objective.labels else ""),
         "",
         "## Use",
         "",
@@ -63,9 +60,9 @@ def _size(parameters: int | None) -> str:
 def _data_section(config: RunConfig, run_dir: Path) -> list[str]:
     sources = [s.name or s.path or s.hf_dataset or "?" for s in config.data.sources]
     lines = [f"Sources in the recipe: {', '.join(f'`{s}`' for s in sources) if sources else 'none recorded'}."]
-    manifest_path = find_manifest(run_dir, config)
-    if manifest_path is None:
-        return lines + ["", "No data manifest was found beside the run, so token counts are not reported."]
+    manifest_path = run_dir / RUN_MANIFEST  # training copies the manifest of its token shards there
+    if not manifest_path.is_file():
+        return lines + ["", f"The run folder has no {RUN_MANIFEST}, so token counts are not reported."]
     try:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, json.JSONDecodeError) as err:

@@ -10,16 +10,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from tokenizers import Tokenizer
-
-from slmkit.errors import SlmkitError
-
-UNK = "<unk>"
+from slmkit.tokenizer import TOKENIZER_FILE, UNK, end_of_document_id, load_tokenizer
 
 
 @dataclass(frozen=True)
 class SpecialTokens:
-    """slmkit has one document separator (the first special token): it serves as eos, bos and pad, as in GPT-2."""
+    """slmkit has one document separator (`end_of_document_id`): it serves as eos, bos and pad, as in GPT-2."""
 
     eos: str
     eos_id: int
@@ -30,18 +26,19 @@ class SpecialTokens:
 
 
 def special_tokens(tokenizer_path: Path, configured: list[str]) -> SpecialTokens:
-    tokenizer = Tokenizer.from_file(str(tokenizer_path))
-    if not configured:
-        raise SlmkitError("the run's tokenizer.special_tokens is empty: export needs the end-of-document token")
-    eos_id = tokenizer.token_to_id(configured[0])
-    if eos_id is None:
-        raise SlmkitError(f"{tokenizer_path} has no token {configured[0]!r}, the run's end-of-document token: is it the run's tokenizer?")
+    """The export's special tokens, from the tokenizer file alone.
+
+    `configured` (the run's tokenizer.special_tokens) is no longer read: the tokenizer decides its end-of-document
+    token. It goes once export/run.py stops passing it.
+    """
+    tokenizer = load_tokenizer(tokenizer_path)
+    eos_id = end_of_document_id(tokenizer)
     unk = UNK if tokenizer.token_to_id(UNK) is not None else None
-    return SpecialTokens(eos=configured[0], eos_id=eos_id, unk=unk)
+    return SpecialTokens(eos=tokenizer.id_to_token(eos_id), eos_id=eos_id, unk=unk)
 
 
 def write_tokenizer_files(tokenizer_path: Path, out_dir: Path, specials: SpecialTokens, max_length: int) -> None:
-    shutil.copyfile(tokenizer_path, out_dir / "tokenizer.json")
+    shutil.copyfile(tokenizer_path, out_dir / TOKENIZER_FILE)
     named = {"bos_token": specials.eos, "eos_token": specials.eos, "pad_token": specials.eos}
     if specials.unk:
         named["unk_token"] = specials.unk

@@ -1,26 +1,39 @@
-"""The model zoo: a decoder-only causal LM assembled from swappable parts chosen by name.
+"""The model zoo: a transformer body assembled from swappable parts chosen by name, and heads on top of it.
 
-Plain single-device PyTorch; importing this package registers every built-in part.
+Plain single-device PyTorch; importing this package registers every built-in part and head.
 """
 
-from slmkit.model.attention import ATTENTION, Attention, AttentionMask
-from slmkit.model.cache import KVCache
+from slmkit.model.attention import ATTENTION_KERNELS, ATTENTION_LAYERS, AttentionLayer, AttentionMask, AttentionMasks
+from slmkit.model.cache import KVCache, KVSlot
 from slmkit.model.config import ModelConfig
-from slmkit.model.feedforward import FEEDFORWARDS
+from slmkit.model.feedforward import FEEDFORWARDS, FeedForward
+from slmkit.model.heads import HEADS, POOLINGS, Head, HeadSpec
+from slmkit.model.model import LM_HEAD, Model
 from slmkit.model.norms import NORMS, RMSNorm
-from slmkit.model.positions import POSITIONS, alibi_slopes
+from slmkit.model.positions import POSITIONS, PositionEncoding, alibi_slopes
 from slmkit.model.transformer import Block, Transformer
 
 __all__ = [
-    "ATTENTION",
-    "Attention",
+    "ATTENTION_KERNELS",
+    "ATTENTION_LAYERS",
+    "AttentionLayer",
     "AttentionMask",
+    "AttentionMasks",
     "Block",
     "FEEDFORWARDS",
+    "FeedForward",
+    "HEADS",
+    "Head",
+    "HeadSpec",
     "KVCache",
+    "KVSlot",
+    "LM_HEAD",
+    "Model",
     "ModelConfig",
     "NORMS",
+    "POOLINGS",
     "POSITIONS",
+    "PositionEncoding",
     "RMSNorm",
     "Transformer",
     "alibi_slopes",

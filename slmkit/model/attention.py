@@ -1,7 +1,9 @@
-"""Causal self-attention: multi-head, grouped-query and multi-query, with optional sliding window and qk-norm.
+"""Self-attention: layers by name (how queries, keys and values are formed, masked and cached) and kernels by name.
 
-The kernel is chosen by name (ATTENTION): `sdpa` uses torch's fused scaled_dot_product_attention, `eager` spells
-out softmax(QK^T/sqrt(d) + mask) V and is the reference the fused one is tested against.
+`multihead` covers multi-head, grouped-query and multi-query attention with an optional sliding window and qk-norm.
+Kernels compute softmax(QK^T/sqrt(d) + mask) V: `sdpa` is torch's fused scaled_dot_product_attention, `eager`
+spells it out and is the reference the fused one is tested against. Causal or bidirectional is a setting
+(model.causal), and a padding mask may hide keys; the masks are built once per forward pass and shared by layers.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slmkit.model.cache import KVCache
+from slmkit.model.cache import KVCache, KVSlot
 from slmkit.model.config import ModelConfig
 from slmkit.model.norms import NORMS
+from slmkit.model.part import BlockPart
 from slmkit.model.positions import apply_rotary
 from slmkit.registry import Registry
 
@@ -24,51 +27,73 @@ from slmkit.registry import Registry
 class AttentionMask:
     """What each query may see: `is_causal` alone (the fused fast path), an explicit mask, or neither (all).
 
-    `mask` is bool [T, S] (True = may attend) or an additive float [n_head, T, S] with -inf where it may not.
+    `mask` is bool (True = may attend) or additive float (-inf where it may not), broadcastable to
+    [B, n_head, T, S]: [T, S] without a padding mask, [B, 1, T, S] or [B, n_head, T, S] with one or with a bias.
     """
 
     is_causal: bool = False
     mask: torch.Tensor | None = None
 
 
+class AttentionMasks:
+    """The masks of one forward pass: n_queries new tokens at positions start.. over keys at positions 0..start+n-1.
+
+    Query i sees key j when j <= i (if causal), i - window < j (and j < i + window if not causal) for a layer with a
+    sliding window, and key j is not padding. Built on first use per window and shared by every layer asking for it.
+    `padding_mask` is bool [B, n_keys], True for real tokens; `bias` an additive fp32 [n_head, n_queries, n_keys].
+    """
+
+    def __init__(self, causal: bool, start: int, n_queries: int, padding_mask: torch.Tensor | None,
+                 bias: torch.Tensor | None, device: torch.device):
+        self.causal = causal
+        self.start = start
+        self.n_queries = n_queries
+        self.n_keys = start + n_queries
+        self.padding_mask = padding_mask
+        self.bias = bias
+        self.device = device
+        self._built: dict[int | None, AttentionMask] = {}
+
+    def for_window(self, window: int | None) -> AttentionMask:
+        # A window at least as long as the keys excludes nothing.
+        if window is not None and window >= self.n_keys:
+            window = None
+        if window not in self._built:
+            self._built[window] = self._build(window)
+        return self._built[window]
+
+    def _build(self, window: int | None) -> AttentionMask:
+        if self.bias is None and window is None and self.padding_mask is None:
+            if not self.causal or self.n_queries == 1:
+                return AttentionMask()
+            if self.start == 0:
+                return AttentionMask(is_causal=True)
+        query_pos = torch.arange(self.start, self.n_keys, device=self.device)[:, None]
+        key_pos = torch.arange(self.n_keys, device=self.device)[None, :]
+        allowed = torch.ones(self.n_queries, self.n_keys, dtype=torch.bool, device=self.device)
+        if self.causal:
+            allowed &= key_pos <= query_pos
+        if window is not None:
+            allowed &= key_pos > query_pos - window
+            if not self.causal:
+                allowed &= key_pos < query_pos + window
+        if self.padding_mask is not None:
+            # A padding query still sees itself: a row with no key at all would turn the softmax into NaN.
+            allowed = (allowed[None] & self.padding_mask[:, None, :]) | (key_pos == query_pos)[None]
+            allowed = allowed[:, None]
+        if self.bias is None:
+            return AttentionMask(mask=allowed)
+        return AttentionMask(mask=torch.where(allowed, self.bias, float("-inf")))
+
+
 Kernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, AttentionMask, float], torch.Tensor]
 
-ATTENTION: Registry[Kernel] = Registry(
+ATTENTION_KERNELS: Registry[Kernel] = Registry(
     "attention kernel", "kernel(q, k, v, mask, dropout_p) -> out, all [B, n_head, T or S, head_dim]."
 )
 
 
-def attention_mask(
-    config: ModelConfig, n_queries: int, start: int, bias: torch.Tensor | None, device: torch.device
-) -> AttentionMask:
-    """The mask for n_queries new tokens at positions start.. over keys at positions 0..start+n_queries-1.
-
-    Query i sees key j when j <= i (if causal) and i - sliding_window < j (|i - j| < window if not causal).
-    Returns the bare causal flag when nothing else constrains attention, so the flash kernel can run.
-    """
-    n_keys = start + n_queries
-    # A window at least as long as the keys excludes nothing.
-    window = config.sliding_window if config.sliding_window is not None and config.sliding_window < n_keys else None
-    if bias is None and window is None:
-        if not config.causal or n_queries == 1:
-            return AttentionMask()
-        if start == 0:
-            return AttentionMask(is_causal=True)
-    query_pos = torch.arange(start, n_keys, device=device)[:, None]
-    key_pos = torch.arange(n_keys, device=device)[None, :]
-    allowed = torch.ones(n_queries, n_keys, dtype=torch.bool, device=device)
-    if config.causal:
-        allowed &= key_pos <= query_pos
-    if window is not None:
-        allowed &= key_pos > query_pos - window
-        if not config.causal:
-            allowed &= key_pos < query_pos + window
-    if bias is None:
-        return AttentionMask(mask=allowed)
-    return AttentionMask(mask=bias.masked_fill(~allowed, float("-inf")))
-
-
-@ATTENTION.register("sdpa")
+@ATTENTION_KERNELS.register("sdpa")
 def sdpa_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttentionMask, dropout_p: float
 ) -> torch.Tensor:
@@ -78,7 +103,7 @@ def sdpa_attention(
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=mask.is_causal)
 
 
-@ATTENTION.register("eager")
+@ATTENTION_KERNELS.register("eager")
 def eager_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttentionMask, dropout_p: float
 ) -> torch.Tensor:
@@ -103,8 +128,24 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     return x[:, :, None].expand(b, n_kv, n_rep, s, d).reshape(b, n_kv * n_rep, s, d)
 
 
-class Attention(nn.Module):
-    """q/k/v projections, optional per-head qk-norm, RoPE, KV cache, the kernel, and the output projection."""
+class AttentionLayer(BlockPart):
+    """The contract of an attention layer: built as cls(config, layer_idx), called as
+    layer(x [B, T, d_model], masks, rotary, cache) -> [B, T, d_model], and sizing its own KV-cache slot."""
+
+    def new_cache_slot(self, batch_size: int, max_len: int, device: torch.device | str | None,
+                       dtype: torch.dtype | None) -> KVSlot:
+        raise NotImplementedError(f"{type(self).__name__} must say what it caches per token")
+
+
+ATTENTION_LAYERS: Registry[type[AttentionLayer]] = Registry(
+    "attention layer", "An AttentionLayer subclass, built as cls(config, layer_idx)."
+)
+
+
+@ATTENTION_LAYERS.register("multihead")
+class MultiHeadAttention(AttentionLayer):
+    """q/k/v projections (n_kv_heads of keys and values: MHA, GQA or MQA), optional per-head qk-norm, RoPE,
+    KV cache, the kernel, and the output projection."""
 
     def __init__(self, config: ModelConfig, layer_idx: int):
         super().__init__()
@@ -113,7 +154,8 @@ class Attention(nn.Module):
         self.n_kv_heads = config.kv_heads
         self.head_dim = config.head_dim
         self.dropout = config.dropout
-        self.kernel = ATTENTION.get(config.attention)
+        self.window = config.sliding_window
+        self.kernel = ATTENTION_KERNELS.get(config.attention_kernel)
         self.q_proj = nn.Linear(config.d_model, self.n_head * self.head_dim, bias=config.bias)
         self.k_proj = nn.Linear(config.d_model, self.n_kv_heads * self.head_dim, bias=config.bias)
         self.v_proj = nn.Linear(config.d_model, self.n_kv_heads * self.head_dim, bias=config.bias)
@@ -122,10 +164,17 @@ class Attention(nn.Module):
         self.q_norm = norm(self.head_dim, config) if config.qk_norm else None
         self.k_norm = norm(self.head_dim, config) if config.qk_norm else None
 
+    def residual_outputs(self) -> list[nn.Linear]:
+        return [self.o_proj]
+
+    def new_cache_slot(self, batch_size, max_len, device, dtype) -> KVSlot:
+        # Keys after RoPE and qk-norm, before the grouped-query expansion: n_kv_heads per token.
+        return KVSlot(batch_size, self.n_kv_heads, max_len, self.head_dim, device=device, dtype=dtype)
+
     def forward(
         self,
         x: torch.Tensor,
-        mask: AttentionMask,
+        masks: AttentionMasks,
         rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
         cache: KVCache | None = None,
     ) -> torch.Tensor:
@@ -144,5 +193,5 @@ class Attention(nn.Module):
             k, v = k.to(q.dtype), v.to(q.dtype)
         n_rep = self.n_head // self.n_kv_heads
         k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
-        y = self.kernel(q, k, v, mask, self.dropout if self.training else 0.0)
+        y = self.kernel(q, k, v, masks.for_window(self.window), self.dropout if self.training else 0.0)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, self.n_head * self.head_dim))

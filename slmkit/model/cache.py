@@ -1,6 +1,6 @@
-"""KV cache for incremental decoding: preallocated per-layer key/value buffers and the position they reach.
+"""KV cache for incremental decoding: each attention layer's preallocated slot, and the position they all reach.
 
-Keys are stored after RoPE and qk-norm, with n_kv_heads heads (before grouped-query expansion).
+Every layer sizes its own slot (what it keeps per token is its business); the cache only says where new tokens go.
 """
 
 from __future__ import annotations
@@ -10,22 +10,28 @@ import torch
 from slmkit.errors import SlmkitError
 
 
-class KVCache:
-    """Buffers [batch, n_kv_heads, max_len, head_dim] per layer; `length` positions of them hold real keys."""
+class KVSlot:
+    """One layer's keys and values, buffers [batch, heads, max_len, head_dim]."""
 
-    def __init__(
-        self,
-        n_layer: int,
-        batch_size: int,
-        n_kv_heads: int,
-        max_len: int,
-        head_dim: int,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ):
-        shape = (batch_size, n_kv_heads, max_len, head_dim)
-        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
-        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+    def __init__(self, batch_size: int, n_heads: int, max_len: int, head_dim: int,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+        shape = (batch_size, n_heads, max_len, head_dim)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
+
+    def write(self, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stores k/v [B, heads, T, head_dim] at positions start..start+T-1; returns all keys and values up to there."""
+        end = start + k.shape[2]
+        self.keys[:, :, start:end] = k
+        self.values[:, :, start:end] = v
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+
+class KVCache:
+    """One slot per layer; `length` positions of every slot hold real keys."""
+
+    def __init__(self, slots: list[KVSlot], batch_size: int, max_len: int):
+        self.slots = slots
         self.batch_size = batch_size
         self.max_len = max_len
         self.length = 0
@@ -41,14 +47,11 @@ class KVCache:
             )
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Writes k/v [B, n_kv_heads, T, head_dim] after the cached positions; returns all keys and values so far.
+        """Writes a layer's new keys/values after the cached positions; returns all of that layer's keys and values.
 
-        The position only moves on `advance`, so every layer of one forward pass writes to the same slots.
+        The position only moves on `advance`, so every layer of one forward pass writes to the same positions.
         """
-        end = self.length + k.shape[2]
-        self.keys[layer][:, :, self.length : end] = k
-        self.values[layer][:, :, self.length : end] = v
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+        return self.slots[layer].write(self.length, k, v)
 
     def advance(self, n: int) -> None:
         self.length += n

@@ -1,6 +1,7 @@
-"""Feed-forward networks by name: gelu (GPT-2/MPT MLP), swiglu (Llama), relu2 (squared ReLU, Primer).
+"""Feed-forward networks by name: the position-wise MLP of a block.
 
-Each entry is built as `FEEDFORWARDS.get(name)(config)`; projection names match the Hugging Face Llama MLP.
+Each entry is built as `FEEDFORWARDS.get(name)(config)` and derives its own default hidden width from d_model;
+projection names match the Hugging Face Llama MLP.
 """
 
 from __future__ import annotations
@@ -10,13 +11,35 @@ import torch.nn.functional as F
 from torch import nn
 
 from slmkit.model.config import ModelConfig
+from slmkit.model.part import BlockPart
 from slmkit.registry import Registry
 
-FEEDFORWARDS: Registry[type[nn.Module]] = Registry("feed-forward", "Position-wise MLP of a block, built as cls(config).")
+FEEDFORWARDS: Registry[type["FeedForward"]] = Registry("feed-forward", "Position-wise MLP of a block, built as cls(config).")
+
+
+class FeedForward(BlockPart):
+    """An MLP whose last layer, down_proj, writes into the residual stream."""
+
+    @classmethod
+    def default_hidden_size(cls, config: ModelConfig) -> int:
+        """The hidden width when model.ffn_hidden is unset: 4 * d_model, as GPT-2."""
+        return 4 * config.d_model
+
+    def residual_outputs(self) -> list[nn.Linear]:
+        return [self.down_proj]
+
+
+class GatedFeedForward(FeedForward):
+    """A gated MLP has three matrices instead of two: 2/3 of the width keeps the parameter count of a 4*d MLP."""
+
+    @classmethod
+    def default_hidden_size(cls, config: ModelConfig) -> int:
+        hidden = int(8 * config.d_model / 3)
+        return -(-hidden // config.ffn_multiple_of) * config.ffn_multiple_of
 
 
 @FEEDFORWARDS.register("gelu")
-class GeluMLP(nn.Module):
+class GeluMLP(FeedForward):
     """down_proj(gelu(up_proj(x))) with the exact erf GELU (not the tanh approximation)."""
 
     def __init__(self, config: ModelConfig):
@@ -29,7 +52,7 @@ class GeluMLP(nn.Module):
 
 
 @FEEDFORWARDS.register("swiglu")
-class SwiGLU(nn.Module):
+class SwiGLU(GatedFeedForward):
     """down_proj(silu(gate_proj(x)) * up_proj(x)), as in Llama."""
 
     def __init__(self, config: ModelConfig):
@@ -43,7 +66,7 @@ class SwiGLU(nn.Module):
 
 
 @FEEDFORWARDS.register("relu2")
-class SquaredReluMLP(nn.Module):
+class SquaredReluMLP(FeedForward):
     """down_proj(relu(up_proj(x)) ** 2), the squared ReLU of Primer (So et al., 2021)."""
 
     def __init__(self, config: ModelConfig):

@@ -1,4 +1,4 @@
-"""Normalization layers by name: layernorm and rmsnorm.
+"""Normalization layers by name, over the last dimension.
 
 Each entry is built as `NORMS.get(name)(dim, config)`; numerics follow the Hugging Face classes so exports match.
 """
@@ -9,13 +9,14 @@ import torch
 from torch import nn
 
 from slmkit.model.config import ModelConfig
+from slmkit.model.part import Part
 from slmkit.registry import Registry
 
 NORMS: Registry[type[nn.Module]] = Registry("norm", "Normalization over the last dimension, built as cls(dim, config).")
 
 
 @NORMS.register("layernorm")
-class LayerNorm(nn.LayerNorm):
+class LayerNorm(nn.LayerNorm, Part):
     """nn.LayerNorm with the model's epsilon, and a bias only when config.bias (GPT-2 has one, MPT does not)."""
 
     def __init__(self, dim: int, config: ModelConfig):
@@ -23,13 +24,16 @@ class LayerNorm(nn.LayerNorm):
 
 
 @NORMS.register("rmsnorm")
-class RMSNorm(nn.Module):
+class RMSNorm(Part):
     """Root-mean-square norm computed in fp32 and cast back before the weight, exactly as HF LlamaRMSNorm."""
 
     def __init__(self, dim: int, config: ModelConfig):
         super().__init__()
         self.eps = config.norm_eps
         self.weight = nn.Parameter(torch.ones(dim))
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x32 = x.float()

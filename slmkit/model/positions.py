@@ -1,4 +1,4 @@
-"""Positional encodings by name: learned, sinusoidal, rope, alibi, none.
+"""Positional encodings by name: how the model knows token order.
 
 An encoding may add to the token embeddings, rotate queries and keys, or bias the attention scores; the
 Transformer asks each one for all three and uses what it gets. Everything but `learned` is computed on the fly
@@ -14,6 +14,7 @@ from torch import nn
 
 from slmkit.errors import SlmkitError
 from slmkit.model.config import ModelConfig
+from slmkit.model.part import Part
 from slmkit.registry import Registry
 
 POSITIONS: Registry[type["PositionEncoding"]] = Registry(
@@ -21,7 +22,7 @@ POSITIONS: Registry[type["PositionEncoding"]] = Registry(
 )
 
 
-class PositionEncoding(nn.Module):
+class PositionEncoding(Part):
     """The three hooks of an encoding, each doing nothing unless a subclass overrides it."""
 
     # The Transformer holds the encoding under this attribute; learned positions keep GPT-2's `pos_embeddings`.
@@ -104,6 +105,12 @@ def rope_frequencies(head_dim: int, theta: float, device: torch.device | None = 
 @POSITIONS.register("rope")
 class RotaryPositions(PositionEncoding):
     """Rotary embeddings (Su et al., 2021) in the rotate-half layout: q*cos + rotate_half(q)*sin, cos = cat(f, f)."""
+
+    @classmethod
+    def check(cls, config: ModelConfig) -> None:
+        if config.head_dim % 2:
+            raise SlmkitError(f"model.positions={config.positions} rotates pairs of channels and needs an even head "
+                              f"dimension; d_model/n_head = {config.head_dim}")
 
     def __init__(self, config: ModelConfig):
         super().__init__()

@@ -21,15 +21,25 @@ class MetricsLogger(L.Callback):
     written when the next one starts or the run ends.
     """
 
-    def __init__(self, path: Path, log_every: int, tokens_per_step: int, flops_per_token: float, precision: str):
+    def __init__(self, path: Path, log_every: int, examples_per_step: int, tokens_per_example: int | None,
+                 flops_per_token: float, precision: str):
         self.path = Path(path)
         self.log_every = log_every
-        self.tokens_per_step = tokens_per_step
+        self.examples_per_step = examples_per_step
+        self.tokens_per_example = tokens_per_example  # None when examples differ in length (padded task examples)
         self.flops_per_token = flops_per_token
         self.precision = precision
         self.pending: dict[str, Any] | None = None
         self._last_time: float | None = None
         self._last_step = 0
+
+    def scale_to_world(self, world_size: int) -> None:
+        """Every device takes its own micro-batches: a step holds world_size times more examples."""
+        self.examples_per_step *= world_size
+
+    def _counts(self, step: int) -> dict[str, int]:
+        examples = step * self.examples_per_step
+        return {"examples": examples, **({"tokens": examples * self.tokens_per_example} if self.tokens_per_example else {})}
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._last_time = time.perf_counter()
@@ -42,20 +52,25 @@ class MetricsLogger(L.Callback):
             return  # mid-accumulation, or not a logging step
         loss = pl_module.take_train_loss()
         now = time.perf_counter()
-        tokens_per_s = self.tokens_per_step * (step - self._last_step) / max(now - self._last_time, 1e-9)
+        examples_per_s = self.examples_per_step * (step - self._last_step) / max(now - self._last_time, 1e-9)
         self._last_time, self._last_step = now, step
         record: dict[str, Any] = {
             "step": step,
-            "tokens": step * self.tokens_per_step,
+            **self._counts(step),
             "train_loss": loss,
             "lr": trainer.optimizers[0].param_groups[0]["lr"],
             "grad_norm": _grad_norm(trainer, pl_module),
-            "tokens_per_s": tokens_per_s,
-            "mfu": (self.flops_per_token * tokens_per_s / (self.peak_flops * trainer.world_size)) if self.peak_flops else None,
-            "peak_mem_gb": peak_memory_gb(),
+            "examples_per_s": examples_per_s,
         }
+        if self.tokens_per_example:
+            tokens_per_s = examples_per_s * self.tokens_per_example
+            record["tokens_per_s"] = tokens_per_s
+            record["mfu"] = (self.flops_per_token * tokens_per_s / (self.peak_flops * trainer.world_size)) if self.peak_flops else None
+            pl_module.log("tok/s", tokens_per_s, prog_bar=True, logger=False, rank_zero_only=True)
+        else:
+            pl_module.log("ex/s", examples_per_s, prog_bar=True, logger=False, rank_zero_only=True)
+        record["peak_mem_gb"] = peak_memory_gb()
         pl_module.log("loss", loss, prog_bar=True, logger=False, rank_zero_only=True)
-        pl_module.log("tok/s", tokens_per_s, prog_bar=True, logger=False, rank_zero_only=True)
         self._flush(trainer)
         self.pending = record
 
@@ -66,7 +81,7 @@ class MetricsLogger(L.Callback):
         step = trainer.global_step
         if self.pending is None or self.pending["step"] != step:
             self._flush(trainer)
-            self.pending = {"step": step, "tokens": step * self.tokens_per_step}
+            self.pending = {"step": step, **self._counts(step)}
         self.pending["val_loss"] = val_loss
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -76,7 +91,7 @@ class MetricsLogger(L.Callback):
         """Joins extra metrics (e.g. evaluation tasks) to the record of `step`."""
         if self.pending is None or self.pending["step"] != step:
             self._flush(trainer)
-            self.pending = {"step": step, "tokens": step * self.tokens_per_step}
+            self.pending = {"step": step, **self._counts(step)}
         self.pending.update(metrics)
 
     def _flush(self, trainer: L.Trainer) -> None:

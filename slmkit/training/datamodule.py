@@ -1,4 +1,5 @@
-"""The training data: random windows over memory-mapped token shards, in an order fixed by (seed, step).
+"""The training data: random windows over memory-mapped token shards, or a task's encoded examples shuffled
+epoch by epoch, in an order fixed by (seed, step).
 
 Because the batch for a step depends only on the seed and the step number, a resumed run sees exactly the
 batches a straight run would have seen, on any number of devices.
@@ -16,10 +17,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from slmkit.data import TokenShards
 from slmkit.errors import SlmkitError
+from slmkit.objectives import TaskObjective
 
 
 class TokenWindows(Dataset):
-    """Item `offset` is (input, target): `window` tokens from `offset` and the same shifted by one."""
+    """Item `offset` is {input_ids, targets}: `window` tokens from `offset` and the same shifted by one."""
 
     def __init__(self, shards: TokenShards, window: int):
         self.shards = shards
@@ -28,9 +30,9 @@ class TokenWindows(Dataset):
     def __len__(self) -> int:
         return len(self.shards) - self.window
 
-    def __getitem__(self, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, offset: int) -> dict[str, torch.Tensor]:
         tokens = torch.from_numpy(self.shards.window(int(offset), self.window + 1).astype(np.int64))
-        return tokens[:-1], tokens[1:]
+        return {"input_ids": tokens[:-1], "targets": tokens[1:]}
 
 
 class StepSeededOffsets(Sampler[int]):
@@ -52,6 +54,31 @@ class StepSeededOffsets(Sampler[int]):
             offsets = rng.integers(0, self.num_offsets, size=self.micro_batch_size * self.world_size)
             yield from offsets[self.rank * self.micro_batch_size : (self.rank + 1) * self.micro_batch_size].tolist()
             step += 1
+
+
+class EpochShuffledIndices(Sampler[int]):
+    """Endless example indices, each epoch a permutation seeded by (seed, epoch): the global sample stream is fixed,
+    micro-step s takes its global micro-batch from it and this rank its slice, so resuming at a step replays it."""
+
+    def __init__(self, num_items: int, micro_batch_size: int, rank: int, world_size: int, seed: int, start_micro_step: int = 0):
+        self.num_items = num_items
+        self.micro_batch_size = micro_batch_size
+        self.rank = rank
+        self.world_size = world_size
+        self.seed = seed
+        self.start_micro_step = start_micro_step
+
+    def __iter__(self) -> Iterator[int]:
+        global_batch = self.micro_batch_size * self.world_size
+        position = self.start_micro_step * global_batch + self.rank * self.micro_batch_size
+        epoch, order = -1, None
+        while True:
+            for p in range(position, position + self.micro_batch_size):
+                if p // self.num_items != epoch:
+                    epoch = p // self.num_items
+                    order = np.random.default_rng([self.seed, epoch]).permutation(self.num_items)
+                yield int(order[p % self.num_items])
+            position += global_batch
 
 
 class EvenlySpacedOffsets(Sampler[int]):
@@ -110,6 +137,44 @@ class TokenDataModule(L.LightningDataModule):
         sampler = EvenlySpacedOffsets(len(self.val_windows), count, rank, world)
         return DataLoader(self.val_windows, batch_size=self.micro_batch_size, sampler=sampler, num_workers=self.num_workers,
                           generator=_own_generator(self.seed))
+
+
+class TaskDataModule(L.LightningDataModule):
+    """A fine-tuning objective's encoded examples: its `train` split shuffled by epoch, a fixed validation subset."""
+
+    def __init__(self, objective: TaskObjective, micro_batch_size: int, grad_accum: int, val_batches: int, seed: int,
+                 num_workers: int = 0):
+        super().__init__()
+        self.objective = objective
+        self.micro_batch_size = micro_batch_size
+        self.grad_accum = grad_accum
+        self.val_batches = val_batches
+        self.seed = seed
+        self.num_workers = num_workers
+
+    def setup(self, stage: str | None = None) -> None:
+        self.train_examples = self.objective.examples("train")
+        if not self.train_examples:
+            raise SlmkitError(f"task {self.objective.spec.name}: no training examples; check its `train` records")
+        self.val_examples = self.objective.examples("val") if self.val_batches > 0 else []
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        start = trainer.global_step * self.grad_accum if trainer is not None else 0
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        sampler = EpochShuffledIndices(len(self.train_examples), self.micro_batch_size, rank, world, self.seed, start)
+        return DataLoader(self.train_examples, batch_size=self.micro_batch_size, sampler=sampler, collate_fn=self.objective.collate,
+                          num_workers=self.num_workers, generator=_own_generator(self.seed))
+
+    def val_dataloader(self) -> DataLoader | list:
+        if not self.val_examples:
+            return []
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        count = min(self.val_batches * self.micro_batch_size * world, len(self.val_examples))
+        sampler = EvenlySpacedOffsets(len(self.val_examples), count, rank, world)
+        return DataLoader(self.val_examples, batch_size=self.micro_batch_size, sampler=sampler, collate_fn=self.objective.collate,
+                          num_workers=self.num_workers, generator=_own_generator(self.seed))
 
 
 def _own_generator(seed: int) -> torch.Generator:

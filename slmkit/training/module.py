@@ -1,6 +1,6 @@
-"""The LightningModule: a Transformer, its objective, AdamW with decay on matrices only, and the lr schedule.
+"""The LightningModule: a model, the objective that scores it, AdamW with decay on matrices only, and the lr schedule.
 
-It knows nothing of devices or strategies; the trainer builder decides those.
+It knows nothing of devices, strategies, compilation or activation checkpointing; the trainer builder decides those.
 """
 
 from __future__ import annotations
@@ -12,47 +12,34 @@ import lightning as L
 import torch
 
 from slmkit.config import RunConfig
-from slmkit.model import Transformer
-from slmkit.training.objectives import OBJECTIVES
+from slmkit.model import Model
+from slmkit.objectives import Objective
 from slmkit.training.schedule import learning_rate
 
 RNG_STATE_KEY = "slmkit_rng_state"
 CONFIG_KEY = "slmkit_config"
 
 
-class LanguageModelTask(L.LightningModule):
-    def __init__(self, config: RunConfig, objective: str = "causal_lm"):
+class TrainingTask(L.LightningModule):
+    def __init__(self, config: RunConfig, model: Model, objective: Objective):
         super().__init__()
         self.config = config
-        self.model = Transformer(config.model)
-        self.objective = OBJECTIVES.get(objective)
+        self.model = model
+        self.objective = objective
         # Sum and count of micro-batch losses since the metrics logger last read them.
         self.loss_sum: torch.Tensor | float = 0.0
         self.loss_count = 0
         self.last_grad_norm: float | None = None
 
-    def configure_model(self) -> None:
-        trainer_cfg = self.config.trainer
-        if trainer_cfg.activation_checkpointing:
-            from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
-
-            blocks = set(self.model.blocks)
-            apply_activation_checkpointing(self.model, check_fn=lambda module: module in blocks)
-        if trainer_cfg.compile:
-            self.model.compile()  # in place, so state_dict keys stay the same as the uncompiled model's
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids)
-
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self.objective(self.model, batch)
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.objective.loss(self.model, batch)
         self.loss_sum = self.loss_sum + loss.detach().float()  # stays on the device: no sync per micro-batch
         self.loss_count += 1
         return loss
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self.objective(self.model, batch)
-        self.log("val_loss", loss, sync_dist=True, prog_bar=True, batch_size=batch[0].size(0))
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.objective.loss(self.model, batch)
+        self.log("val_loss", loss, sync_dist=True, prog_bar=True, batch_size=batch["input_ids"].size(0))
         return loss
 
     def take_train_loss(self) -> float | None:
@@ -73,8 +60,10 @@ class LanguageModelTask(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         optim = self.config.optim
+        own = [p for p in self.objective.parameters() if p.requires_grad]
+        groups = self.model.param_groups(optim.weight_decay) + ([{"params": own, "weight_decay": 0.0}] if own else [])
         optimizer = torch.optim.AdamW(
-            self.model.param_groups(optim.weight_decay),
+            groups,
             lr=optim.lr,
             betas=(optim.beta1, optim.beta2),
             eps=optim.eps,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -19,23 +19,24 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from slmkit.checkpoint import (
-    CONFIG_FILE,
-    TOKENIZER_FILE,
-    latest_checkpoint,
-    read_state_dict,
-    save_inference_checkpoint,
-)
+from slmkit.atomic import atomic_copy
+from slmkit.checkpoint import CONFIG_FILE, build_model, init_from_checkpoint, latest_checkpoint, save_inference_checkpoint
 from slmkit.config import RunConfig, load_run_config, save_run_config
+from slmkit.data import MANIFEST, RUN_MANIFEST, data_preparer
 from slmkit.errors import SlmkitError
+from slmkit.eval.run import run_tasks_of
+from slmkit.lora import add_lora, merge_lora
+from slmkit.objectives import OBJECTIVES, TOKEN_WINDOWS, Objective
+from slmkit.tokenizer import TOKENIZER_FILE, load_tokenizer
 from slmkit.training.callbacks import MetricsLogger, PeriodicEvaluation, StepProgressBar
-from slmkit.training.datamodule import TokenDataModule
-from slmkit.training.module import LanguageModelTask
-from slmkit.training.trainer import apply_cpu_fallback, build_trainer
+from slmkit.training.datamodule import TaskDataModule, TokenDataModule
+from slmkit.training.module import TrainingTask
+from slmkit.training.trainer import apply_cpu_fallback, build_trainer, final_model, parallelize
 
 log = logging.getLogger("slmkit")
 
 RUNS_ROOT = Path("runs")
+LATEST = "latest"  # runs/<recipe>/latest links to the newest finished run of the recipe
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -53,33 +54,37 @@ def train(config: RunConfig) -> TrainResult:
 
     out_dir, ckpt_path = _resolve_out_dir_and_resume(config)
     config = dataclasses.replace(config, out_dir=str(out_dir), resume=None)
-
-    from data_prep.prepare import prepare  # data_prep is only needed by training, not by importing slmkit
-
-    prepared = prepare(config.data, config.tokenizer)
-    config = fit_vocabulary(config, prepared.tokenizer_path)
+    objective_class = OBJECTIVES.get(config.objective.name)
+    manifest = None
+    if objective_class.reads == TOKEN_WINDOWS:
+        prepared = data_preparer().prepare(config.data, config.tokenizer)
+        tokenizer_path, manifest = prepared.tokenizer_path, prepared.shards_dir / MANIFEST
+    else:
+        tokenizer_path = _task_tokenizer(config)
+    config = objective_class.complete(fit_vocabulary(config, tokenizer_path))
 
     out_dir.mkdir(parents=True, exist_ok=True)
     if ckpt_path is not None:
         _check_same_architecture(config, ckpt_path)
     save_run_config(config, out_dir / CONFIG_FILE)
-    shutil.copyfile(prepared.tokenizer_path, out_dir / TOKENIZER_FILE)
+    atomic_copy(tokenizer_path, out_dir / TOKENIZER_FILE)
+    if manifest is not None:
+        atomic_copy(manifest, out_dir / RUN_MANIFEST)  # what the run trained on, for its model card
 
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
-    task = LanguageModelTask(config)
-    data = TokenDataModule(
-        prepared.shards_dir,
-        block_size=config.model.block_size,
-        micro_batch_size=config.trainer.micro_batch_size,
-        grad_accum=config.trainer.grad_accum,
-        val_batches=config.trainer.val_batches,
-        seed=config.trainer.seed,
-        num_workers=config.trainer.num_workers,
-    )
+    model = build_model(config)
+    if config.init_from and ckpt_path is None:
+        for line in init_from_checkpoint(model, config.init_from).lines():
+            log.warning("init_from %s: %s", config.init_from, line)
+    if config.lora.rank:
+        add_lora(model, config.lora)
+    objective = objective_class(config, load_tokenizer(out_dir / TOKENIZER_FILE))
+    task = TrainingTask(config, parallelize(model, config.trainer), objective)
+    data = _data_module(config, objective, prepared.shards_dir if manifest is not None else None)
     callbacks, metrics = _callbacks(config, out_dir, task)
     loggers = [TensorBoardLogger(save_dir=str(out_dir), name="tb", version="", default_hp_metric=False)]
     trainer = build_trainer(config, out_dir, callbacks, loggers)
-    metrics.tokens_per_step *= trainer.world_size
+    metrics.scale_to_world(trainer.world_size)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*infinite.*")
@@ -89,11 +94,46 @@ def train(config: RunConfig) -> TrainResult:
     if not final.exists():
         trainer.save_checkpoint(final)
     if trainer.is_global_zero:
-        _write_final_weights(config, out_dir, task, final)
-        if config.eval.tasks:
+        whole = final_model(config, task.model, final)
+        save_inference_checkpoint(out_dir, merge_lora(whole) if config.lora.rank else whole, config, out_dir / TOKENIZER_FILE)
+        if run_tasks_of(config):
             _final_evaluation(config, out_dir)
+        _point_latest_at(out_dir, config.name)
     val_loss = trainer.callback_metrics.get("val_loss")
     return TrainResult(out_dir=out_dir, steps=trainer.global_step, final_val_loss=float(val_loss) if val_loss is not None else None)
+
+
+def _task_tokenizer(config: RunConfig) -> Path:
+    """A fine-tuning run reads its task with the tokenizer of the weights it starts from (tokenizer.path)."""
+    if not config.tokenizer.path:
+        raise SlmkitError(
+            f"objective {config.objective.name} reads a task, not a corpus, so it trains no tokenizer: start from a "
+            "pretrained run with init_from=RUN (its tokenizer comes along) or set tokenizer.path=FILE"
+        )
+    path = Path(config.tokenizer.path)
+    load_tokenizer(path)  # a clear message now for a missing or broken file
+    return path
+
+
+def _data_module(config: RunConfig, objective: Objective, shards_dir: Path | None) -> L.LightningDataModule:
+    trainer = config.trainer
+    if shards_dir is not None:
+        return TokenDataModule(shards_dir, block_size=config.model.block_size, micro_batch_size=trainer.micro_batch_size,
+                               grad_accum=trainer.grad_accum, val_batches=trainer.val_batches, seed=trainer.seed,
+                               num_workers=trainer.num_workers)
+    return TaskDataModule(objective, micro_batch_size=trainer.micro_batch_size, grad_accum=trainer.grad_accum,
+                          val_batches=trainer.val_batches, seed=trainer.seed, num_workers=trainer.num_workers)
+
+
+def _point_latest_at(out_dir: Path, name: str) -> None:
+    """runs/<recipe>/latest -> the run that just finished, so later commands (init_from, eval, export) can name it."""
+    if out_dir.resolve().parent != (RUNS_ROOT / name).resolve():
+        return
+    link = out_dir.parent / LATEST
+    tmp = out_dir.parent / f".{LATEST}.{os.getpid()}.tmp"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(out_dir.name)
+    os.replace(tmp, link)
 
 
 def fit_vocabulary(config: RunConfig, tokenizer_path: Path) -> RunConfig:
@@ -132,7 +172,8 @@ def _resolve_out_dir_and_resume(config: RunConfig) -> tuple[Path, Path | None]:
 
 
 def _latest_run(name: str) -> Path:
-    runs = sorted(p for p in (RUNS_ROOT / name).glob("*") if (p / "checkpoints").is_dir()) if (RUNS_ROOT / name).is_dir() else []
+    runs = sorted(p for p in (RUNS_ROOT / name).glob("*") if (p / "checkpoints").is_dir() and not p.is_symlink()) \
+        if (RUNS_ROOT / name).is_dir() else []
     if not runs:
         raise SlmkitError(f"resume=true: no earlier run of {name!r} under {RUNS_ROOT / name}; pass out_dir=PATH of the run to continue")
     return runs[-1]
@@ -149,10 +190,13 @@ def _check_same_architecture(config: RunConfig, ckpt_path: Path) -> None:
         raise SlmkitError(f"cannot resume {ckpt_path}: it comes from a different architecture ({'; '.join(diffs)})")
 
 
-def _callbacks(config: RunConfig, out_dir: Path, task: LanguageModelTask) -> tuple[list[L.Callback], MetricsLogger]:
+def _callbacks(config: RunConfig, out_dir: Path, task: TrainingTask) -> tuple[list[L.Callback], MetricsLogger]:
     trainer = config.trainer
-    tokens_per_step = trainer.micro_batch_size * trainer.grad_accum * config.model.block_size
-    metrics = MetricsLogger(out_dir / METRICS_FILE, trainer.log_every, tokens_per_step,
+    examples_per_step = trainer.micro_batch_size * trainer.grad_accum
+    # Windows are full; padded task examples vary in length, so their tokens (and MFU) are not counted.
+    windows = task.objective.reads == TOKEN_WINDOWS
+    metrics = MetricsLogger(out_dir / METRICS_FILE, trainer.log_every, examples_per_step,
+                            config.model.block_size if windows else None,
                             task.model.flops_per_token(config.model.block_size), trainer.precision)
     callbacks: list[L.Callback] = [metrics]
     if trainer.checkpoint_every > 0:
@@ -161,8 +205,8 @@ def _callbacks(config: RunConfig, out_dir: Path, task: LanguageModelTask) -> tup
             every_n_train_steps=trainer.checkpoint_every, save_top_k=trainer.keep_checkpoints,
             monitor="step", mode="max", save_last=False, save_on_train_epoch_end=False,
         ))
-    if config.eval.tasks and config.eval.every > 0:
-        callbacks.append(PeriodicEvaluation(list(config.eval.tasks), config.eval.every, out_dir / TOKENIZER_FILE, metrics,
+    if run_tasks_of(config) and config.eval.every > 0:
+        callbacks.append(PeriodicEvaluation(run_tasks_of(config), config.eval.every, out_dir / TOKENIZER_FILE, metrics,
                                             config.eval.limit, config.eval.batch_size))
     if trainer.progress_bar:
         callbacks.append(StepProgressBar())
@@ -170,26 +214,15 @@ def _callbacks(config: RunConfig, out_dir: Path, task: LanguageModelTask) -> tup
 
 
 def _final_evaluation(config: RunConfig, out_dir: Path) -> None:
-    """The recipe's tasks on the final weights, reported in <run>/eval/ (results.json and results.md)."""
+    """The run's tasks on the final weights, reported in <run>/eval/ (results.json and results.md)."""
     from slmkit.eval import EvalArgs, run_eval
 
-    run_eval(EvalArgs(checkpoint=str(out_dir), tasks=list(config.eval.tasks), limit=config.eval.limit,
+    run_eval(EvalArgs(checkpoint=str(out_dir), tasks=run_tasks_of(config), limit=config.eval.limit,
                       batch_size=config.eval.batch_size))
-
-
-def _write_final_weights(config: RunConfig, out_dir: Path, task: LanguageModelTask, final_ckpt: Path) -> None:
-    if config.trainer.strategy == "deepspeed" and config.trainer.zero_stage == 3:
-        # ZeRO-3 leaves each rank a shard of every parameter: consolidate from the checkpoint just written.
-        model = task.model.__class__(config.model)
-        model.load_state_dict(read_state_dict(final_ckpt))
-    else:
-        model = task.model
-    save_inference_checkpoint(out_dir, model, config, out_dir / TOKENIZER_FILE)
 
 
 def describe(config: RunConfig) -> str:
     """The dry run: resolved config, model size and FLOPs, batch, and whether tokenizer and shards are ready."""
-    from data_prep.prepare import describe_status
     from slmkit.config import config_to_yaml
     from slmkit.recipes import count_parameters, format_count
 
@@ -204,10 +237,10 @@ def describe(config: RunConfig) -> str:
         f"parameters: {params:,} ({format_count(params)}{'' if exact else ', without embeddings: vocabulary comes from the tokenizer'})",
     ]
     if exact:
-        from slmkit.model import Transformer
+        from slmkit.model import Model
 
         with torch.device("meta"):
-            model = Transformer(config.model)
+            model = Model(config.model)
         flops = model.flops_per_token(config.model.block_size)
         lines.append(f"training FLOPs per token: {flops:.3e} (6N + attention at block_size {config.model.block_size})")
         lines.append(f"training FLOPs for the run: {flops * tokens_per_step * trainer.max_steps:.3e}")
@@ -221,5 +254,5 @@ def describe(config: RunConfig) -> str:
         from slmkit.training.trainer import deepspeed_config
 
         lines.append("deepspeed config: " + json.dumps(deepspeed_config(trainer)))
-    lines.append(describe_status(config.data, config.tokenizer))
+    lines.append(data_preparer().status(config.data, config.tokenizer))
     return "\n".join(lines)

@@ -1,4 +1,6 @@
-"""The one place that knows about devices, distribution and precision: builds the Lightning Trainer from the recipe.
+"""The one place that knows about devices, distribution, precision and how the model's computation is wrapped:
+builds the Lightning Trainer from the recipe, applies activation checkpointing and torch.compile to the model (as
+torchtitan's parallelize.py), and gathers the final weights however the strategy sharded them.
 
 Strategies: auto (CPU or one GPU), ddp, and deepspeed (ZeRO 1/2/3, optional CPU offload) with its JSON config
 generated from the recipe. The model and the LightningModule never see any of this.
@@ -21,6 +23,7 @@ from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 from slmkit.atomic import atomic_path
 from slmkit.config import RunConfig, TrainerConfig
 from slmkit.errors import SlmkitError
+from slmkit.model import Model
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,29 @@ def deepspeed_config(trainer: TrainerConfig) -> dict[str, Any]:
         "wall_clock_breakdown": False,
     }
     return config
+
+
+def parallelize(model: Model, trainer: TrainerConfig) -> Model:
+    """Recomputes each block's activations in the backward pass (activation_checkpointing) and compiles the model
+    (compile), in place, so state_dict keys stay those of the plain model."""
+    if trainer.activation_checkpointing:
+        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
+
+        blocks = set(model.body.blocks)
+        apply_activation_checkpointing(model, check_fn=lambda module: module in blocks)
+    if trainer.compile:
+        model.compile()
+    return model
+
+
+def final_model(config: RunConfig, model: Model, final_checkpoint: Path) -> Model:
+    """The trained model with every weight whole: ZeRO-3 leaves each rank a shard of every parameter, so its final
+    weights are consolidated from the checkpoint just written."""
+    if config.trainer.strategy == "deepspeed" and config.trainer.zero_stage == 3:
+        from slmkit.checkpoint import model_from_state, read_state_dict
+
+        return model_from_state(config, read_state_dict(final_checkpoint), final_checkpoint)
+    return model
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from slmkit.config import TrainerConfig
-from slmkit.model import ModelConfig, Transformer
+from slmkit.model import Model, ModelConfig
 from slmkit.training.trainer import deepspeed_config
 
 MODEL = ModelConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_kv_heads=1, d_model=32)
@@ -27,7 +27,7 @@ def batch(rank: int, step: int) -> torch.Tensor:
 def main(stage: int, out_path: str) -> None:
     deepspeed.init_distributed(dist_backend="gloo")
     torch.manual_seed(0)
-    model = Transformer(MODEL)
+    model = Model(MODEL)
     config = deepspeed_config(TrainerConfig(zero_stage=stage, micro_batch_size=2, grad_accum=1, grad_clip=1.0, precision="fp32"))
     optimizer = torch.optim.AdamW(model.param_groups(0.1), lr=1e-2)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)

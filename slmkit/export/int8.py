@@ -1,4 +1,4 @@
-"""int8 weights for CPU inference: per-output-channel symmetric int8 linear weights + fp32 scales, in safetensors.
+"""The int8 format: an slmkit folder for CPU inference, per-output-channel symmetric int8 linear weights + fp32 scales.
 
 Saved: every nn.Linear weight as `<name>.weight_int8` (int8) and `<name>.weight_scale` (fp32), all else fp32.
 Loaded: the fp32 model is built from config.yaml and each Linear becomes torch's dynamic-quantized Linear holding
@@ -8,16 +8,18 @@ exactly the stored int8 values, so nothing is re-quantized at load and no code i
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from slmkit.checkpoint import CONFIG_FILE, TOKENIZER_FILE, LoadedCheckpoint
-from slmkit.config import load_run_config
+from slmkit.checkpoint import CONFIG_FILE, TIED, TOKENIZER_FILE, LoadedCheckpoint, build_model, with_tied_names
+from slmkit.config import load_run_config, save_run_config
 from slmkit.errors import SlmkitError
-from slmkit.model import Transformer
+from slmkit.export.run import EXPORT_FORMATS, ExportContext
+from slmkit.model import Model
 
 INT8_WEIGHTS_FILE = "model.int8.safetensors"
 INT8_FORMAT = "slmkit-int8/1"
@@ -31,7 +33,7 @@ def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale
 
 
-def int8_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
+def int8_state_dict(model: Model) -> dict[str, torch.Tensor]:
     """Tensors of the int8 file: quantized Linear weights, everything else (embeddings, norms, biases) in fp32."""
     linears = {name for name, module in model.named_modules() if isinstance(module, nn.Linear)}
     out = {}
@@ -39,15 +41,23 @@ def int8_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
         module, _, kind = name.rpartition(".")
         if module in linears and kind == "weight":
             out[f"{module}.weight_int8"], out[f"{module}.weight_scale"] = quantize_weight(tensor)
-        elif not (model.config.tie_embeddings and name == "lm_head.weight"):
+        elif not (model.config.tie_embeddings and name == TIED[0]):
             out[name] = tensor.detach().float().contiguous().clone()
     return out
 
 
-def save_int8(model: Transformer, out_dir: Path) -> Path:
-    path = out_dir / INT8_WEIGHTS_FILE
-    save_file(int8_state_dict(model), str(path), metadata={"format": INT8_FORMAT})
-    return path
+@EXPORT_FORMATS.register("int8")
+def export_int8(context: ExportContext, folder: Path) -> dict[str, Any]:
+    loaded = context.loaded
+    save_run_config(loaded.config, folder / CONFIG_FILE)
+    (folder / TOKENIZER_FILE).write_bytes(loaded.tokenizer_path.read_bytes())
+    save_file(int8_state_dict(loaded.model), str(folder / INT8_WEIGHTS_FILE), metadata={"format": INT8_FORMAT})
+    return {
+        "format": "slmkit int8 (per-channel int8 linear weights + fp32 scales, torch dynamic-int8 kernels on CPU)",
+        "details": {"weights": INT8_WEIGHTS_FILE},
+        "usage": ["```sh", "slmkit generate checkpoint=path/to/this/folder prompt='The court held'", "```"],
+        "logits_fn": lambda f: load_int8(f).model,
+    }
 
 
 def is_int8_folder(path: Path) -> bool:
@@ -65,14 +75,13 @@ def load_int8(folder: str | Path) -> LoadedCheckpoint:
         if (f.metadata() or {}).get("format") != INT8_FORMAT:
             raise SlmkitError(f"{path} is not an slmkit int8 file (format {INT8_FORMAT}); re-export it")
         tensors = {key: f.get_tensor(key) for key in f.keys()}
-    model = Transformer(config.model)
+    model = build_model(config)
     quantized = {k.removesuffix(".weight_int8") for k in tensors if k.endswith(".weight_int8")}
     dense = model.state_dict()
-    plain = {k: v for k, v in tensors.items() if not k.endswith((".weight_int8", ".weight_scale"))}
+    plain = with_tied_names(model, {k: v for k, v in tensors.items() if not k.endswith((".weight_int8", ".weight_scale"))})
     for name in quantized:
-        # Placeholders, replaced by the int8 modules below; a tied lm_head shares the embedding, so it gets that.
-        tied = config.model.tie_embeddings and name == "lm_head"
-        plain[f"{name}.weight"] = plain["tok_embeddings.weight"] if tied else torch.zeros_like(dense[f"{name}.weight"])
+        # Placeholders, replaced by the int8 modules below; a tied head already has the embedding under its name.
+        plain.setdefault(f"{name}.weight", torch.zeros_like(dense[f"{name}.weight"]))
     model.load_state_dict(plain, strict=True)
     for name in quantized:
         _swap_in_int8(model, name, tensors[f"{name}.weight_int8"], tensors[f"{name}.weight_scale"])

@@ -8,7 +8,8 @@ from itertools import islice
 
 import pytest
 
-from data_prep.pii import PiiConfig, PiiStats, luhn_valid, redact_pii
+from data_prep.pii import PiiStats, luhn_valid, redact_pii
+from slmkit.data_config import PiiConfig
 from slmkit.errors import SlmkitError
 
 ON = PiiConfig(enabled=True)

@@ -8,7 +8,8 @@ import random
 
 import pytest
 
-from data_prep.filters import FilterConfig, FilterStats, filter_document
+from data_prep.filters import FilterStats, filter_document
+from slmkit.data_config import FilterConfig
 from slmkit.errors import SlmkitError
 
 PROSE = (

@@ -9,7 +9,8 @@ from itertools import islice
 
 import pytest
 
-from data_prep.decontaminate import DecontaminateConfig, DecontaminateStats, Decontaminator
+from data_prep.decontaminate import DecontaminateStats, Decontaminator
+from slmkit.data_config import DecontaminateConfig
 from slmkit.errors import SlmkitError
 
 

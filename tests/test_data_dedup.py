@@ -13,14 +13,8 @@ import sys
 import numpy as np
 import pytest
 
-from data_prep.dedup import (
-    DedupConfig,
-    Deduplicator,
-    fingerprint,
-    minhash_signature,
-    normalized_words,
-    word_ngram_hashes,
-)
+from data_prep.dedup import Deduplicator, fingerprint, minhash_signature, normalized_words, word_ngram_hashes
+from slmkit.data_config import DedupConfig
 from slmkit.errors import SlmkitError
 from tests.conftest import REPO_ROOT
 
@@ -52,7 +46,8 @@ def test_ngram_hashes_and_signatures_do_not_depend_on_the_process_hash_seed():
     text = "The petition for review is denied and the judgment of the district court is affirmed."
     cfg = DedupConfig()
     code = (
-        "import sys; from data_prep.dedup import *; cfg = DedupConfig(); "
+        "import sys; from data_prep.dedup import minhash_signature; from slmkit.data_config import DedupConfig; "
+        "cfg = DedupConfig(); "
         f"sys.stdout.write(minhash_signature({text!r}, cfg).tobytes().hex())"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": str(REPO_ROOT)}

@@ -9,14 +9,8 @@ from itertools import islice
 
 import pytest
 
-from data_prep.clean import (
-    BoilerplateDetector,
-    BoilerplateLines,
-    CleanConfig,
-    CleanStats,
-    boilerplate_line_key,
-    clean_text,
-)
+from data_prep.clean import BoilerplateDetector, BoilerplateLines, CleanStats, boilerplate_line_key, clean_text
+from slmkit.data_config import CleanConfig
 from slmkit.errors import SlmkitError
 
 

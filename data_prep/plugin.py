@@ -1,0 +1,58 @@
+"""data_prep's registration with slmkit, loaded through the `slmkit.plugins` entry point (see pyproject.toml).
+
+Registers the data preparer that `slmkit train` calls and the `slmkit data prepare|report` and `slmkit tokenizer
+train` commands. Importing the pipeline also registers the tokenizer kinds (data_prep.tokenizer) and the languages
+of the stopword filter (data_prep.filters), so recipes are checked against them when they resolve.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from data_prep.prepare import REPORT_DIR, describe_status, prepare, train_recipe_tokenizer
+from data_prep.report import REPORT_JSON, render_markdown
+from slmkit.commands import RECIPE_COMMANDS, RecipeCommand
+from slmkit.data import DataPreparer, register_preparer
+from slmkit.errors import SlmkitError
+
+
+def prepare_command(config: Any, flags: argparse.Namespace) -> str:
+    prepared = prepare(config.data, config.tokenizer)
+    state = "reused (inputs unchanged)" if prepared.reused else "written"
+    lines = [f"token shards {state}: {prepared.shards_dir}"]
+    if prepared.report_path is not None:
+        lines.append(f"curation report: {prepared.report_path}")
+    return "\n".join(lines)
+
+
+def report_command(config: Any, flags: argparse.Namespace) -> str:
+    prepared = prepare(config.data, config.tokenizer)  # reuses the prepared data when its inputs are unchanged
+    path = prepared.shards_dir / REPORT_DIR / REPORT_JSON
+    if not path.is_file():
+        raise SlmkitError(f"{prepared.shards_dir} has no curation report ({path}): delete the folder and prepare it again")
+    markdown = render_markdown(json.loads(path.read_text(encoding="utf-8")), examples=not flags.figures_only)
+    if flags.out is None:
+        return markdown
+    Path(flags.out).write_text(markdown, encoding="utf-8")
+    return f"report written to {flags.out}"
+
+
+def tokenizer_command(config: Any, flags: argparse.Namespace) -> str:
+    return train_recipe_tokenizer(config.data, config.tokenizer)
+
+
+register_preparer(DataPreparer(prepare=prepare, status=describe_status))
+RECIPE_COMMANDS.register("data prepare")(RecipeCommand(
+    help="curate the recipe's corpus and pack token shards: slmkit data prepare recipe=NAME", run=prepare_command))
+RECIPE_COMMANDS.register("data report")(RecipeCommand(
+    help="print the curation report of the recipe's data (prepared first if needed): "
+         "slmkit data report [--figures-only] [--out FILE] recipe=NAME",
+    run=report_command,
+    flags={"--figures-only": {"action": "store_true", "help": "leave out every quote of corpus text"},
+           "--out": {"default": None, "help": "write the markdown to this file instead of printing it"}},
+))
+RECIPE_COMMANDS.register("tokenizer train")(RecipeCommand(
+    help="train the recipe's tokenizer: slmkit tokenizer train recipe=NAME", run=tokenizer_command))

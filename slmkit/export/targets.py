@@ -1,0 +1,422 @@
+"""The stock transformers families an slmkit model can become, one row each: what it accepts, its config, its weights.
+
+`select_target` takes the first row, in table order, that represents a config exactly and refuses with the closest
+rows' reasons otherwise — never an approximation. The most widely supported class comes first: Llama-shaped ships as Llama.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from slmkit.errors import SlmkitError
+from slmkit.export.accepts import Accepts, describe, unrepresentable
+from slmkit.model import ModelConfig
+
+State = dict[str, torch.Tensor]
+WeightMap = Callable[[State, ModelConfig], State]  # slmkit's flat state dict -> the class's tensors
+
+
+@dataclass(frozen=True)
+class Head:
+    """A head of a family: the transformers class, the Auto class that loads it, where the head's tensors go, and
+    what the class needs of it.
+
+    body_prefix renames the body's top module when this class keeps it under another attribute than the family's
+    causal LM (LlamaForQuestionAnswering has `transformer.` where LlamaForCausalLM has `model.`); `output` reads the
+    class's output as slmkit's head returns it; `poolings` are the poolings the class computes (None = any).
+    """
+
+    model_class: str
+    auto_class: str
+    weights: WeightMap
+    body_prefix: tuple[str, str] | None = None
+    output: Callable[[Any], torch.Tensor] = lambda out: out.logits
+    poolings: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Target:
+    """One stock family: what it accepts, its config keywords, where the body's tensors go, and its heads by kind."""
+
+    name: str
+    model_type: str  # transformers' config type, as AutoConfig.for_model takes it
+    accepts: Accepts
+    config: Callable[[ModelConfig], dict[str, Any]]  # config-class keywords; the caller adds the special token ids
+    body: WeightMap  # embeddings, blocks, final norm; a bias the class has and slmkit lacks is zero-filled later
+    heads: dict[str, Head]  # by slmkit head kind: lm, sequence_classification, token_classification, span
+
+
+# Rows in preference order; a row added later is tried last.
+TARGETS: dict[str, Target] = {}
+
+
+def register(target: Target) -> Target:
+    if target.name in TARGETS:
+        raise ValueError(f"export target {target.name!r} is registered twice")
+    TARGETS[target.name] = target
+    return target
+
+
+@dataclass(frozen=True)
+class Renames:
+    """A weight map that only renames modules, weight and bias wherever slmkit has them.
+
+    `top` maps whole-model modules; `layer` maps block i's modules to names under `layers` ('model.layers.{i}.').
+    A tuple of slmkit modules is stacked into one class module (fused q/k/v); `transposed` names the class's Conv1D
+    modules, which store weights [in, out].
+    """
+
+    top: dict[str, str]
+    layers: str
+    layer: dict[str | tuple[str, ...], str]
+    transposed: tuple[str, ...] = ()
+
+    def __call__(self, state: State, c: ModelConfig) -> State:
+        pairs = [((ours,), theirs) for ours, theirs in self.top.items()]
+        for i in range(c.n_layer):
+            pairs += [(_in_block(i, ours), self.layers.format(i=i) + theirs) for ours, theirs in self.layer.items()]
+        out = {}
+        for ours, theirs in pairs:
+            for kind in ("weight", "bias"):
+                keys = [f"{module}.{kind}" for module in ours]
+                if keys[0] in state:
+                    tensor = torch.cat([state[k] for k in keys]) if len(keys) > 1 else state[keys[0]]
+                    out[f"{theirs}.{kind}"] = tensor.t() if kind == "weight" and theirs.endswith(self.transposed) else tensor
+        return out
+
+
+def _in_block(i: int, ours: str | tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(f"blocks.{i}.{module}" for module in (ours if isinstance(ours, tuple) else (ours,)))
+
+
+def _lm_head_weights(state: State, c: ModelConfig) -> State:
+    """The LM head's own matrix; a tied one is the token embedding, which the class ties too."""
+    return {} if c.tie_embeddings else {"lm_head.weight": state["heads.lm.proj.weight"]}
+
+
+def _renamed(kind: str, ours: str, theirs: str) -> WeightMap:
+    """The head's layer `ours` (weight, and bias where it has one) as the class's layer `theirs`."""
+    def weights(state: State, c: ModelConfig) -> State:
+        return {f"{theirs}.{p}": state[f"heads.{kind}.{ours}.{p}"] for p in ("weight", "bias") if f"heads.{kind}.{ours}.{p}" in state}
+
+    return weights
+
+
+def lm_head(model_class: str) -> Head:
+    return Head(model_class, "AutoModelForCausalLM", _lm_head_weights)
+
+
+def sequence_head(model_class: str) -> Head:
+    # transformers pools the rightmost token that is not the pad token: slmkit's `last` pooling of right-padded input.
+    return Head(model_class, "AutoModelForSequenceClassification", _renamed("sequence_classification", "score", "score"),
+                poolings=("last",))
+
+
+def token_head(model_class: str, layer: str = "score") -> Head:
+    return Head(model_class, "AutoModelForTokenClassification", _renamed("token_classification", "score", layer))
+
+
+def span_head(model_class: str, body_prefix: tuple[str, str] | None = None) -> Head:
+    return Head(model_class, "AutoModelForQuestionAnswering", _renamed("span", "qa_outputs", "qa_outputs"), body_prefix,
+                output=lambda out: torch.stack([out.start_logits, out.end_logits], dim=-1))
+
+
+def task_heads(family: str, qa: bool = True, qa_prefix: tuple[str, str] | None = None, token_layer: str = "score") -> dict[str, Head]:
+    """The causal-LM head and the task heads transformers has for a family named like `Llama` (LlamaForCausalLM, ...)."""
+    heads = {
+        "lm": lm_head(f"{family}ForCausalLM"),
+        "sequence_classification": sequence_head(f"{family}ForSequenceClassification"),
+        "token_classification": token_head(f"{family}ForTokenClassification", token_layer),
+    }
+    if qa:
+        heads["span"] = span_head(f"{family}ForQuestionAnswering", qa_prefix)
+    return heads
+
+
+MODEL_AS_TRANSFORMER = ("model.", "transformer.")  # the generic QA classes of some families name their body so
+
+
+QKV = ("attn.q_proj", "attn.k_proj", "attn.v_proj")
+ROPE_DECODER_LAYER = {
+    "attn_norm": "input_layernorm",
+    "attn.q_proj": "self_attn.q_proj",
+    "attn.k_proj": "self_attn.k_proj",
+    "attn.v_proj": "self_attn.v_proj",
+    "attn.o_proj": "self_attn.o_proj",
+    "ffn_norm": "post_attention_layernorm",
+}
+GATED_MLP = {"ffn.gate_proj": "mlp.gate_proj", "ffn.up_proj": "mlp.up_proj", "ffn.down_proj": "mlp.down_proj"}
+LLAMA_WEIGHTS = Renames(
+    top={"tok_embeddings": "model.embed_tokens", "final_norm": "model.norm"},
+    layers="model.layers.{i}.",
+    layer={**ROPE_DECODER_LAYER, "attn.q_norm": "self_attn.q_norm", "attn.k_norm": "self_attn.k_norm", **GATED_MLP},
+)
+
+
+def _rope(c: ModelConfig) -> dict[str, Any]:
+    # partial_rotary_factor=1.0: StableLM would otherwise rotate only a quarter of each head.
+    return {"rope_type": "default", "rope_theta": float(c.rope_theta), "partial_rotary_factor": 1.0}
+
+
+def _rope_decoder_config(c: ModelConfig) -> dict[str, Any]:
+    """The keywords the rope-decoder config classes (Llama family, StableLM, Starcoder2) all name alike."""
+    return {
+        "vocab_size": c.vocab_size,
+        "hidden_size": c.d_model,
+        "intermediate_size": c.ffn_hidden_size,
+        "num_hidden_layers": c.n_layer,
+        "num_attention_heads": c.n_head,
+        "num_key_value_heads": c.kv_heads,
+        "max_position_embeddings": c.block_size,
+        "tie_word_embeddings": c.tie_embeddings,
+        "rope_parameters": _rope(c),
+    }
+
+
+def _llama_config(c: ModelConfig) -> dict[str, Any]:
+    return {**_rope_decoder_config(c), "head_dim": c.head_dim, "hidden_act": "silu", "rms_norm_eps": c.norm_eps, "attention_dropout": 0.0}
+
+
+def _window_layers(c: ModelConfig) -> dict[str, Any]:
+    """The same attention on every layer: sliding when slmkit has a window (token i sees j when i - window < j <= i)."""
+    window = c.sliding_window is not None
+    return {
+        "use_sliding_window": window,
+        "sliding_window": c.sliding_window,
+        "layer_types": ["sliding_attention" if window else "full_attention"] * c.n_layer,
+    }
+
+
+# rope + swiglu + rmsnorm, any heads, biases via attention_bias/mlp_bias; no window, no qk-norm.
+register(Target(
+    name="llama",
+    model_type="llama",
+    accepts=Accepts(positions=("rope",), ffn=("swiglu",), norm=("rmsnorm",), sliding_window=(False,), qk_norm=(False,)),
+    config=lambda c: {**_llama_config(c), "attention_bias": c.bias, "mlp_bias": c.bias},
+    body=LLAMA_WEIGHTS,
+    heads=task_heads("Llama", qa_prefix=MODEL_AS_TRANSFORMER),
+))
+
+# Llama plus a sliding window (token i sees j when i - window < j <= i, as slmkit); no biases at all.
+register(Target(
+    name="mistral",
+    model_type="mistral",
+    accepts=Accepts(
+        positions=("rope",), ffn=("swiglu",), norm=("rmsnorm",), bias=(False,), qk_norm=(False,),
+        why={"bias": "{cls} has no biases in attention or MLP"},
+    ),
+    config=lambda c: {**_llama_config(c), "sliding_window": c.sliding_window},
+    body=LLAMA_WEIGHTS,
+    heads=task_heads("Mistral"),
+))
+
+# Llama plus per-head RMS qk-norm before RoPE, optional sliding window on every layer; MLP without biases.
+register(Target(
+    name="qwen3",
+    model_type="qwen3",
+    accepts=Accepts(
+        positions=("rope",), ffn=("swiglu",), norm=("rmsnorm",), bias=(False,), qk_norm=(True,),
+        why={"bias": "{cls} has no MLP biases"},
+    ),
+    config=lambda c: {**_llama_config(c), "attention_bias": False, "max_window_layers": 0, **_window_layers(c)},
+    body=LLAMA_WEIGHTS,
+    heads=task_heads("Qwen3", qa_prefix=MODEL_AS_TRANSFORMER),
+))
+
+# Llama with per-layer RoPE on/off (all off = no positions), biases, and a sliding window on every layer.
+register(Target(
+    name="smollm3",
+    model_type="smollm3",
+    accepts=Accepts(positions=("rope", "none"), ffn=("swiglu",), norm=("rmsnorm",), qk_norm=(False,)),
+    config=lambda c: {
+        **_llama_config(c),
+        "attention_bias": c.bias,
+        "mlp_bias": c.bias,
+        "no_rope_layers": [int(c.positions == "rope")] * c.n_layer,
+        **_window_layers(c),
+    },
+    body=LLAMA_WEIGHTS,
+    heads=task_heads("SmolLM3", qa_prefix=MODEL_AS_TRANSFORMER),
+))
+
+
+STABLELM_WEIGHTS = Renames(top=LLAMA_WEIGHTS.top, layers=LLAMA_WEIGHTS.layers, layer={**ROPE_DECODER_LAYER, **GATED_MLP})
+
+
+def _stablelm_weights(state: State, c: ModelConfig) -> State:
+    out = STABLELM_WEIGHTS(state, c)
+    if c.qk_norm:
+        # StableLM keeps one LayerNorm per head; slmkit shares one across heads, so each head gets a copy.
+        for i in range(c.n_layer):
+            for ours, theirs, heads in (("q_norm", "q_layernorm", c.n_head), ("k_norm", "k_layernorm", c.kv_heads)):
+                for h in range(heads):
+                    out[f"model.layers.{i}.self_attn.{theirs}.norms.{h}.weight"] = state[f"blocks.{i}.attn.{ours}.weight"]
+    return out
+
+
+# rope + swiglu + LayerNorm (bias zero when slmkit has none), optional per-head LayerNorm qk-norm; no biases.
+register(Target(
+    name="stablelm",
+    model_type="stablelm",
+    accepts=Accepts(
+        positions=("rope",), ffn=("swiglu",), norm=("layernorm",), bias=(False,), sliding_window=(False,),
+        why={"bias": "{cls} has no output-projection or MLP biases, nor qk-norm biases"},
+    ),
+    config=lambda c: {
+        **_rope_decoder_config(c),
+        "hidden_act": "silu",
+        "layer_norm_eps": c.norm_eps,
+        "use_qkv_bias": False,
+        "qk_layernorm": c.qk_norm,
+        "use_parallel_residual": False,
+        "partial_rotary_factor": 1.0,
+    },
+    body=_stablelm_weights,
+    heads=task_heads("StableLm", qa=False),
+))
+
+# rope + non-gated MLP (exact gelu or relu2) + LayerNorm, any heads, biases, optional sliding window.
+register(Target(
+    name="starcoder2",
+    model_type="starcoder2",
+    accepts=Accepts(positions=("rope",), ffn=("gelu", "relu2"), norm=("layernorm",), qk_norm=(False,)),
+    config=lambda c: {
+        **_rope_decoder_config(c),
+        "hidden_act": "gelu" if c.ffn == "gelu" else "relu2",  # "gelu" is the exact erf GELU in transformers
+        "norm_epsilon": c.norm_eps,
+        "use_bias": c.bias,
+        "sliding_window": c.sliding_window,
+        "residual_dropout": 0.0,
+        "embedding_dropout": 0.0,
+    },
+    body=Renames(
+        top=LLAMA_WEIGHTS.top,
+        layers=LLAMA_WEIGHTS.layers,
+        layer={**ROPE_DECODER_LAYER, "ffn.up_proj": "mlp.c_fc", "ffn.down_proj": "mlp.c_proj"},
+    ),
+    heads=task_heads("Starcoder2", qa=False),
+))
+
+
+GPT2_WEIGHTS = Renames(
+    top={"tok_embeddings": "transformer.wte", "final_norm": "transformer.ln_f"},
+    layers="transformer.h.{i}.",
+    layer={"attn_norm": "ln_1", QKV: "attn.c_attn", "attn.o_proj": "attn.c_proj", "ffn_norm": "ln_2",
+           "ffn.up_proj": "mlp.c_fc", "ffn.down_proj": "mlp.c_proj"},
+    transposed=("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"),
+)
+
+
+def _gpt2_weights(state: State, c: ModelConfig) -> State:
+    return {**GPT2_WEIGHTS(state, c), "transformer.wpe.weight": _position_table(state, c)}
+
+
+def _position_table(state: State, c: ModelConfig) -> torch.Tensor:
+    """GPT-2's wpe for block_size positions: the learned table, slmkit's own sinusoid table, or zeros (none)."""
+    if c.positions == "learned":
+        return state["pos_embeddings.weight"]
+    zeros = torch.zeros(1, c.block_size, c.d_model)
+    if c.positions == "none":
+        return zeros[0]
+    # The same function the model adds at run time, so the table matches it bit for bit.
+    from slmkit.model.positions import POSITIONS
+
+    return POSITIONS.get("sinusoidal")(c).add_to_embeddings(zeros, 0)[0]
+
+
+# Absolute positions (learned; sinusoidal and none become a fixed wpe table) + gelu/relu2 MLP + LayerNorm, MHA.
+register(Target(
+    name="gpt2",
+    model_type="gpt2",
+    accepts=Accepts(
+        positions=("learned", "sinusoidal", "none"), ffn=("gelu", "relu2"), norm=("layernorm",),
+        grouped_query=(False,), sliding_window=(False,), qk_norm=(False,),
+    ),
+    config=lambda c: {
+        "vocab_size": c.vocab_size,
+        "n_positions": c.block_size,
+        "n_embd": c.d_model,
+        "n_layer": c.n_layer,
+        "n_head": c.n_head,
+        "n_inner": c.ffn_hidden_size,
+        "activation_function": "gelu" if c.ffn == "gelu" else "relu2",  # not gelu_new: slmkit uses the exact erf GELU
+        "layer_norm_epsilon": c.norm_eps,
+        "resid_pdrop": 0.0,
+        "embd_pdrop": 0.0,
+        "attn_pdrop": 0.0,
+        "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False,
+        "tie_word_embeddings": c.tie_embeddings,
+    },
+    body=_gpt2_weights,
+    heads={**task_heads("GPT2", token_layer="classifier"), "lm": lm_head("GPT2LMHeadModel")},
+))
+
+# ALiBi (MPT's slopes equal the paper's for every head count) + exact GELU MLP of width 4*d + bias-free LayerNorm.
+register(Target(
+    name="mpt",
+    model_type="mpt",
+    accepts=Accepts(
+        positions=("alibi",), ffn=("gelu",), norm=("layernorm",), grouped_query=(False,), bias=(False,), ffn_width=(4,),
+        sliding_window=(False,), qk_norm=(False,),
+        why={"qk_norm": "{cls}'s qk_ln normalizes all heads together, not per head"},
+    ),
+    config=lambda c: {
+        "vocab_size": c.vocab_size,
+        "d_model": c.d_model,
+        "n_heads": c.n_head,
+        "n_layers": c.n_layer,
+        "expansion_ratio": c.ffn_hidden_size // c.d_model,
+        "max_seq_len": c.block_size,
+        "layer_norm_epsilon": c.norm_eps,
+        "no_bias": True,
+        "resid_pdrop": 0.0,
+        "emb_pdrop": 0.0,
+        "attn_config": {"alibi": True, "alibi_bias_max": 8, "softmax_scale": None, "clip_qkv": None, "qk_ln": False, "attn_pdrop": 0},
+        "tie_word_embeddings": c.tie_embeddings,
+    },
+    body=Renames(
+        top={"tok_embeddings": "transformer.wte", "final_norm": "transformer.norm_f"},
+        layers="transformer.blocks.{i}.",
+        layer={"attn_norm": "norm_1", QKV: "attn.Wqkv", "attn.o_proj": "attn.out_proj", "ffn_norm": "norm_2",
+               "ffn.up_proj": "ffn.up_proj", "ffn.down_proj": "ffn.down_proj"},
+    ),
+    heads=task_heads("Mpt", token_layer="classifier"),
+))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Choosing a row.
+
+def target_mismatches(c: ModelConfig, target: Target, head: str = "lm") -> list[str]:
+    """Every part of `c` the target's class for `head` cannot represent, each as 'field=value (why)'; empty = exportable."""
+    return unrepresentable(c, target.accepts, target.heads[head].model_class)
+
+
+def select_target(c: ModelConfig, head: str = "lm") -> Target:
+    """The first row whose `head` class represents `c` exactly; SlmkitError naming the unrepresentable parts otherwise."""
+    rows = [t for t in TARGETS.values() if head in t.heads]
+    if not rows:
+        raise SlmkitError(f"no stock transformers class has a {head} head of this kind; slmkit exports {head} models to none")
+    found = {t.name: target_mismatches(c, t, head) for t in rows}
+    for t in rows:
+        if not found[t.name]:
+            return t
+    fewest = min(len(v) for v in found.values())
+    closest = [f"{t.heads[head].model_class}: {'; '.join(found[t.name])}" for t in rows if len(found[t.name]) == fewest]
+    raise SlmkitError(
+        f"no stock transformers class represents this model exactly (positions={c.positions}, ffn={c.ffn}, norm={c.norm}, "
+        f"n_kv_heads={c.kv_heads}/{c.n_head}, sliding_window={c.sliding_window}, qk_norm={c.qk_norm}, bias={c.bias}), "
+        f"and slmkit does not export approximations. The closest classes and what they lack — "
+        + " | ".join(closest)
+        + f". Exportable: {exportable_forms(head)}."
+    )
+
+
+def exportable_forms(head: str = "lm") -> str:
+    """What each row's `head` class takes, from the table: 'LlamaForCausalLM (rope, swiglu, rmsnorm, ...); ...'."""
+    return "; ".join(f"{t.heads[head].model_class} ({describe(t.accepts)})" for t in TARGETS.values() if head in t.heads)

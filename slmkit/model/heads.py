@@ -1,0 +1,145 @@
+"""Heads by name: what the body's hidden states become — next-token logits, a label per sequence or per token, a span.
+
+Each head is built as `HEADS.get(kind)(config, spec, body)` and called as head(hidden [B, T, d_model], padding_mask)
+with padding_mask bool [B, T] (True = real token) or None. Outputs are fp32, whatever the body computes in.
+Layer names and biases follow the Hugging Face classes (score, qa_outputs) so every head exports exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from slmkit.errors import SlmkitError
+from slmkit.model.config import ModelConfig
+from slmkit.model.transformer import Transformer
+from slmkit.registry import Registry
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """Which head, and what it needs beyond the model config: its label names (in output order) and its pooling."""
+
+    kind: str
+    labels: tuple[str, ...] = ()
+    pooling: str = "last"
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
+
+
+Pooling = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+POOLINGS: Registry[Pooling] = Registry("pooling", "pool(hidden [B, T, d], padding_mask [B, T] or None) -> [B, d].")
+
+
+@POOLINGS.register("last")
+def last_token(hidden: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
+    """The last real token: the only one a causal model lets see the whole sequence (right padding assumed)."""
+    if padding_mask is None:
+        return hidden[:, -1]
+    last = padding_mask.long().sum(dim=1).clamp(min=1) - 1
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+@POOLINGS.register("first")
+def first_token(hidden: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
+    """The first token (BERT's [CLS] position): sees everything only in a bidirectional model."""
+    return hidden[:, 0]
+
+
+@POOLINGS.register("mean")
+def mean_of_tokens(hidden: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
+    """The average over real tokens."""
+    if padding_mask is None:
+        return hidden.mean(dim=1)
+    weights = padding_mask.to(hidden.dtype)[..., None]
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+class Head(nn.Module):
+    """The contract of a head; `reset_parameters` gives it the body's normal(0, init_std) init."""
+
+    def __init__(self, config: ModelConfig, spec: HeadSpec):
+        super().__init__()
+        self.spec = spec
+        self.init_std = config.init_std
+
+    def reset_parameters(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, mean=0.0, std=self.init_std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+
+HEADS: Registry[type[Head]] = Registry("head", "A Head subclass, built as cls(config, spec, body).")
+
+
+def _needs_labels(spec: HeadSpec, at_least: int) -> None:
+    if spec.num_labels < at_least:
+        raise SlmkitError(f"a {spec.kind} head needs at least {at_least} labels, got {spec.num_labels}")
+
+
+@HEADS.register("lm")
+class LanguageModelHead(Head):
+    """Logits over the vocabulary at every position; shares the token embeddings when model.tie_embeddings."""
+
+    def __init__(self, config: ModelConfig, spec: HeadSpec, body: Transformer):
+        super().__init__(config, spec)
+        self.proj = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.reset_parameters()
+        if config.tie_embeddings:
+            self.proj.weight = body.tok_embeddings.weight
+
+    def forward(self, hidden: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.proj(hidden).float()
+
+
+@HEADS.register("sequence_classification")
+class SequenceClassificationHead(Head):
+    """One label per sequence: the pooled hidden state through `score` (no bias, as transformers' classes)."""
+
+    def __init__(self, config: ModelConfig, spec: HeadSpec, body: Transformer):
+        super().__init__(config, spec)
+        _needs_labels(spec, 2)
+        self.pool = POOLINGS.get(spec.pooling)
+        self.score = nn.Linear(config.d_model, spec.num_labels, bias=False)
+        self.reset_parameters()
+
+    def forward(self, hidden: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, num_labels]."""
+        return self.score(self.pool(hidden, padding_mask)).float()
+
+
+@HEADS.register("token_classification")
+class TokenClassificationHead(Head):
+    """One label per token: dropout (training only) and `score` with a bias, as transformers' token classifiers."""
+
+    def __init__(self, config: ModelConfig, spec: HeadSpec, body: Transformer):
+        super().__init__(config, spec)
+        _needs_labels(spec, 2)
+        self.dropout = nn.Dropout(config.dropout)
+        self.score = nn.Linear(config.d_model, spec.num_labels)
+        self.reset_parameters()
+
+    def forward(self, hidden: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, T, num_labels]."""
+        return self.score(self.dropout(hidden)).float()
+
+
+@HEADS.register("span")
+class SpanHead(Head):
+    """Extractive question answering: a start and an end logit per token (`qa_outputs`, as transformers)."""
+
+    def __init__(self, config: ModelConfig, spec: HeadSpec, body: Transformer):
+        super().__init__(config, spec)
+        self.qa_outputs = nn.Linear(config.d_model, 2)
+        self.reset_parameters()
+
+    def forward(self, hidden: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, T, 2]: [..., 0] starts, [..., 1] ends."""
+        return self.qa_outputs(hidden).float()

@@ -1,0 +1,9 @@
+"""Training objectives by name: what a run teaches the model, which heads that needs and which data it reads.
+
+Importing this package registers every built-in objective.
+"""
+
+from slmkit.objectives import classification, language_model, sft, span_qa, token_classification  # noqa: F401
+from slmkit.objectives.base import OBJECTIVES, TASK_EXAMPLES, TOKEN_WINDOWS, Objective, TaskObjective, model_heads
+
+__all__ = ["OBJECTIVES", "TASK_EXAMPLES", "TOKEN_WINDOWS", "Objective", "TaskObjective", "model_heads"]

@@ -1,0 +1,166 @@
+"""Fine-tuning from a pretrained run: init_from, each objective and its head end to end on the shared task data,
+LoRA, exact resume, and the mistakes a user can make on the way."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from slmkit.checkpoint import build_model, init_from_checkpoint, load_checkpoint
+from slmkit.errors import SlmkitError
+from slmkit.recipes import resolve_recipe
+from slmkit.training.run import train
+from tests.test_training import TINY, read_metrics, tiny_config
+
+FAST = ["trainer.max_steps=6", "trainer.micro_batch_size=4", "trainer.log_every=1", "trainer.val_every=3",
+        "trainer.val_batches=1", "trainer.checkpoint_every=3", "trainer.progress_bar=false", "eval.limit=24",
+        "optim.warmup_steps=2"]
+
+
+@pytest.fixture(scope="session")
+def pretrained(shared_dir, tmp_path_factory) -> Path:
+    """A tiny causal LM with a BPE tokenizer: the run every fine-tune here starts from."""
+    run = tmp_path_factory.mktemp("pretrained") / "run"
+    train(tiny_config(shared_dir, run, "trainer.max_steps=4", "model.dropout=0.0", "model.block_size=64"))
+    return run
+
+
+def finetune(recipe: str, pretrained: Path, out: Path, *extra: str):
+    config = resolve_recipe(recipe, [f"init_from={pretrained}", f"out_dir={out}", *FAST, *extra])
+    return train(config), config
+
+
+def weight_names(run: Path) -> set[str]:
+    with safe_open(str(run / "model.safetensors"), framework="pt") as f:
+        return set(f.keys())
+
+
+def eval_results(run: Path) -> dict:
+    return json.loads((run / "eval" / "results.json").read_text())["results"]
+
+
+def test_classification_finetune_keeps_the_body_adds_a_head_and_reports_the_task(pretrained, tmp_path, caplog):
+    result, _ = finetune("finance-sentiment", pretrained, tmp_path / "run")
+    run = result.out_dir
+    config = load_checkpoint(run).config
+    assert config.objective.labels == ["negative", "positive", "neutral"] and config.objective.pooling == "last"
+    names = weight_names(run)
+    assert "heads.sequence_classification.score.weight" in names and not any(n.startswith("heads.lm") for n in names)
+    assert "heads the checkpoint lacks, initialized fresh: sequence_classification" in caplog.text
+    assert "checkpoint heads this run does not use: lm" in caplog.text
+    report = eval_results(run)["fin_sentiment"]
+    assert set(report["metrics"]) == {"acc", "macro_f1"} and "majority" in report["baselines"]
+    assert report["details"]["confusion (rows gold, columns predicted)"]["labels"] == ["negative", "positive", "neutral"]
+    assert "per class" in (run / "eval" / "results.md").read_text()
+    records = read_metrics(run)
+    assert all("examples_per_s" in r for r in records if "train_loss" in r)
+
+
+def test_init_from_loads_the_pretrained_body_exactly(pretrained):
+    config = resolve_recipe("finance-sentiment", [f"init_from={pretrained}", "objective.labels=[a,b,c]", "objective.pooling=last"])
+    model = build_model(config)
+    report = init_from_checkpoint(model, pretrained)
+    assert (report.loaded_heads, report.new_heads, report.unused_heads) == ([], ["sequence_classification"], ["lm"])
+    before = load_checkpoint(pretrained).model
+    for name, tensor in before.body.state_dict().items():
+        assert torch.equal(tensor, model.body.state_dict()[name]), name
+
+
+def test_token_classification_finetune_scores_entities(pretrained, tmp_path):
+    result, _ = finetune("ncbi-disease-ner", pretrained, tmp_path / "run")
+    config = load_checkpoint(result.out_dir).config
+    assert config.objective.labels == ["O", "B-Disease", "I-Disease"]
+    report = eval_results(result.out_dir)["ncbi_disease"]
+    assert {"entity_f1", "entity_precision", "entity_recall"} <= set(report["metrics"])
+    assert report["baselines"]["gazetteer entity_f1"]["value"] > 0.3
+
+
+def test_span_qa_finetune_scores_exact_match_and_f1(pretrained, tmp_path):
+    result, _ = finetune("tatqa-spans", pretrained, tmp_path / "run")
+    report = eval_results(result.out_dir)["tatqa_text_spans"]
+    assert set(report["metrics"]) == {"exact_match", "f1"}
+    assert "heads.span.qa_outputs.weight" in weight_names(result.out_dir)
+
+
+def test_sft_finetune_learns_completions_and_scores_generations(pretrained, tmp_path):
+    result, _ = finetune("pubmedqa-sft", pretrained, tmp_path / "run", "eval.limit=4")
+    report = eval_results(result.out_dir)["pubmedqa_answer"]
+    assert {"exact_match", "contains"} <= set(report["metrics"])
+    assert "heads.lm.proj.weight" in weight_names(result.out_dir) or "body.tok_embeddings.weight" in weight_names(result.out_dir)
+
+
+def test_continued_pretraining_reuses_the_tokenizer_and_weights(pretrained, tmp_path, shared_dir):
+    config = resolve_recipe("finance-from-legal-tiny", [
+        f"init_from={pretrained}", f"out_dir={tmp_path / 'run'}", f"data.root={shared_dir / 'corpora'}", *FAST,
+        "data.sources=[{name: fomc, path: finance/fomc_statements.jsonl.gz, max_documents: 40}]", "eval.tasks=[]",
+    ])
+    assert Path(config.tokenizer.path) == pretrained / "tokenizer.json"
+    assert config.model == load_checkpoint(pretrained).config.model
+    result = train(config)
+    assert (result.out_dir / "tokenizer.json").read_bytes() == (pretrained / "tokenizer.json").read_bytes()
+
+
+def test_lora_trains_adapters_and_the_head_then_merges_into_plain_weights(pretrained, tmp_path):
+    result, _ = finetune("finance-sentiment", pretrained, tmp_path / "run", "lora.rank=4", "lora.targets=[q_proj,v_proj]")
+    names = weight_names(result.out_dir)
+    assert not any("lora" in n or "base_layer" in n for n in names)
+    before, after = load_checkpoint(pretrained).model.body, load_checkpoint(result.out_dir).model.body
+    # Only the adapted projections moved (by their merged update); every other body weight stayed frozen.
+    for name, tensor in before.state_dict().items():
+        moved = not torch.equal(tensor, after.state_dict()[name])
+        assert moved == name.endswith(("q_proj.weight", "v_proj.weight")), name
+    # A training checkpoint of the LoRA run loads too: adapters folded in on the way.
+    ckpt = load_checkpoint(result.out_dir / "checkpoints" / "step-6.ckpt").model
+    for name, tensor in ckpt.state_dict().items():
+        torch.testing.assert_close(tensor, load_checkpoint(result.out_dir).model.state_dict()[name])
+
+
+def test_a_finetune_resumes_with_identical_losses(pretrained, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    finetune("ncbi-disease-ner", pretrained, straight, "optim.decay_steps=6", "model.dropout=0.1", "eval.limit=2")
+    finetune("ncbi-disease-ner", pretrained, resumed, "optim.decay_steps=6", "model.dropout=0.1", "eval.limit=2", "trainer.max_steps=3")
+    finetune("ncbi-disease-ner", pretrained, resumed, "optim.decay_steps=6", "model.dropout=0.1", "eval.limit=2",
+             f"resume={resumed / 'checkpoints' / 'step-3.ckpt'}")
+    a = [(r["step"], r["train_loss"]) for r in read_metrics(straight) if "train_loss" in r]
+    b = [(r["step"], r["train_loss"]) for r in read_metrics(resumed) if "train_loss" in r]
+    assert a == b
+
+
+# --- mistakes ------------------------------------------------------------------------------------------------
+
+
+def test_init_from_nothing_says_what_to_pass(tmp_path):
+    with pytest.raises(SlmkitError, match="init_from=.*nothing there"):
+        resolve_recipe("finance-sentiment", [f"init_from={tmp_path / 'missing'}"])
+
+
+def test_init_from_refuses_weights_that_do_not_fit_naming_them(pretrained, tmp_path):
+    with pytest.raises(SlmkitError, match=r"body.tok_embeddings.weight is \(512, 64\) in the checkpoint but \(600, 64\)"):
+        finetune("finance-sentiment", pretrained, tmp_path / "run", "model.vocab_size=600")
+
+
+def test_init_from_refuses_another_tokenizer(pretrained, tmp_path):
+    other = tmp_path / "other.json"
+    other.write_text((pretrained / "tokenizer.json").read_text().replace('"<|endoftext|>"', '"<|end|>"'))
+    with pytest.raises(SlmkitError, match="not the tokenizer of init_from"):
+        resolve_recipe("finance-sentiment", [f"init_from={pretrained}", f"tokenizer.path={other}"])
+
+
+def test_a_finetune_without_a_tokenizer_is_refused(tmp_path):
+    config = resolve_recipe("finance-sentiment", ["init_from=null", *TINY, f"out_dir={tmp_path / 'run'}"])
+    with pytest.raises(SlmkitError, match="init_from=RUN"):
+        train(config)
+
+
+def test_lora_on_a_layer_that_does_not_exist_names_the_real_ones(pretrained, tmp_path):
+    with pytest.raises(SlmkitError, match="qproj.*q_proj"):
+        finetune("finance-sentiment", pretrained, tmp_path / "run", "lora.rank=4", "lora.targets=[qproj]")
+
+
+def test_a_task_of_the_wrong_type_for_the_objective_is_refused(pretrained, tmp_path):
+    with pytest.raises(SlmkitError, match="learns token_classification tasks, and fin_sentiment is a classification task"):
+        finetune("ncbi-disease-ner", pretrained, tmp_path / "run", "objective.task=fin_sentiment")
