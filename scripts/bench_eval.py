@@ -31,7 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from slmkit.checkpoint import load_checkpoint, save_inference_checkpoint  # noqa: E402
 from slmkit.config import RunConfig  # noqa: E402
 from slmkit.eval import resolve_task, run_tasks  # noqa: E402
-from slmkit.eval.tasks import TASK_TYPES, RunSettings  # noqa: E402
+from slmkit.eval.task import TASK_TYPES, RunSettings  # noqa: E402
 from slmkit.model import Model, ModelConfig  # noqa: E402
 
 

@@ -45,7 +45,7 @@ def _recipe_and_overrides(args: Sequence[str]) -> tuple[str, list[str]]:
 
 
 def cmd_train(ns: argparse.Namespace) -> None:
-    from slmkit.recipes import expand_sweep, resolve_recipe
+    from slmkit.recipe import expand_sweep, resolve_recipe
     from slmkit.training.run import describe, train
 
     # Flags may come after the key=value pairs, where argparse's remainder has already swallowed them.
@@ -67,7 +67,7 @@ def cmd_train(ns: argparse.Namespace) -> None:
 
 
 def cmd_recipes(ns: argparse.Namespace) -> None:
-    from slmkit.recipes import list_recipes, recipe_guide
+    from slmkit.recipe import list_recipes, recipe_guide
 
     if ns.guide:
         print(recipe_guide(), end="")
@@ -77,7 +77,7 @@ def cmd_recipes(ns: argparse.Namespace) -> None:
 
 def cmd_recipe_command(command: RecipeCommand, ns: argparse.Namespace) -> None:
     """A command a plugin registered: the recipe resolved here, the work and the text to print from the plugin."""
-    from slmkit.recipes import resolve_recipe
+    from slmkit.recipe import resolve_recipe
 
     output = command.run(resolve_recipe(*_recipe_and_overrides(ns.args)), ns)
     print(output, end="" if output.endswith("\n") else "\n")

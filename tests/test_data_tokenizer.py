@@ -9,7 +9,7 @@ from tokenizers import Tokenizer, models
 from data_prep.tokenizer import tokenizer_sha256, train_tokenizer
 from slmkit.data_config import TokenizerConfig
 from slmkit.errors import SlmkitError
-from slmkit.recipes import resolve_recipe
+from slmkit.recipe import resolve_recipe
 from slmkit.tokenizer import TOKENIZER_KINDS, end_of_document_id, load_tokenizer
 
 TEXTS = [

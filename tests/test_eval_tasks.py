@@ -12,7 +12,7 @@ from slmkit.eval.classification import verbalizations
 from slmkit.eval.legalbench import legalbench_members
 from slmkit.eval.prompting import ContextBuilder
 from slmkit.eval.records import read_records, subset
-from slmkit.eval.tasks import RunSettings
+from slmkit.eval.task import RunSettings
 from slmkit.eval.templates import render
 
 

@@ -12,7 +12,7 @@ from safetensors import safe_open
 
 from slmkit.checkpoint import build_model, init_from_checkpoint, load_checkpoint
 from slmkit.errors import SlmkitError
-from slmkit.recipes import resolve_recipe
+from slmkit.recipe import resolve_recipe
 from slmkit.training.run import train
 from tests.test_training import TINY, read_metrics, tiny_config
 

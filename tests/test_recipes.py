@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from slmkit.errors import SlmkitError
-from slmkit.recipes import count_parameters, expand_sweep, list_recipes, recipe_names, resolve_recipe
+from slmkit.recipe import count_parameters, expand_sweep, list_recipes, recipe_names, resolve_recipe
 
 SHIPPED = ["legal-125m", "legal-tiny", "shakespeare-char", "gpt2-124m"]
 
@@ -91,7 +91,7 @@ def test_key_listing_documents_list_items_and_takes_choices_from_registries():
 
 
 def test_the_committed_recipe_guide_is_generated_from_the_current_config():
-    from slmkit.recipes import recipe_guide
+    from slmkit.recipe import recipe_guide
 
     committed = (Path(__file__).resolve().parents[1] / "docs" / "recipe-guide.md").read_text(encoding="utf-8")
     assert committed == recipe_guide(), "docs/recipe-guide.md is stale: run `slmkit recipes --guide > docs/recipe-guide.md`"

@@ -16,7 +16,7 @@ from slmkit.checkpoint import load_checkpoint
 from slmkit.data import RUN_MANIFEST
 from slmkit.errors import SlmkitError
 from slmkit.export.model_card import model_card
-from slmkit.recipes import resolve_recipe
+from slmkit.recipe import resolve_recipe
 from slmkit.training.run import train
 
 TINY = [

@@ -6,7 +6,7 @@
 from slmkit.eval.catalog import builtin_names, load_task_file, resolve_task
 from slmkit.eval.report import compare_runs
 from slmkit.eval.run import EvalArgs, evaluate, run_eval, run_tasks
-from slmkit.eval.tasks import TASK_FAMILIES, TASK_TYPES, RunSettings, TaskSpec
+from slmkit.eval.task import TASK_FAMILIES, TASK_TYPES, RunSettings, TaskSpec
 
 __all__ = [
     "EvalArgs",

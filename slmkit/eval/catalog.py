@@ -18,7 +18,7 @@ import slmkit.eval.multiple_choice  # noqa: F401
 import slmkit.eval.span_qa  # noqa: F401
 import slmkit.eval.token_classification  # noqa: F401
 from slmkit.errors import SlmkitError
-from slmkit.eval.tasks import TASK_FAMILIES, TaskSpec, parse_task
+from slmkit.eval.task import TASK_FAMILIES, TaskSpec, parse_task
 from slmkit.registry import did_you_mean
 
 BUILTIN_DIR = Path(__file__).parent / "tasks"

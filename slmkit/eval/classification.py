@@ -17,7 +17,7 @@ from slmkit.eval.loglikelihood import Scorer
 from slmkit.eval.metrics import Metric, TaskResult, label_report, majority
 from slmkit.eval.multiple_choice import ChoiceExample, score_choices
 from slmkit.eval.prompting import ContextBuilder, PromptOptions, load_examples
-from slmkit.eval.tasks import TASK_TYPES, RunSettings, TaskSpec, required
+from slmkit.eval.task import TASK_TYPES, RunSettings, TaskSpec, required
 from slmkit.eval.templates import render
 
 

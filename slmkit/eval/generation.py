@@ -14,7 +14,7 @@ from slmkit.eval.decode import greedy_until
 from slmkit.eval.loglikelihood import Scorer
 from slmkit.eval.metrics import TaskResult, accuracy, majority
 from slmkit.eval.prompting import ContextBuilder, PromptOptions, load_examples
-from slmkit.eval.tasks import TASK_TYPES, RunSettings, TaskSpec, required
+from slmkit.eval.task import TASK_TYPES, RunSettings, TaskSpec, required
 from slmkit.eval.templates import render
 from slmkit.options import option
 

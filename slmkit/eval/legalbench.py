@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from slmkit.errors import SlmkitError
-from slmkit.eval.tasks import TASK_FAMILIES, TaskSpec, parse_task, resolve_path
+from slmkit.eval.task import TASK_FAMILIES, TaskSpec, parse_task, resolve_path
 from slmkit.registry import did_you_mean
 
 MAX_CLASSIFICATION_LABELS = 10  # without a README task type, more distinct answers than this means open answers

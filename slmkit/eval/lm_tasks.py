@@ -15,7 +15,7 @@ import numpy as np
 from slmkit.eval.loglikelihood import Scorer
 from slmkit.eval.metrics import Metric, TaskResult, bootstrap_stderr
 from slmkit.eval.records import read_records, subset
-from slmkit.eval.tasks import TASK_TYPES, RunSettings, TaskSpec, required
+from slmkit.eval.task import TASK_TYPES, RunSettings, TaskSpec, required
 from slmkit.errors import SlmkitError
 from slmkit.options import option
 

@@ -13,7 +13,7 @@ from slmkit.errors import SlmkitError
 from slmkit.eval.loglikelihood import Scorer
 from slmkit.eval.metrics import TaskResult, accuracy, chance, majority
 from slmkit.eval.prompting import ContextBuilder, PromptOptions, load_examples
-from slmkit.eval.tasks import TASK_TYPES, RunSettings, TaskSpec, required
+from slmkit.eval.task import TASK_TYPES, RunSettings, TaskSpec, required
 from slmkit.eval.templates import render
 from slmkit.options import option
 

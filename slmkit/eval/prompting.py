@@ -11,7 +11,7 @@ from typing import Any, Callable, Optional
 
 from slmkit.errors import SlmkitError
 from slmkit.eval.records import FORMATS, read_records, select, subset
-from slmkit.eval.tasks import RunSettings, TaskSpec, required
+from slmkit.eval.task import RunSettings, TaskSpec, required
 from slmkit.eval.templates import render
 from slmkit.options import option
 

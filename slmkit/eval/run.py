@@ -20,7 +20,7 @@ from slmkit.eval.catalog import resolve_task
 from slmkit.eval.loglikelihood import Scorer
 from slmkit.eval.metrics import TaskResult
 from slmkit.eval.report import label_tables, markdown_table, write_report
-from slmkit.eval.tasks import TASK_TYPES, RunSettings
+from slmkit.eval.task import TASK_TYPES, RunSettings
 from slmkit.options import option
 
 log = logging.getLogger("slmkit.eval")

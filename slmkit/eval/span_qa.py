@@ -21,7 +21,7 @@ from slmkit.eval.head_outputs import head_outputs, require_head
 from slmkit.eval.loglikelihood import Scorer
 from slmkit.eval.metrics import TaskResult, answer_scores
 from slmkit.eval.prompting import RecordOptions, load_examples
-from slmkit.eval.tasks import TASK_TYPES, RunSettings, TaskSpec, required
+from slmkit.eval.task import TASK_TYPES, RunSettings, TaskSpec, required
 from slmkit.eval.templates import render
 from slmkit.options import option
 

@@ -20,7 +20,7 @@ from slmkit.eval.loglikelihood import Scorer
 from slmkit.eval.metrics import TaskResult, bio_entities, entity_scores
 from slmkit.eval.prompting import RecordOptions, load_examples, task_records
 from slmkit.eval.records import CONLL_TAGS, CONLL_TOKENS
-from slmkit.eval.tasks import TASK_TYPES, RunSettings, TaskSpec
+from slmkit.eval.task import TASK_TYPES, RunSettings, TaskSpec
 from slmkit.options import option
 
 TOKEN_HEAD = "token_classification"

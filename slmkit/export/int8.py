@@ -15,10 +15,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from slmkit.checkpoint import CONFIG_FILE, TIED, TOKENIZER_FILE, LoadedCheckpoint, build_model, with_tied_names
+from slmkit.checkpoint import CONFIG_FILE, TIED, LoadedCheckpoint, build_model, with_tied_names
 from slmkit.config import load_run_config, save_run_config
 from slmkit.errors import SlmkitError
 from slmkit.export.run import EXPORT_FORMATS, ExportContext
+from slmkit.tokenizer import TOKENIZER_FILE
 from slmkit.model import Model
 
 INT8_WEIGHTS_FILE = "model.int8.safetensors"

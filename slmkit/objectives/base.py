@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # the run config imports nothing of this package; only the ty
     from tokenizers import Tokenizer
 
     from slmkit.config import RunConfig
-    from slmkit.eval.tasks import TaskSpec
+    from slmkit.eval.task import TaskSpec
 
 TOKEN_WINDOWS = "token_windows"  # batches of windows over the prepared token shards: {input_ids, targets}
 TASK_EXAMPLES = "task_examples"  # batches of a task's encoded records, padded: {input_ids, padding_mask, ...}

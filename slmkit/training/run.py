@@ -224,7 +224,7 @@ def _final_evaluation(config: RunConfig, out_dir: Path) -> None:
 def describe(config: RunConfig) -> str:
     """The dry run: resolved config, model size and FLOPs, batch, and whether tokenizer and shards are ready."""
     from slmkit.config import config_to_yaml
-    from slmkit.recipes import count_parameters, format_count
+    from slmkit.recipe import count_parameters, format_count
 
     params, exact = count_parameters(config)
     trainer = config.trainer

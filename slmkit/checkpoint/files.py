@@ -1,6 +1,6 @@
-"""Loading a trained model for inference: from a run folder, a Lightning checkpoint, a DeepSpeed folder or safetensors.
+"""A run's checkpoint files: what they are called, how a model is built for them, written, read and located.
 
-Eval, generation and export start here, never from a training run's internals. Only tensors are loaded:
+Loading takes a run folder, a Lightning checkpoint, a DeepSpeed folder or safetensors. Only tensors are loaded:
 safetensors, or torch.load(weights_only=True) — a checkpoint can never run code.
 """
 
@@ -138,7 +138,7 @@ def read_state_dict(weights_path: Path) -> dict[str, torch.Tensor]:
     if weights_path.suffix == ".safetensors":
         return load_file(str(weights_path))
     if weights_path.is_dir():
-        from slmkit.zero_checkpoint import consolidate_zero_checkpoint
+        from slmkit.checkpoint.zero import consolidate_zero_checkpoint
 
         state = consolidate_zero_checkpoint(weights_path)
     else:

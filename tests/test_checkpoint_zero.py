@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from slmkit.errors import SlmkitError
-from slmkit.zero_checkpoint import consolidate_zero_checkpoint
+from slmkit.checkpoint.zero import consolidate_zero_checkpoint
 
 pytest.importorskip("deepspeed")
 
