@@ -28,6 +28,8 @@ USAGE_EXAMPLES = """examples:
   slmkit eval compare runs/a runs/b
   slmkit generate checkpoint=runs/legal-tiny/<time> prompt="The court held"
   slmkit export checkpoint=runs/legal-tiny/<time> out=exports/legal-tiny
+  slmkit train recipe=finance-sentiment          (after recipe=finance-tiny: fine-tunes its latest run)
+  slmkit predict checkpoint=runs/finance-sentiment/latest input=headlines.txt
 """
 
 
@@ -103,6 +105,13 @@ def cmd_export(ns: argparse.Namespace) -> None:
     print(f"exported to {out}")
 
 
+def cmd_predict(ns: argparse.Namespace) -> None:
+    from slmkit.config import build_config
+    from slmkit.predict import PredictArgs, run_predict
+
+    run_predict(build_config(PredictArgs, overrides=ns.args))
+
+
 def cmd_generate(ns: argparse.Namespace) -> None:
     from slmkit.config import build_config
     from slmkit.generate import GenerateArgs, run_generate
@@ -147,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("eval", cmd_eval, "evaluate a checkpoint: slmkit eval checkpoint=PATH tasks=[...] | slmkit eval compare RUN_A RUN_B")
     add("export", cmd_export, "export a checkpoint: slmkit export checkpoint=PATH out=DIR [format=hf|gguf|int8]")
     add("generate", cmd_generate, "generate text: slmkit generate checkpoint=PATH prompt=\"...\"")
+    add("predict", cmd_predict, "run a fine-tuned model over records: slmkit predict checkpoint=PATH input=FILE [out=FILE]")
     return parser
 
 

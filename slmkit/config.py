@@ -71,7 +71,7 @@ class EvalConfig:
 
 @dataclass
 class ObjectiveConfig:
-    name: str = option("causal_lm", "What the run trains the model to do, by name; it decides the model's heads and the data it reads.")
+    name: str = option("causal_lm", "What the run trains the model to do, by name; it decides the model's heads and the data it reads.", choices="slmkit.objectives:OBJECTIVES")
     task: Optional[str] = option(None, "Fine-tuning objectives: the task (built-in name or task YAML) whose `train` records are learned and whose `data` records are scored.")
     labels: list[str] = option([], "Classification heads: label names in output order; empty = the task's labels (filled in when the run starts and saved with it).")
     pooling: str = option("auto", "Sequence classification: how one vector stands for the sequence, by name; auto = last for a causal model, mean for a bidirectional one.")

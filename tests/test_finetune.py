@@ -12,6 +12,7 @@ from safetensors import safe_open
 
 from slmkit.checkpoint import build_model, init_from_checkpoint, load_checkpoint
 from slmkit.errors import SlmkitError
+from slmkit.predict import WORD, PredictArgs, run_predict
 from slmkit.recipe import resolve_recipe
 from slmkit.training.run import train
 from tests.test_training import TINY, read_metrics, tiny_config
@@ -32,6 +33,16 @@ def pretrained(shared_dir, tmp_path_factory) -> Path:
 def finetune(recipe: str, pretrained: Path, out: Path, *extra: str):
     config = resolve_recipe(recipe, [f"init_from={pretrained}", f"out_dir={out}", *FAST, *extra])
     return train(config), config
+
+
+@pytest.fixture(scope="module")
+def ner_run(pretrained, tmp_path_factory) -> Path:
+    return finetune("ncbi-disease-ner", pretrained, tmp_path_factory.mktemp("ner") / "run")[0].out_dir
+
+
+@pytest.fixture(scope="module")
+def span_run(pretrained, tmp_path_factory) -> Path:
+    return finetune("tatqa-spans", pretrained, tmp_path_factory.mktemp("span") / "run")[0].out_dir
 
 
 def weight_names(run: Path) -> set[str]:
@@ -58,6 +69,13 @@ def test_classification_finetune_keeps_the_body_adds_a_head_and_reports_the_task
     assert "per class" in (run / "eval" / "results.md").read_text()
     records = read_metrics(run)
     assert all("examples_per_s" in r for r in records if "train_loss" in r)
+    headlines = tmp_path / "headlines.csv"
+    headlines.write_text('id,text\n1,"Shares of $XYZ soar after record earnings"\n2,Fed holds rates steady\n')
+    predictions = run_predict(PredictArgs(checkpoint=str(run), input=str(headlines)))
+    assert [p["id"] for p in predictions] == ["1", "2"]
+    for p in predictions:
+        assert set(p["prediction"]["probabilities"]) == {"negative", "positive", "neutral"}
+        assert abs(sum(p["prediction"]["probabilities"].values()) - 1) < 1e-5
 
 
 def test_init_from_loads_the_pretrained_body_exactly(pretrained):
@@ -70,20 +88,38 @@ def test_init_from_loads_the_pretrained_body_exactly(pretrained):
         assert torch.equal(tensor, model.body.state_dict()[name]), name
 
 
-def test_token_classification_finetune_scores_entities(pretrained, tmp_path):
-    result, _ = finetune("ncbi-disease-ner", pretrained, tmp_path / "run")
-    config = load_checkpoint(result.out_dir).config
+def test_token_classification_finetune_scores_entities(ner_run):
+    config = load_checkpoint(ner_run).config
     assert config.objective.labels == ["O", "B-Disease", "I-Disease"]
-    report = eval_results(result.out_dir)["ncbi_disease"]
+    report = eval_results(ner_run)["ncbi_disease"]
     assert {"entity_f1", "entity_precision", "entity_recall"} <= set(report["metrics"])
     assert report["baselines"]["gazetteer entity_f1"]["value"] > 0.3
 
 
-def test_span_qa_finetune_scores_exact_match_and_f1(pretrained, tmp_path):
-    result, _ = finetune("tatqa-spans", pretrained, tmp_path / "run")
-    report = eval_results(result.out_dir)["tatqa_text_spans"]
+def test_span_qa_finetune_scores_exact_match_and_f1(span_run):
+    report = eval_results(span_run)["tatqa_text_spans"]
     assert set(report["metrics"]) == {"exact_match", "f1"}
-    assert "heads.span.qa_outputs.weight" in weight_names(result.out_dir)
+    assert "heads.span.qa_outputs.weight" in weight_names(span_run)
+
+
+def test_predict_writes_labels_entities_and_answers_with_offsets(ner_run, span_run, pretrained, tmp_path):
+    texts = tmp_path / "sentences.txt"
+    texts.write_text("Mutations cause breast cancer in families.\n\nAtaxia-telangiectasia is rare.\n")
+    out = tmp_path / "ner.jsonl"
+    run_predict(PredictArgs(checkpoint=str(ner_run), input=str(texts), out=str(out)))
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["text"] for r in lines] == ["Mutations cause breast cancer in families.", "Ataxia-telangiectasia is rare."]
+    for record in lines:
+        assert len(record["prediction"]["tags"]) == len(WORD.findall(record["text"]))
+        for entity in record["prediction"]["entities"]:
+            assert record["text"][entity["start"]:entity["end"]] == entity["text"] and entity["label"] == "Disease"
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text(json.dumps({"question": "What rose?", "paragraphs": ["Revenue rose 5% in 2019.", "Costs fell."]}) + "\n")
+    [answer] = run_predict(PredictArgs(checkpoint=str(span_run), input=str(questions)))
+    context = "Revenue rose 5% in 2019.\nCosts fell."
+    assert context[answer["prediction"]["start"]:answer["prediction"]["end"]] == answer["prediction"]["answer"]
+    with pytest.raises(SlmkitError, match="needs checkpoint=PATH"):
+        run_predict(PredictArgs(input=str(texts)))
 
 
 def test_sft_finetune_learns_completions_and_scores_generations(pretrained, tmp_path):

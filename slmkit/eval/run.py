@@ -81,7 +81,7 @@ def run_eval(args: EvalArgs) -> dict:
 
     if not args.checkpoint:
         raise SlmkitError("which model? pass checkpoint=PATH (a run folder or a checkpoint file in one)")
-    device = _device(args.device)
+    device = device_of(args.device)
     loaded = load_checkpoint(args.checkpoint, map_location=device)
     tasks = list(args.tasks) or run_tasks_of(loaded.config)
     if not tasks:
@@ -116,7 +116,7 @@ def run_tasks_of(config) -> list[str]:
     return [config.objective.task] if config.objective.task else []
 
 
-def _device(name: str) -> torch.device:
+def device_of(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():

@@ -120,7 +120,17 @@ def best_span(logits: torch.Tensor, window: Window, max_answer_tokens: int) -> t
     return float(scores.flatten()[best]), best // n, best % n
 
 
-def predict_answers(scorer: Scorer, items: list[Question], stride: int, max_answer_tokens: int) -> list[str]:
+@dataclass
+class Answer:
+    """A predicted answer: its text, its character span in the context, and its score (start + end logit)."""
+
+    text: str
+    start: int
+    end: int
+    score: float
+
+
+def predict_answers(scorer: Scorer, items: list[Question], stride: int, max_answer_tokens: int) -> list[Answer]:
     """The best answer span of each question over all windows of its context (empty when the context is empty)."""
     all_windows = [windows(scorer.tokenizer, item, scorer.window, stride, scorer.prefix_id) for item in items]
     flat = [w for ws in all_windows for w in ws]
@@ -129,10 +139,14 @@ def predict_answers(scorer: Scorer, items: list[Question], stride: int, max_answ
     for item, ws in zip(items, all_windows):
         found = [(best, w) for w in ws if (best := best_span(next(logits), w, max_answer_tokens)) is not None]
         if not found:
-            answers.append("")
+            answers.append(Answer("", 0, 0, float("-inf")))
             continue
-        (_, first, last), w = max(found, key=lambda pair: pair[0][0])
-        answers.append(item.context[w.offsets[first][0]: w.offsets[last][1]].strip())
+        (score, first, last), w = max(found, key=lambda pair: pair[0][0])
+        start, end = w.offsets[first][0], w.offsets[last][1]
+        # Byte-level tokens carry the space before a word: the answer starts at its first visible character.
+        while start < end and item.context[start].isspace():
+            start += 1
+        answers.append(Answer(item.context[start:end], start, end, score))
     return answers
 
 
@@ -145,7 +159,7 @@ class SpanQATask:
         require_head(scorer.model, SPAN_HEAD, spec.name, "span_qa")
         items = questions(spec, load_examples(spec, settings))
         options: SpanQAOptions = spec.options
-        predictions = predict_answers(scorer, items, context_stride(options, scorer.window), options.max_answer_tokens)
+        predictions = [a.text for a in predict_answers(scorer, items, context_stride(options, scorer.window), options.max_answer_tokens)]
         in_context = sum(locate(item) is not None for item in items)
         return TaskResult(
             task=spec.name,

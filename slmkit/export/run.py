@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 class ExportArgs:
     checkpoint: str = option("", "Run folder or checkpoint to export (a .ckpt file, DeepSpeed folder or model.safetensors).")
     out: str = option("", "Folder to write; it must not exist or be empty unless overwrite=true.")
-    format: str = option("hf", "hf (transformers folder), gguf (llama.cpp single file), int8 (CPU dynamic-int8 slmkit folder).", choices=("hf", "gguf", "int8"))
+    format: str = option("hf", "Export format by name: hf is a transformers folder, gguf a llama.cpp file, int8 a CPU int8 slmkit folder.", choices="slmkit.export:EXPORT_FORMATS")
     dtype: str = option("fp32", "Tensor type: hf takes fp32, fp16 or bf16; gguf takes fp32, fp16 or q8_0; int8 ignores it.", choices=("fp32", "fp16", "bf16", "q8_0"))
     overwrite: bool = option(False, "Replace a non-empty out folder (the old one goes only once the new one is complete).")
     verify: bool = option(True, "hf only: load the export with transformers and check its logits against slmkit before keeping it.")
