@@ -6,6 +6,7 @@ split lives here too: by seeded document hash, or the tail of the token stream (
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -16,7 +17,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from data_prep.sources import unit_hash
-from slmkit.atomic import atomic_write_bytes
+from slmkit.atomic import atomic_write_bytes, naming
 from slmkit.data import MANIFEST, REQUIRED_KEYS
 
 SPLITS = ("train", "val")
@@ -54,12 +55,14 @@ class ShardWriter:
         while len(tokens):
             if self.handle is None:
                 name = f"{self.split}_{len(self.shards):05d}.bin"
-                self.tmp = self.out_dir / f".{name}.{os.getpid()}.tmp"
-                self.handle = open(self.tmp, "wb")
                 self.shards.append({"file": name, "tokens": 0})
+                self.tmp = self.out_dir / f".{name}.{os.getpid()}.tmp"
+                with self.naming_errors():
+                    self.handle = open(self.tmp, "wb")
                 self.filled = 0
             room = self.shard_tokens - self.filled
-            self.handle.write(tokens[:room].tobytes())
+            with self.naming_errors():
+                self.handle.write(tokens[:room].tobytes())
             taken = min(room, len(tokens))
             self.filled += taken
             self.shards[-1]["tokens"] = self.filled
@@ -68,9 +71,22 @@ class ShardWriter:
                 self.finish_shard()
 
     def finish_shard(self) -> None:
-        self.handle.close()
-        os.replace(self.tmp, self.out_dir / self.shards[-1]["file"])
+        with self.naming_errors():
+            self.handle.close()
+            os.replace(self.tmp, self.out_dir / self.shards[-1]["file"])
         self.handle = None
+
+    @contextlib.contextmanager
+    def naming_errors(self) -> Iterator[None]:
+        """A refused write (full disk) names the shard; its partial temporary goes at once, not at the next run."""
+        try:
+            yield
+        except OSError as err:
+            if self.handle is not None:
+                self.handle.close()
+                self.handle = None
+            self.tmp.unlink(missing_ok=True)
+            raise naming(err, self.out_dir / self.shards[-1]["file"]) from None
 
     def close(self) -> list[dict[str, Any]]:
         if self.handle is not None:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
 from data_prep.prepare import REPORT_DIR, describe_status, prepare, train_recipe_tokenizer
 from data_prep.report import REPORT_JSON, render_markdown
+from slmkit.atomic import atomic_write_text
 from slmkit.commands import RECIPE_COMMANDS, RecipeCommand
 from slmkit.data import DataPreparer, register_preparer
 from slmkit.errors import SlmkitError
@@ -36,7 +36,7 @@ def report_command(config: Any, flags: argparse.Namespace) -> str:
     markdown = render_markdown(json.loads(path.read_text(encoding="utf-8")), examples=not flags.figures_only)
     if flags.out is None:
         return markdown
-    Path(flags.out).write_text(markdown, encoding="utf-8")
+    atomic_write_text(flags.out, markdown)
     return f"report written to {flags.out}"
 
 

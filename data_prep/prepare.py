@@ -25,11 +25,11 @@ from data_prep.pack import STREAM, ShardPacker, write_manifest
 from data_prep.report import REPORT_MARKDOWN, write_report
 from data_prep.sources import resolve_data_root, resolve_source_files, source_name
 from data_prep.tokenizer import tokenizer_sha256, train_tokenizer
-from slmkit.atomic import atomic_copy
+from slmkit.atomic import atomic_copy, remove_temporaries
 from slmkit.data import FORMAT, MANIFEST, PreparedData, token_dtype
 from slmkit.data_config import DataConfig, TokenizerConfig
 from slmkit.errors import SlmkitError
-from slmkit.options import check_choices
+from slmkit.options import check_values
 from slmkit.tokenizer import TOKENIZER_FILE, end_of_document_id, load_tokenizer
 
 # DataConfig fields that cannot change any output (where it goes, how fast), and those that only change packing
@@ -68,22 +68,13 @@ def sha256_json(value: Any) -> str:
 
 def validate(data: DataConfig) -> None:
     """What a recipe's data section must satisfy beyond its types; also for a DataConfig built in Python."""
-    check_choices(data, prefix="data.")
+    check_values(data, prefix="data.")
     if not data.sources:
         raise SlmkitError("data.sources is empty: list at least one source (path: or hf_dataset:) in the recipe's data section")
-    if not 0.0 <= data.val_fraction < 1.0:
-        raise SlmkitError(f"data.val_fraction={data.val_fraction} must be in [0, 1)")
-    if data.shard_tokens < 1:
-        raise SlmkitError(f"data.shard_tokens={data.shard_tokens} must be at least 1")
-    if data.chunk_mb <= 0 or data.memory_limit_mb < 1:
-        raise SlmkitError(f"data.chunk_mb ({data.chunk_mb}) must be positive and data.memory_limit_mb ({data.memory_limit_mb}) at least 1")
     names = [source_name(source) for source in data.sources]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise SlmkitError(f"several data sources are named {', '.join(duplicates)}; give each a distinct `name`")
-    for source in data.sources:
-        if source.weight < 0:
-            raise SlmkitError(f"source {source_name(source)!r} has weight {source.weight}; use 0 or more")
 
 
 def file_print(path: Path) -> list[Any]:
@@ -256,10 +247,13 @@ def ensure_tokenizer(
 # ---- the pipeline --------------------------------------------------------------------------------------------
 
 def clear_outputs(folder: Path) -> None:
-    """Makes the folder incomplete (manifest first) and drops shards of an earlier run, keeping resumable work."""
+    """Makes the folder incomplete (manifest first) and drops shards of an earlier run, and what writers killed
+    mid-write left (shard-sized temporaries), keeping resumable work."""
     (folder / MANIFEST).unlink(missing_ok=True)
     for shard in folder.glob("*.bin"):
         shard.unlink()
+    for subfolder in [folder, folder / REPORT_DIR, *folder.glob("work/*"), *folder.glob("work/*/*")]:
+        remove_temporaries(subfolder)
 
 
 def tokenize_corpus(plan: Plan, corpus: dict[str, Any], pool: ChunkPool, spec: TokenSpec, progress: bool) -> list[dict[str, Any]]:

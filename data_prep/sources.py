@@ -279,8 +279,16 @@ class FileReader:
         except Exception as error:  # pyarrow raises ArrowInvalid/OSError subclasses for damaged files
             raise BadRecord("corrupt_file", f"{self.path}: not a readable parquet file ({error})") from None
         row = 0
-        for batch in parquet.iter_batches(batch_size=1024):
-            for record in batch.to_pylist():
+        batches = parquet.iter_batches(batch_size=1024)
+        while True:
+            try:
+                batch = next(batches, None)
+                records = batch.to_pylist() if batch is not None else []
+            except Exception as error:  # a damaged page past the footer: pyarrow's OSError/ArrowInvalid
+                raise BadRecord("corrupt_file", f"{self.path}: damaged parquet data after row {row} ({error})") from None
+            if batch is None:
+                return
+            for record in records:
                 yield f"row {row}", record
                 row += 1
 

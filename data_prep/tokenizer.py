@@ -7,7 +7,6 @@ gives the recipe's special tokens ids 0, 1, ... in order: the first is the end-o
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -17,7 +16,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 from slmkit.atomic import atomic_path
 from slmkit.data_config import TokenizerConfig
 from slmkit.errors import SlmkitError
-from slmkit.tokenizer import TOKENIZER_KINDS, UNK
+from slmkit.tokenizer import TOKENIZER_KINDS, UNK, tokenizer_sha256
 
 
 def with_unk(special_tokens: list[str]) -> list[str]:
@@ -135,7 +134,3 @@ def train_tokenizer(config: TokenizerConfig, texts: Iterable[str], out_path: Pat
         "seconds": round(time.perf_counter() - start, 3),
         "sha256": tokenizer_sha256(out_path),
     }
-
-
-def tokenizer_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

@@ -104,13 +104,13 @@ def main() -> None:
     parser.add_argument("--throughput-steps", type=int, default=60, help="steps of each full / LoRA throughput run")
     parser.add_argument("--out", default=str(REPO / "runs" / "bench-finetune" / "results.json"))
     args = parser.parse_args()
-    sources = {"finance-tiny": pretrained("finance-tiny", args.finance), "biomedical-tiny": pretrained("biomedical-tiny", args.biomedical)}
+    tasks = [t for t in TASKS if not args.only or t[1] in args.only]
+    given = {"finance-tiny": args.finance, "biomedical-tiny": args.biomedical}
+    sources = {base: pretrained(base, given[base]) for base in dict.fromkeys(t[2] for t in tasks)}
     work = Path(args.work) / time.strftime("%Y%m%d-%H%M%S")
     report: dict = {"pretrained": {k: str(v) for k, v in sources.items()}, "tasks": {}}
     rows = ["| task | metric | from random init | fine-tuned from pretrained | baseline |", "|---|---|---:|---:|---|"]
-    for name, recipe, base, task, metrics in TASKS:
-        if args.only and recipe not in args.only:
-            continue
+    for name, recipe, base, task, metrics in tasks:
         source = sources[base]
         scratch, scratch_s = finetune(recipe, source, work / f"{recipe}-scratch", True)
         tuned, tuned_s = finetune(recipe, source, work / f"{recipe}-pretrained", False)

@@ -1,6 +1,9 @@
 """Atomic writes: a file or folder appears complete under its final name, or not at all.
 
-A crash mid-write leaves at most a hidden temporary beside the target, never a truncated file under the real name.
+A crash mid-write leaves at most a hidden temporary beside the target, never a truncated file under the real name;
+the owner of a folder removes such leftovers (`remove_temporaries`) before it writes there again. A write that the file
+system refuses (full disk, read-only, a file where a folder should be) raises OSError naming the target, not the
+temporary.
 """
 
 from __future__ import annotations
@@ -10,15 +13,22 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK  # what open() gives a new file; some writers (safetensors) create theirs private
 
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yields a temporary path beside `target`; on success it replaces `target` (file or folder) in one rename."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
+    except OSError as err:
+        raise naming(err, target) from None
     os.close(fd)
     tmp = Path(tmp_name)
     tmp.unlink()  # callers create a file or a folder here themselves
@@ -32,13 +42,48 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
             os.replace(tmp, target)
             shutil.rmtree(old, ignore_errors=True)
         else:
+            if tmp.is_file():
+                os.chmod(tmp, FILE_MODE)
             os.replace(tmp, target)
         _fsync_dir(target.parent)
+    except OSError as err:
+        raise naming(err, target) from None
     finally:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+
+
+def naming(err: OSError, target: Path) -> OSError:
+    """`err` about `target` where it named one of target's temporaries, or nothing: a message naming a hidden
+    temporary would send the user looking for the wrong file."""
+    if err.errno is None or (err.filename is not None and not Path(err.filename).name.startswith(f".{target.name}.")):
+        return err
+    return type(err)(err.errno, err.strerror, str(target))
+
+
+def is_temporary(path: Path) -> bool:
+    """Whether `path` is a hidden temporary of an atomic write (`.NAME.*.tmp*`, `.NAME.old`), slmkit's or DeepSpeed's."""
+    return path.name.startswith(".") and (".tmp" in path.name or path.name.endswith(".old"))
+
+
+def remove_temporaries(folder: str | os.PathLike, of: Iterable[str] | None = None) -> list[Path]:
+    """Deletes the temporaries that writers killed mid-write left in `folder` (not below it), or only those of the
+    targets named in `of`; returns them.
+
+    Only the owner of those targets calls this, before it writes them: nobody else may be writing one right now.
+    """
+    folder = Path(folder)
+    prefixes = tuple(f".{name}." for name in of) if of is not None else (".",)
+    removed = [path for path in folder.iterdir() if is_temporary(path) and path.name.startswith(prefixes)] \
+        if folder.is_dir() else []
+    for path in removed:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return removed
 
 
 def atomic_write_text(target: str | os.PathLike, text: str) -> None:
@@ -60,8 +105,12 @@ def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> None:
 def atomic_copy(source: str | os.PathLike, target: str | os.PathLike) -> None:
     with atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+        fsync_file(tmp)
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
 
 
 def _fsync_dir(folder: Path) -> None:

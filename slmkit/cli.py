@@ -9,11 +9,13 @@ import argparse
 import functools
 import logging
 import os
+import signal
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 from slmkit.commands import RECIPE_COMMANDS, RecipeCommand
-from slmkit.errors import SlmkitError
+from slmkit.errors import SlmkitError, Stopped, Terminated, file_system_error
 from slmkit.plugins import missing_plugin, plugin_problem
 
 USAGE_EXAMPLES = """examples:
@@ -30,6 +32,8 @@ USAGE_EXAMPLES = """examples:
   slmkit export checkpoint=runs/legal-tiny/<time> out=exports/legal-tiny
   slmkit train recipe=finance-sentiment          (after recipe=finance-tiny: fine-tunes its latest run)
   slmkit predict checkpoint=runs/finance-sentiment/latest input=headlines.txt
+  slmkit embed checkpoint=runs/biomedical-encoder-tiny/latest input=abstracts.jsonl out=vectors.npy
+  slmkit distill teacher=runs/legal-teacher-tiny/latest recipe=legal-tiny   (a student learns from a teacher)
 """
 
 
@@ -48,7 +52,6 @@ def _recipe_and_overrides(args: Sequence[str]) -> tuple[str, list[str]]:
 
 def cmd_train(ns: argparse.Namespace) -> None:
     from slmkit.recipe import expand_sweep, resolve_recipe
-    from slmkit.training.run import describe, train
 
     # Flags may come after the key=value pairs, where argparse's remainder has already swallowed them.
     ns.dry_run = ns.dry_run or "--dry-run" in ns.args
@@ -56,8 +59,12 @@ def cmd_train(ns: argparse.Namespace) -> None:
     args = [a for a in ns.args if a not in ("--dry-run", "--multirun", "-m")]
     recipe, overrides = _recipe_and_overrides(args)
     combinations = list(expand_sweep(overrides)) if ns.multirun else [overrides]
-    for i, combination in enumerate(combinations):
-        config = resolve_recipe(recipe, combination)
+    # Every run of a sweep is checked before the first one trains: a bad value must not wait an hour to be reported.
+    configs = [resolve_recipe(recipe, combination) for combination in combinations]
+    _check_distinct_out_dirs(configs, combinations)
+    from slmkit.training.run import describe, train
+
+    for i, (combination, config) in enumerate(zip(combinations, configs)):
         if ns.multirun:
             print(f"[sweep {i + 1}/{len(combinations)}] {' '.join(combination)}")
         if ns.dry_run:
@@ -66,6 +73,29 @@ def cmd_train(ns: argparse.Namespace) -> None:
         result = train(config)
         val = f", final val_loss {result.final_val_loss:.4f}" if result.final_val_loss is not None else ""
         print(f"trained {result.steps} steps{val}; run folder: {result.out_dir}")
+
+
+def _check_distinct_out_dirs(configs: list, combinations: list[list[str]]) -> None:
+    seen: dict[Path, int] = {}
+    for i, config in enumerate(configs):
+        if not config.out_dir:
+            continue  # each run gets a folder of its own under runs/<recipe>/
+        folder = Path(config.out_dir).resolve()
+        if folder in seen:
+            first = seen[folder]
+            raise SlmkitError(
+                f"sweep runs {first + 1} ({' '.join(combinations[first])}) and {i + 1} ({' '.join(combinations[i])}) "
+                f"would both write out_dir={config.out_dir}: leave out_dir unset (each run gets its own folder) or make it "
+                "differ per run, e.g. 'out_dir=runs/sweep/lr${optim.lr}'"
+            )
+        seen[folder] = i
+
+
+def cmd_distill(ns: argparse.Namespace) -> None:
+    from slmkit.distill.command import train_arguments
+
+    ns.args = train_arguments(ns.args)
+    cmd_train(ns)
 
 
 def cmd_recipes(ns: argparse.Namespace) -> None:
@@ -105,6 +135,13 @@ def cmd_export(ns: argparse.Namespace) -> None:
     print(f"exported to {out}")
 
 
+def cmd_embed(ns: argparse.Namespace) -> None:
+    from slmkit.config import build_config
+    from slmkit.embed import EmbedArgs, run_embed
+
+    run_embed(build_config(EmbedArgs, overrides=ns.args))
+
+
 def cmd_predict(ns: argparse.Namespace) -> None:
     from slmkit.config import build_config
     from slmkit.predict import PredictArgs, run_predict
@@ -137,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = add("train", cmd_train, "train a recipe: slmkit train recipe=NAME [key=value ...]")
     train.add_argument("--dry-run", action="store_true", help="print the resolved config, size, FLOPs and data status; do not train")
     train.add_argument("--multirun", "-m", action="store_true", help="sweep: comma lists / range() in overrides run one after another")
+    distill = add("distill", cmd_distill, "train a student from a teacher: slmkit distill teacher=PATH recipe=NAME [key=value ...]")
+    distill.add_argument("--dry-run", action="store_true", help="print the resolved config, size, FLOPs and data status; do not train")
+    distill.add_argument("--multirun", "-m", action="store_true", help="sweep: comma lists / range() in overrides run one after another")
     recipes = sub.add_parser("recipes", help="list recipes with parameter counts")
     recipes.add_argument("--keys", action="store_true", help="also list every recipe key with its type, default and meaning")
     recipes.add_argument("--guide", action="store_true",
@@ -157,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("export", cmd_export, "export a checkpoint: slmkit export checkpoint=PATH out=DIR [format=hf|gguf|int8]")
     add("generate", cmd_generate, "generate text: slmkit generate checkpoint=PATH prompt=\"...\"")
     add("predict", cmd_predict, "run a fine-tuned model over records: slmkit predict checkpoint=PATH input=FILE [out=FILE]")
+    add("embed", cmd_embed, "texts to vectors: slmkit embed checkpoint=PATH input=FILE out=FILE.npy|FILE.parquet")
     return parser
 
 
@@ -172,15 +213,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if ns.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not ns.verbose:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         ns.fn(ns)
+    except Stopped as err:
+        print(f"slmkit: {err}", file=sys.stderr)
+        return err.exit_code
     except SlmkitError as err:
         print(f"slmkit: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("slmkit: interrupted", file=sys.stderr)
-        return 130
+        return err.exit_code
+    except KeyboardInterrupt as err:  # Terminated included
+        signum = getattr(err, "signum", signal.SIGINT)
+        print(f"slmkit: stopped by {signal.Signals(signum).name}; files are written whole or not at all, so run the "
+              "command again to continue", file=sys.stderr)
+        return 128 + signum
+    except OSError as err:
+        explained = file_system_error(err)
+        if explained is None:
+            raise
+        print(f"slmkit: error: {explained}", file=sys.stderr)
+        return explained.exit_code
     return 0
+
+
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM stops a command where it is, as Ctrl-C does (training replaces this with a stop at the next step)."""
+    raise Terminated()
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
@@ -17,56 +18,59 @@ from slmkit.atomic import atomic_write_text
 from slmkit.data_config import DataConfig, TokenizerConfig
 from slmkit.errors import SlmkitError
 from slmkit.model.config import ModelConfig
-from slmkit.options import check_choices, documented_keys, option
+from slmkit.options import FRACTION, SEED, above, at_least, between, check_values, documented_keys, option
 from slmkit.registry import did_you_mean
 
 
 @dataclass
 class OptimConfig:
-    lr: float = option(6e-4, "Peak learning rate.")
-    min_lr: float = option(6e-5, "Learning rate at the end of the decay.")
-    weight_decay: float = option(0.1, "AdamW weight decay, applied to matrices only (not to norms or biases).")
-    beta1: float = option(0.9, "AdamW beta1.")
-    beta2: float = option(0.95, "AdamW beta2.")
-    eps: float = option(1e-8, "AdamW epsilon.")
+    name: str = option("adamw", "Optimizer by name; muon orthogonalizes the updates of the matrices inside the blocks and uses AdamW for embeddings, heads, norms and biases.", choices="slmkit.training.optimizers:OPTIMIZERS")
+    lr: float = option(6e-4, "Peak learning rate.", bounds=above(0))
+    min_lr: float = option(6e-5, "Learning rate at the end of the decay.", bounds=at_least(0))
+    weight_decay: float = option(0.1, "Decoupled weight decay, applied to matrices only (not to norms or biases).", bounds=at_least(0))
+    beta1: float = option(0.9, "AdamW beta1.", bounds=between(0, 1, high_open=True))
+    beta2: float = option(0.95, "AdamW beta2.", bounds=between(0, 1, high_open=True))
+    eps: float = option(1e-8, "AdamW epsilon.", bounds=above(0))
     schedule: str = option("cosine", "Learning-rate schedule by name; wsd is warmup-stable-decay.", choices="slmkit.training.schedule:SCHEDULES")
-    warmup_steps: int = option(100, "Linear warmup steps from 0 to lr.")
-    decay_steps: Optional[int] = option(None, "Step at which the decay reaches min_lr; None = trainer.max_steps.")
-    wsd_decay_fraction: float = option(0.2, "wsd only: the final fraction of decay_steps spent decaying to min_lr.")
+    warmup_steps: int = option(100, "Linear warmup steps from 0 to lr.", bounds=at_least(0))
+    decay_steps: Optional[int] = option(None, "Step at which the decay reaches min_lr; None = trainer.max_steps.", bounds=at_least(1))
+    wsd_decay_fraction: float = option(0.2, "wsd only: the final fraction of decay_steps spent decaying to min_lr.", bounds=FRACTION)
+    muon_lr: Optional[float] = option(None, "muon only: peak learning rate of the block matrices (scaled to AdamW's update size); None = lr.", bounds=above(0))
+    muon_momentum: float = option(0.95, "muon only: momentum of the block matrices' updates (Nesterov).", bounds=between(0, 1, high_open=True))
 
 
 @dataclass
 class TrainerConfig:
     accelerator: str = option("auto", "auto, cpu or gpu.", choices=("auto", "cpu", "gpu"))
-    devices: int = option(-1, "Devices per node; -1 = all visible (one process each).")
-    num_nodes: int = option(1, "Number of nodes (multi-node runs are launched by torchrun or SLURM).")
+    devices: int = option(-1, "Devices per node; -1 = all visible (one process each).", bounds=at_least(1, also=(-1,)))
+    num_nodes: int = option(1, "Number of nodes (multi-node runs are launched by torchrun or SLURM).", bounds=at_least(1))
     strategy: str = option("auto", "Distribution by name: auto (one device), ddp, deepspeed.", choices=("auto", "ddp", "deepspeed"))
-    zero_stage: int = option(2, "deepspeed only: ZeRO stage 1, 2 or 3.")
+    zero_stage: int = option(2, "deepspeed only: ZeRO stage 1, 2 or 3.", bounds=between(1, 3))
     offload_optimizer: bool = option(False, "deepspeed only: keep optimizer state in CPU memory.")
     offload_params: bool = option(False, "deepspeed ZeRO-3 only: keep parameters in CPU memory.")
     precision: str = option("fp32", "Numeric precision: fp32, bf16 (mixed), fp16 (mixed, loss-scaled), bf16-true.", choices=("fp32", "bf16", "fp16", "bf16-true"))
-    max_steps: int = option(1000, "Optimizer steps to train for.")
-    micro_batch_size: int = option(8, "Sequences per device per forward pass.")
-    grad_accum: int = option(1, "Micro-batches accumulated per optimizer step (global batch = micro*accum*devices*nodes).")
-    grad_clip: float = option(1.0, "Clip the global gradient norm to this; 0 disables clipping.")
-    log_every: int = option(10, "Log train metrics every this many steps.")
-    val_every: int = option(250, "Run validation every this many steps (and at the end).")
-    val_batches: int = option(20, "Micro-batches per validation run.")
-    checkpoint_every: int = option(1000, "Write a checkpoint every this many steps (and at the end); 0 = only at the end.")
-    keep_checkpoints: int = option(2, "Periodic checkpoints to keep (the newest); the final one is always kept.")
+    max_steps: int = option(1000, "Optimizer steps to train for.", bounds=at_least(1))
+    micro_batch_size: int = option(8, "Sequences per device per forward pass.", bounds=at_least(1))
+    grad_accum: int = option(1, "Micro-batches accumulated per optimizer step (global batch = micro*accum*devices*nodes).", bounds=at_least(1))
+    grad_clip: float = option(1.0, "Clip the global gradient norm to this; 0 disables clipping.", bounds=at_least(0))
+    log_every: int = option(10, "Log train metrics every this many steps.", bounds=at_least(1))
+    val_every: int = option(250, "Run validation every this many steps (and at the end).", bounds=at_least(1))
+    val_batches: int = option(20, "Micro-batches per validation run.", bounds=at_least(0))
+    checkpoint_every: int = option(1000, "Write a checkpoint every this many steps (and at the end); 0 = only at the end.", bounds=at_least(0))
+    keep_checkpoints: int = option(2, "Periodic checkpoints to keep (the newest); the final one is always kept.", bounds=at_least(1))
     compile: bool = option(False, "torch.compile the model.")
     activation_checkpointing: bool = option(False, "Recompute block activations in the backward pass to save memory.")
-    seed: int = option(1337, "Seed of model init, data order and dropout.")
-    num_workers: int = option(0, "DataLoader worker processes.")
+    seed: int = option(1337, "Seed of model init, data order and dropout.", bounds=SEED)
+    num_workers: int = option(0, "DataLoader worker processes.", bounds=at_least(0))
     progress_bar: bool = option(True, "Show a progress bar with step, loss and tokens/s.")
 
 
 @dataclass
 class EvalConfig:
     tasks: list[str] = option([], "Evaluation tasks (names or task files) run during and after training.")
-    every: int = option(0, "Run the tasks every this many steps during training; 0 = only after training.")
-    limit: Optional[int] = option(None, "Evaluate at most this many examples per task (quick checks).")
-    batch_size: int = option(8, "Sequences per evaluation forward pass.")
+    every: int = option(0, "Run the tasks every this many steps during training; 0 = only after training.", bounds=at_least(0))
+    limit: Optional[int] = option(None, "Evaluate at most this many examples per task (quick checks).", bounds=at_least(1))
+    batch_size: int = option(8, "Sequences per evaluation forward pass.", bounds=at_least(1))
 
 
 @dataclass
@@ -74,16 +78,40 @@ class ObjectiveConfig:
     name: str = option("causal_lm", "What the run trains the model to do, by name; it decides the model's heads and the data it reads.", choices="slmkit.objectives:OBJECTIVES")
     task: Optional[str] = option(None, "Fine-tuning objectives: the task (built-in name or task YAML) whose `train` records are learned and whose `data` records are scored.")
     labels: list[str] = option([], "Classification heads: label names in output order; empty = the task's labels (filled in when the run starts and saved with it).")
-    pooling: str = option("auto", "Sequence classification: how one vector stands for the sequence, by name; auto = last for a causal model, mean for a bidirectional one.")
+    pooling: str = option("auto", "Sequence classification and embeddings (contrastive): how one vector stands for the sequence, by name (last, first, mean); auto = last for a causal model, mean for a bidirectional one.")
     loss_on_prompt: bool = option(False, "sft: also learn to predict prompt tokens; by default only the completion (and its end token) carries loss.")
+    head_transform: str = option("none", "Task heads: what the hidden states pass through before the output layer; an encoder's stock classes need theirs to export (ModernBERT: prediction; BERT's sequence classifier: pooler).", choices="slmkit.model.heads:TRANSFORMS")
+    mask_token: str = option("<|mask|>", "masked_lm: the tokenizer's mask token (list it in tokenizer.special_tokens after the end-of-document token).")
+    mask_rate: float = option(0.15, "masked_lm: fraction of tokens to predict (BERT 0.15, ModernBERT 0.3); of those, 80% become the mask token, 10% a random token, 10% stay.", bounds=between(0, 1, low_open=True, high_open=True))
+    whole_word_masking: bool = option(False, "masked_lm: mask whole words (every token of a chosen word) instead of single tokens.")
+    temperature: float = option(0.05, "contrastive: softmax temperature of the in-batch similarity (cosine / temperature).", bounds=above(0))
 
 
 @dataclass
 class LoraConfig:
-    rank: int = option(0, "LoRA rank r of the low-rank updates; 0 = no LoRA (every weight trains).")
-    alpha: float = option(16.0, "LoRA scale numerator: an update B @ A is scaled by alpha / rank.")
-    dropout: float = option(0.0, "Dropout on the input of each LoRA branch.")
+    rank: int = option(0, "LoRA rank r of the low-rank updates; 0 = no LoRA (every weight trains).", bounds=at_least(0))
+    alpha: float = option(16.0, "LoRA scale numerator: an update B @ A is scaled by alpha / rank.", bounds=above(0))
+    dropout: float = option(0.0, "Dropout on the input of each LoRA branch.", bounds=between(0, 1, high_open=True))
     targets: list[str] = option(["q_proj", "k_proj", "v_proj", "o_proj"], "Linear layers that get adapters, by module name (the last part, e.g. q_proj, or a full dotted name).")
+
+
+@dataclass
+class DistillConfig:
+    teacher: Optional[str] = option(None, "The model the student learns from: an slmkit run folder or checkpoint, or a local Hugging Face model folder (one `slmkit export` wrote); the run reads text with its tokenizer.")
+    alpha: float = option(0.5, "Weight of the teacher: loss = (1 - alpha) * cross-entropy on the data + alpha * T^2 * KL at temperature T.", bounds=FRACTION)
+    temperature: float = option(2.0, "Temperature T of the softmax of teacher and student in the KL term; above 1 softens both.", bounds=above(0))
+    kl: str = option("forward", "forward = KL(teacher || student), covers all the teacher's mass (Hinton); reverse = KL(student || teacher), seeks its modes.", choices=("forward", "reverse"))
+    hidden_weight: float = option(0.0, "Weight of a cosine loss between the student's and the teacher's last hidden states (DistilBERT), added to the loss; a learned projection maps the student's width to the teacher's when they differ. Needs the teacher in memory (cache none).", bounds=at_least(0))
+    init_from_teacher: bool = option(False, "Start the student from the teacher's weights: embeddings, final norm, heads and every k-th block (DistilBERT). The student's model section defaults to the teacher's; it may differ only in depth. An slmkit teacher only.")
+    init_every_k: Optional[int] = option(None, "init_from_teacher: student block i starts from teacher block i * k; None = teacher layers // student layers.", bounds=at_least(1))
+    cache: str = option("none", "Teacher logits: none = computed on the fly by the frozen teacher; topk = computed once into a top-k cache beside the token shards and read while the student trains, with no teacher in memory (language modelling only).", choices=("none", "topk"))
+    cache_k: int = option(64, "topk: the teacher's most likely tokens kept per position, with the rest of its mass as one more category; k = the vocabulary gives the exact KL.", bounds=at_least(1))
+    cache_windows: int = option(0, "topk: block_size windows of the train split to cache, the windows the student then draws from; 0 = as many as one device draws in the run.", bounds=at_least(0))
+    cache_dir: Optional[str] = option(None, "topk: folder of the cache; default <token shards>/teacher-logits/<key of teacher, data, k, temperature, windows>. A folder holding a cache built from another teacher or other data is refused.")
+    unlabeled: Optional[str] = option(None, "distill_classification: unlabeled in-domain records (a file or glob in a task data format; a relative path is under data.root or $SLMKIT_DATA), rendered with the task's prompt and learned from the teacher's soft labels alone.")
+    unlabeled_field: str = option("text", "distill_classification: the field of an unlabeled record that unlabeled_split cuts (a text file's lines are records with this field).")
+    unlabeled_split: Optional[str] = option(None, "distill_classification: a regular expression at which each unlabeled text is cut into separate inputs (e.g. between sentences); None = one input per record.")
+    unlabeled_limit: Optional[int] = option(None, "distill_classification: at most this many unlabeled inputs, a seeded subset.", bounds=at_least(1))
 
 
 @dataclass
@@ -100,6 +128,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -124,12 +153,36 @@ def build_config(schema: type, *layers: Any, overrides: Sequence[str] = ()) -> A
                 literal = None if value == "null" else value.strip("\"'") if value[:1] in "\"'" else value
                 OmegaConf.update(merged, key, literal)
             else:
-                merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([override]))
+                try:
+                    parsed = OmegaConf.from_dotlist([override])
+                except yaml.YAMLError as err:
+                    raise SlmkitError(f"override {override!r} is not valid YAML ({yaml_problem(err)}): close every "
+                                      "bracket and quote, e.g. model.n_layer=4 or eval.tasks=[a,b]") from None
+                merged = OmegaConf.merge(merged, parsed)
         config = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         raise _explain(err, schema) from None
-    check_choices(config)
+    check_values(config)
     return config
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """What is wrong with a YAML text, and where: "expected ',' or ']', but got '<stream end>' (line 1, column 4)"."""
+    if isinstance(err, yaml.MarkedYAMLError) and err.problem:
+        mark = err.problem_mark
+        return err.problem + (f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else "")
+    return str(err).splitlines()[0]
+
+
+def literal_text(value: Any) -> Any:
+    """`value` with OmegaConf's interpolations escaped, in every string it holds: `${oc.env:SECRET}` stays that text."""
+    if isinstance(value, str):
+        return value.replace("${", "\\${")
+    if isinstance(value, dict):
+        return {k: literal_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [literal_text(v) for v in value]
+    return value
 
 
 def _is_text_field(schema: type, key: str) -> bool:
@@ -176,7 +229,12 @@ def load_run_config(path: str | Path) -> RunConfig:
     if not path.is_file():
         raise SlmkitError(f"no config.yaml at {path}: point at an slmkit run folder or checkpoint")
     try:
-        raw = OmegaConf.load(path)
-    except Exception as err:  # yaml.YAMLError and friends: the file is not readable YAML
-        raise SlmkitError(f"{path} is not a readable YAML config: {err}") from None
-    return build_config(RunConfig, raw)
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        problem = yaml_problem(err) if isinstance(err, yaml.YAMLError) else str(err)
+        raise SlmkitError(f"{path} is not a readable YAML config ({problem}): use the config.yaml the run wrote") from None
+    if not isinstance(raw, dict):
+        raise SlmkitError(f"{path} holds no mapping of keys: it is not an slmkit run config")
+    # Read as plain data: a run folder may come from anyone, and a resolver in it (${oc.env:SECRET}) would put this
+    # machine's environment into whatever is made from the run, such as an exported model card.
+    return build_config(RunConfig, literal_text(raw))

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from slmkit.errors import SlmkitError
-from slmkit.options import option
+from slmkit.options import FRACTION, SEED, above, at_least, between, check_bounds, check_values, option
 from slmkit.registry import Registry
 
 NORMALIZATION_FORMS = ("NFC", "NFKC", "none")
@@ -32,9 +32,9 @@ class SourceConfig:
     hf_config: Optional[str] = option(None, "Configuration name of the Hub dataset, if it has several.")
     hf_split: str = option("train", "Split of the Hub dataset to read.")
     text_field: str = option("text", "Field holding the document text in jsonl/json/parquet/csv/Hub records.")
-    weight: float = option(1.0, "Sampling weight in the mixture: 2.0 repeats the source twice, 0.5 keeps half of it.")
+    weight: float = option(1.0, "Sampling weight in the mixture: 2.0 repeats the source twice, 0.5 keeps half of it.", bounds=at_least(0))
     txt_documents: str = option("file", "How a .txt/.md file splits into documents: file (one per file) or blank_line (one per blank-line block).", choices=("file", "blank_line"))
-    max_documents: Optional[int] = option(None, "Read at most this many documents from the source (quick runs and tests).")
+    max_documents: Optional[int] = option(None, "Read at most this many documents from the source (quick runs and tests).", bounds=at_least(1))
 
 
 @dataclass
@@ -46,28 +46,21 @@ class CleanConfig:
     remove_invisible_chars: bool = option(True, "Remove zero-width spaces/joiners, word joiners, byte-order marks and bidirectional marks.")
     remove_soft_hyphens: bool = option(True, "Remove soft hyphens (U+00AD) and rejoin the word they split; one before a capital or digit becomes '-'.")
     normalize_whitespace: bool = option(True, "Non-breaking and other Unicode spaces become ' ', trailing spaces go, blank-line runs are capped, the document is stripped.")
-    max_blank_lines: int = option(1, "Longest run of blank lines kept when normalizing whitespace.")
+    max_blank_lines: int = option(1, "Longest run of blank lines kept when normalizing whitespace.", bounds=at_least(0))
     rejoin_hyphenated_words: bool = option(True, "Rejoin words hyphenated across a line break ('regu-\\nlation' -> 'regulation') when the next line starts in lowercase.")
     boilerplate: bool = option(False, "Remove lines that recur in many documents (page headers/footers); needs a counting pass over the corpus first. Off by default: in the legal corpora such lines are section headings.")
-    boilerplate_min_doc_fraction: float = option(0.5, "A line is boilerplate when it occurs in more than this fraction of the counted documents ...")
-    boilerplate_min_docs: int = option(10, "... and in at least this many documents.")
-    boilerplate_min_line_chars: int = option(10, "Lines shorter than this (after normalization) are never boilerplate: '(a)', 'v.' and short headings are structure.")
-    boilerplate_max_tracked_lines: int = option(200_000, "Memory bound of the line counter (distinct lines tracked per worker); rarer lines are forgotten first.")
-    max_examples: int = option(5, "Short before/after examples kept per kind of fix for the curation report.")
+    boilerplate_min_doc_fraction: float = option(0.5, "A line is boilerplate when it occurs in more than this fraction of the counted documents ...", bounds=between(0, 1, low_open=True))
+    boilerplate_min_docs: int = option(10, "... and in at least this many documents.", bounds=at_least(1))
+    boilerplate_min_line_chars: int = option(10, "Lines shorter than this (after normalization) are never boilerplate: '(a)', 'v.' and short headings are structure.", bounds=at_least(0))
+    boilerplate_max_tracked_lines: int = option(200_000, "Memory bound of the line counter (distinct lines tracked per worker); rarer lines are forgotten first.", bounds=at_least(1))
+    max_examples: int = option(5, "Short before/after examples kept per kind of fix for the curation report.", bounds=at_least(0))
 
     def __post_init__(self) -> None:
         if self.unicode_normalization not in NORMALIZATION_FORMS:
             raise SlmkitError(
                 f"data.clean.unicode_normalization is {self.unicode_normalization!r}; use one of {list(NORMALIZATION_FORMS)}."
             )
-        if self.max_blank_lines < 0:
-            raise SlmkitError(f"data.clean.max_blank_lines is {self.max_blank_lines}; use 0 or more.")
-        if not 0.0 < self.boilerplate_min_doc_fraction <= 1.0:
-            raise SlmkitError(
-                f"data.clean.boilerplate_min_doc_fraction is {self.boilerplate_min_doc_fraction}; use a fraction in (0, 1]."
-            )
-        if self.boilerplate_max_tracked_lines < 1:
-            raise SlmkitError(f"data.clean.boilerplate_max_tracked_lines is {self.boilerplate_max_tracked_lines}; use 1 or more.")
+        check_values(self, prefix="data.clean.")
 
 
 @dataclass
@@ -75,24 +68,24 @@ class FilterConfig:
     enabled: bool = option(True, "Run the quality filters at all.")
     # Defaults follow Gopher except where its web-text thresholds were measured to wipe out real legal prose
     # (statutes repeat long formulas and cite many numbers); each such field names the Gopher value to restore it.
-    min_words: Optional[int] = option(20, "Drop documents with fewer whitespace-separated words (Gopher: 50; 20 keeps short statute sections); null disables.")
-    max_words: Optional[int] = option(100_000, "Drop documents with more words (Gopher: 100,000); null disables.")
-    min_chars: Optional[int] = option(None, "Drop documents shorter than this many characters; null disables.")
-    max_chars: Optional[int] = option(None, "Drop documents longer than this many characters; null disables.")
-    min_mean_word_length: Optional[float] = option(3.0, "Drop if the mean word length is below this (Gopher: 3); null disables.")
-    max_mean_word_length: Optional[float] = option(10.0, "Drop if the mean word length is above this (Gopher: 10); null disables.")
-    max_symbol_word_ratio: Optional[float] = option(0.1, "Drop if ('#' + ellipses) per word exceeds this (Gopher: 0.1); null disables.")
-    max_bullet_lines_fraction: Optional[float] = option(0.9, "Drop if more than this fraction of lines start with a bullet (Gopher: 0.9); null disables.")
-    max_ellipsis_lines_fraction: Optional[float] = option(0.3, "Drop if more than this fraction of lines end in an ellipsis (Gopher: 0.3); null disables.")
-    min_alpha_words_fraction: Optional[float] = option(0.7, "Drop if fewer than this fraction of words contain a letter (Gopher: 0.8; 0.7 keeps citation-dense rules); null disables.")
-    gopher_min_words: int = option(50, "The stopword and n-gram repetition rules judge only documents with at least this many words (Gopher's own floor); in shorter ones a single repeated name decides.")
-    min_gopher_stopwords: Optional[int] = option(2, "Drop if fewer than this many of the, be, to, of, and, that, have, with occur (Gopher: 2; English only); null disables.")
+    min_words: Optional[int] = option(20, "Drop documents with fewer whitespace-separated words (Gopher: 50; 20 keeps short statute sections); null disables.", bounds=at_least(0))
+    max_words: Optional[int] = option(100_000, "Drop documents with more words (Gopher: 100,000); null disables.", bounds=at_least(0))
+    min_chars: Optional[int] = option(None, "Drop documents shorter than this many characters; null disables.", bounds=at_least(0))
+    max_chars: Optional[int] = option(None, "Drop documents longer than this many characters; null disables.", bounds=at_least(0))
+    min_mean_word_length: Optional[float] = option(3.0, "Drop if the mean word length is below this (Gopher: 3); null disables.", bounds=at_least(0))
+    max_mean_word_length: Optional[float] = option(10.0, "Drop if the mean word length is above this (Gopher: 10); null disables.", bounds=at_least(0))
+    max_symbol_word_ratio: Optional[float] = option(0.1, "Drop if ('#' + ellipses) per word exceeds this (Gopher: 0.1); null disables.", bounds=at_least(0))
+    max_bullet_lines_fraction: Optional[float] = option(0.9, "Drop if more than this fraction of lines start with a bullet (Gopher: 0.9); null disables.", bounds=FRACTION)
+    max_ellipsis_lines_fraction: Optional[float] = option(0.3, "Drop if more than this fraction of lines end in an ellipsis (Gopher: 0.3); null disables.", bounds=FRACTION)
+    min_alpha_words_fraction: Optional[float] = option(0.7, "Drop if fewer than this fraction of words contain a letter (Gopher: 0.8; 0.7 keeps citation-dense rules); null disables.", bounds=FRACTION)
+    gopher_min_words: int = option(50, "The stopword and n-gram repetition rules judge only documents with at least this many words (Gopher's own floor); in shorter ones a single repeated name decides.", bounds=at_least(0))
+    min_gopher_stopwords: Optional[int] = option(2, "Drop if fewer than this many of the, be, to, of, and, that, have, with occur (Gopher: 2; English only); null disables.", bounds=at_least(0))
     language: str = option("en", "Target language of the stopword check.", choices="slmkit.data_config:STOPWORD_LANGUAGES")
-    min_stopword_ratio: Optional[float] = option(0.1, "Drop as non-target-language if fewer than this fraction of words are stopwords of `language`; null disables.")
-    max_duplicate_lines_fraction: Optional[float] = option(0.3, "Drop if more than this fraction of lines repeat an earlier line (Gopher: 0.3); null disables.")
-    max_duplicate_line_chars_fraction: Optional[float] = option(0.2, "Drop if repeated lines hold more than this fraction of characters (Gopher: 0.2); null disables.")
-    max_duplicate_paragraphs_fraction: Optional[float] = option(0.3, "Drop if more than this fraction of paragraphs repeat an earlier one (Gopher: 0.3); null disables.")
-    max_duplicate_paragraph_chars_fraction: Optional[float] = option(0.2, "Drop if repeated paragraphs hold more than this fraction of characters (Gopher: 0.2); null disables.")
+    min_stopword_ratio: Optional[float] = option(0.1, "Drop as non-target-language if fewer than this fraction of words are stopwords of `language`; null disables.", bounds=FRACTION)
+    max_duplicate_lines_fraction: Optional[float] = option(0.3, "Drop if more than this fraction of lines repeat an earlier line (Gopher: 0.3); null disables.", bounds=FRACTION)
+    max_duplicate_line_chars_fraction: Optional[float] = option(0.2, "Drop if repeated lines hold more than this fraction of characters (Gopher: 0.2); null disables.", bounds=FRACTION)
+    max_duplicate_paragraphs_fraction: Optional[float] = option(0.3, "Drop if more than this fraction of paragraphs repeat an earlier one (Gopher: 0.3); null disables.", bounds=FRACTION)
+    max_duplicate_paragraph_chars_fraction: Optional[float] = option(0.2, "Drop if repeated paragraphs hold more than this fraction of characters (Gopher: 0.2); null disables.", bounds=FRACTION)
     max_top_ngram_chars_fraction: dict[int, float] = option(
         {2: 0.2, 3: 0.18, 4: 0.16},
         "Per n: drop if the most frequent word n-gram covers more than this fraction of characters (Gopher); {} disables.",
@@ -102,7 +95,7 @@ class FilterConfig:
         "Per n: drop if word n-grams occurring more than once cover more than this fraction of characters "
         "(Gopher: 0.15 for n=5 down to 0.10 for n=10, which drops ~90% of DC session laws); {} disables.",
     )
-    max_examples: int = option(5, "Short examples kept per drop reason for the curation report.")
+    max_examples: int = option(5, "Short examples kept per drop reason for the curation report.", bounds=at_least(0))
 
     def __post_init__(self) -> None:
         if self.language not in STOPWORD_LANGUAGES:
@@ -111,23 +104,12 @@ class FilterConfig:
                 f"{STOPWORD_LANGUAGES.choices_hint(self.language)}; or set data.filter.min_stopword_ratio: null to skip "
                 f"the language check."
             )
-        fractions = {
-            "max_bullet_lines_fraction": self.max_bullet_lines_fraction,
-            "max_ellipsis_lines_fraction": self.max_ellipsis_lines_fraction,
-            "min_alpha_words_fraction": self.min_alpha_words_fraction,
-            "min_stopword_ratio": self.min_stopword_ratio,
-            "max_duplicate_lines_fraction": self.max_duplicate_lines_fraction,
-            "max_duplicate_line_chars_fraction": self.max_duplicate_line_chars_fraction,
-            "max_duplicate_paragraphs_fraction": self.max_duplicate_paragraphs_fraction,
-            "max_duplicate_paragraph_chars_fraction": self.max_duplicate_paragraph_chars_fraction,
-        }
-        for n, value in {**self.max_top_ngram_chars_fraction, **self.max_duplicate_ngram_chars_fraction}.items():
-            if not isinstance(n, int) or n < 1:
-                raise SlmkitError(f"data.filter n-gram sizes must be positive integers, got {n!r}.")
-            fractions[f"n-gram fraction for n={n}"] = value
-        for name, value in fractions.items():
-            if value is not None and not 0.0 <= value <= 1.0:
-                raise SlmkitError(f"data.filter.{name} is {value}; it is a fraction, so use a value in [0, 1] or null to disable it.")
+        check_values(self, prefix="data.filter.")
+        for name in ("max_top_ngram_chars_fraction", "max_duplicate_ngram_chars_fraction"):
+            for n, value in getattr(self, name).items():
+                if not isinstance(n, int) or n < 1:
+                    raise SlmkitError(f"data.filter.{name} n-gram sizes must be positive integers, got {n!r}.")
+                check_bounds(f"data.filter.{name}[{n}]", value, FRACTION)
         for low, high in (("min_words", "max_words"), ("min_chars", "max_chars"), ("min_mean_word_length", "max_mean_word_length")):
             lo, hi = getattr(self, low), getattr(self, high)
             if lo is not None and hi is not None and lo > hi:
@@ -138,19 +120,14 @@ class FilterConfig:
 class DedupConfig:
     exact: bool = option(True, "Drop documents whose normalized text (lowercase, punctuation and spacing removed) equals an earlier one.")
     near: bool = option(True, "Drop near duplicates of an earlier document, found with MinHash LSH.")
-    threshold: float = option(0.8, "Near duplicate when the estimated Jaccard similarity of word-shingle sets is at least this.")
-    num_perm: int = option(128, "MinHash permutations: more estimate Jaccard better and cost proportionally more time and memory.")
-    shingle_words: int = option(5, "Words per shingle (word n-gram) of the sets compared for near duplicates.")
-    seed: int = option(1, "Seed of the MinHash permutations; fingerprints from different seeds cannot be compared.")
-    max_examples: int = option(5, "Duplicate pairs kept as examples for the curation report.")
+    threshold: float = option(0.8, "Near duplicate when the estimated Jaccard similarity of word-shingle sets is at least this.", bounds=between(0, 1, low_open=True))
+    num_perm: int = option(128, "MinHash permutations: more estimate Jaccard better and cost proportionally more time and memory.", bounds=at_least(16))
+    shingle_words: int = option(5, "Words per shingle (word n-gram) of the sets compared for near duplicates.", bounds=at_least(1))
+    seed: int = option(1, "Seed of the MinHash permutations; fingerprints from different seeds cannot be compared.", bounds=SEED)
+    max_examples: int = option(5, "Duplicate pairs kept as examples for the curation report.", bounds=at_least(0))
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.threshold <= 1.0:
-            raise SlmkitError(f"data.dedup.threshold is {self.threshold}; use a Jaccard similarity in (0, 1], e.g. 0.8.")
-        if self.num_perm < 16:
-            raise SlmkitError(f"data.dedup.num_perm is {self.num_perm}; use at least 16 (128 is a good default).")
-        if self.shingle_words < 1:
-            raise SlmkitError(f"data.dedup.shingle_words is {self.shingle_words}; use 1 or more (5 is a good default).")
+        check_values(self, prefix="data.dedup.")
 
 
 @dataclass
@@ -161,7 +138,7 @@ class PiiConfig:
         {"email": "<EMAIL>", "phone": "<PHONE>", "ssn": "<SSN>", "card": "<CARD>"},
         "Replacement text per kind.",
     )
-    max_examples: int = option(5, "Redacted snippets kept per kind for the curation report (they show the placeholder, never the data).")
+    max_examples: int = option(5, "Redacted snippets kept per kind for the curation report (they show the placeholder, never the data).", bounds=at_least(0))
 
     def __post_init__(self) -> None:
         unknown = [kind for kind in self.kinds if kind not in PII_KINDS]
@@ -176,16 +153,13 @@ class PiiConfig:
 class DecontaminateConfig:
     eval_files: list[str] = option([], "Evaluation data to protect: files (.jsonl[.gz] records or plain .txt/.tokens), directories of them, or globs. Empty disables the step.")
     fields: list[str] = option(["text", "input", "question", "context", "contexts"], "Fields of jsonl records whose text is evaluation text (strings or lists of strings); missing fields are skipped.")
-    n: int = option(13, "Words per n-gram (GPT-3 used 13): long enough that a shared n-gram means copied text, not a common phrase.")
-    min_matches: int = option(1, "A document is contaminated when at least this many of its n-grams occur in the evaluation text.")
+    n: int = option(13, "Words per n-gram (GPT-3 used 13): long enough that a shared n-gram means copied text, not a common phrase.", bounds=at_least(5))
+    min_matches: int = option(1, "A document is contaminated when at least this many of its n-grams occur in the evaluation text.", bounds=at_least(1))
     action: str = option("drop", "drop: remove contaminated documents; report: keep them and only count them in the report.")
-    max_examples: int = option(5, "Matched n-grams kept as examples for the curation report.")
+    max_examples: int = option(5, "Matched n-grams kept as examples for the curation report.", bounds=at_least(0))
 
     def __post_init__(self) -> None:
-        if self.n < 5:
-            raise SlmkitError(f"data.decontaminate.n is {self.n}; use at least 5 words (13 is the usual choice), shorter n-grams match common phrases.")
-        if self.min_matches < 1:
-            raise SlmkitError(f"data.decontaminate.min_matches is {self.min_matches}; use 1 or more.")
+        check_values(self, prefix="data.decontaminate.")
         if self.action not in DECONTAMINATE_ACTIONS:
             raise SlmkitError(f"data.decontaminate.action is {self.action!r}; use one of {list(DECONTAMINATE_ACTIONS)}.")
 
@@ -195,14 +169,14 @@ class DataConfig:
     root: Optional[str] = option(None, "Folder that source paths are relative to; default $SLMKIT_DATA, else ./data.")
     sources: list[SourceConfig] = field(default_factory=list, metadata={"doc": "The corpus: a list of sources."})
     split: str = option("hash", "Train/val split: hash (by seeded document hash) or tail (last val_fraction of the token stream, as nanoGPT's char task).", choices=("hash", "tail"))
-    val_fraction: float = option(0.01, "Fraction of documents (hash) or tokens (tail) held out for validation.")
-    seed: int = option(1337, "Seed of the document-level split and of mixture sampling.")
+    val_fraction: float = option(0.01, "Fraction of documents (hash) or tokens (tail) held out for validation.", bounds=between(0, 1, high_open=True))
+    seed: int = option(1337, "Seed of the document-level split and of mixture sampling.", bounds=SEED)
     prepared_dir: Optional[str] = option(None, "Where curated corpus and token shards go; default a cache folder keyed by inputs ($SLMKIT_CACHE, else ~/.cache/slmkit).")
     on_error: str = option("stop", "On a bad record or file: stop (error with file and line) or skip (count and report it).", choices=("stop", "skip"))
-    num_workers: int = option(0, "Processes for tokenizing and curation; 0 = all cores.")
-    shard_tokens: int = option(64 * 2**20, "Tokens per shard file at most (64Mi tokens = 128 MiB as uint16).")
-    chunk_mb: float = option(2.0, "Text per work chunk in MB: the unit of parallel curation and of resuming after a crash. Small chunks keep every worker busy to the end of a run (16 MB left one of two cores idle for ~15% of the legal corpus).")
-    memory_limit_mb: int = option(4096, "Bound on document text buffered at once (chunks in flight, tokenizer batches); chunks shrink to fit.")
+    num_workers: int = option(0, "Processes for tokenizing and curation; 0 = all cores.", bounds=at_least(0))
+    shard_tokens: int = option(64 * 2**20, "Tokens per shard file at most (64Mi tokens = 128 MiB as uint16).", bounds=at_least(1))
+    chunk_mb: float = option(2.0, "Text per work chunk in MB: the unit of parallel curation and of resuming after a crash. Small chunks keep every worker busy to the end of a run (16 MB left one of two cores idle for ~15% of the legal corpus).", bounds=above(0))
+    memory_limit_mb: int = option(4096, "Bound on document text buffered at once (chunks in flight, tokenizer batches); chunks shrink to fit.", bounds=at_least(1))
     clean: CleanConfig = field(default_factory=CleanConfig, metadata={"doc": "Text cleaning (Unicode repair, invisible characters, whitespace)."})
     filter: FilterConfig = field(default_factory=FilterConfig, metadata={"doc": "Quality filters (Gopher heuristics, language)."})
     dedup: DedupConfig = field(default_factory=DedupConfig, metadata={"doc": "Exact and MinHash near-duplicate removal across all sources."})
@@ -213,13 +187,13 @@ class DataConfig:
 @dataclass
 class TokenizerConfig:
     kind: str = option("bpe", "Tokenizer model by name.", choices="slmkit.tokenizer:TOKENIZER_KINDS")
-    vocab_size: int = option(32000, "Target vocabulary size including special tokens (char: an upper bound).")
+    vocab_size: int = option(32000, "Target vocabulary size including special tokens (char: an upper bound).", bounds=at_least(1))
     special_tokens: list[str] = option(
         ["<|endoftext|>"],
         "Special tokens of a trained tokenizer, given ids 0, 1, ... in this order. The special token with the lowest id "
         "is the end-of-document token (EOS), here the first: it separates documents in the shards and marks where a "
         "text starts and ends in eval, generation and export. A special token added later (a mask token) comes after it.",
     )
-    min_frequency: int = option(2, "Minimum pair/token frequency for a merge (bpe, wordpiece).")
+    min_frequency: int = option(2, "Minimum pair/token frequency for a merge (bpe, wordpiece).", bounds=at_least(0))
     path: Optional[str] = option(None, "Use this existing tokenizer.json instead of training one.")
-    train_chars: int = option(200_000_000, "Train on at most this many characters of the train split (bounds time and memory).")
+    train_chars: int = option(200_000_000, "Train on at most this many characters of the train split (bounds time and memory).", bounds=at_least(1))

@@ -6,6 +6,7 @@ Sampling settings (temperature, top-k, top-p, repetition penalty; temperature 0 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -38,13 +39,14 @@ class Sampling:
     repetition_penalty: float = 1.0
 
     def check(self) -> "Sampling":
-        if self.temperature < 0:
+        # Written so that NaN fails every test: it compares false with anything.
+        if not 0 <= self.temperature < math.inf:
             raise SlmkitError(f"temperature={self.temperature} must be >= 0 (0 = greedy)")
-        if self.top_k < 0:
+        if not self.top_k >= 0:
             raise SlmkitError(f"top_k={self.top_k} must be >= 0 (0 = no limit)")
         if not 0 < self.top_p <= 1:
             raise SlmkitError(f"top_p={self.top_p} must be in (0, 1]")
-        if self.repetition_penalty <= 0:
+        if not 0 < self.repetition_penalty < math.inf:
             raise SlmkitError(f"repetition_penalty={self.repetition_penalty} must be > 0 (1.0 = off)")
         return self
 
@@ -83,6 +85,8 @@ def generate_ids(
     """Yields new token ids one by one, decoding with a KV cache; stops at eos, max_new_tokens or the context end."""
     check_language_model(model)
     block_size = model.config.block_size
+    if max_new_tokens < 0:
+        raise SlmkitError(f"max_new_tokens={max_new_tokens} must be >= 0")
     if not prompt_ids:
         raise SlmkitError("the prompt is empty after tokenization; give some text to continue")
     if len(prompt_ids) >= block_size:

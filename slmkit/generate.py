@@ -15,7 +15,7 @@ import torch
 from slmkit.checkpoint import LoadedCheckpoint, load_checkpoint
 from slmkit.decoding import Sampling, cut_at_stop, generate_ids
 from slmkit.errors import SlmkitError
-from slmkit.options import option
+from slmkit.options import SEED, above, at_least, between, option
 from slmkit.tokenizer import end_of_document_id
 
 
@@ -25,13 +25,13 @@ class GenerateArgs:
     prompt: Optional[str] = option(None, "Text to continue.")
     prompts_file: Optional[str] = option(None, "Batch mode: a text file with one prompt per line (\\n inside a line is a newline).")
     out: Optional[str] = option(None, "Batch mode: write {prompt, completion} JSON lines here instead of printing.")
-    max_new_tokens: int = option(128, "Most tokens to generate per prompt (fewer if the model's context fills up).")
-    temperature: float = option(0.8, "Softmax temperature; 0 = greedy (always the most likely token).")
-    top_k: int = option(0, "Sample among the k most likely tokens only; 0 = no limit.")
-    top_p: float = option(1.0, "Nucleus sampling: the smallest set of tokens whose probability reaches top_p; 1.0 = off.")
-    repetition_penalty: float = option(1.0, "Divide positive (multiply negative) logits of tokens already present; 1.0 = off.")
+    max_new_tokens: int = option(128, "Most tokens to generate per prompt (fewer if the model's context fills up).", bounds=at_least(1))
+    temperature: float = option(0.8, "Softmax temperature; 0 = greedy (always the most likely token).", bounds=at_least(0))
+    top_k: int = option(0, "Sample among the k most likely tokens only; 0 = no limit.", bounds=at_least(0))
+    top_p: float = option(1.0, "Nucleus sampling: the smallest set of tokens whose probability reaches top_p; 1.0 = off.", bounds=between(0, 1, low_open=True))
+    repetition_penalty: float = option(1.0, "Divide positive (multiply negative) logits of tokens already present; 1.0 = off.", bounds=above(0))
     stop: list[str] = option([], "Stop when any of these strings appears in the output (it is cut off there).")
-    seed: int = option(1337, "Random seed of sampling.")
+    seed: int = option(1337, "Random seed of sampling.", bounds=SEED)
     device: str = option("cpu", "Device to run on: cpu, cuda, cuda:1, ...")
     stream: bool = option(True, "Print text as it is generated (single prompt) instead of at the end.")
 
@@ -70,13 +70,15 @@ def generate_text(
 
 def load_for_generation(path: str, device: str = "cpu") -> LoadedCheckpoint:
     """A checkpoint or run folder, or an int8 export folder (CPU only)."""
+    from slmkit.eval.run import device_of
     from slmkit.export.int8 import is_int8_folder, load_int8
 
+    target = device_of(device)  # a device this machine lacks is refused before anything loads
     if is_int8_folder(Path(path)):
-        if device != "cpu":
+        if target.type != "cpu":
             raise SlmkitError("an int8 export runs on CPU only (torch's dynamic int8 kernels); pass device=cpu")
         return load_int8(path)
-    return load_checkpoint(path, map_location=device)
+    return load_checkpoint(path, map_location=target)
 
 
 def read_prompts(path: str) -> list[str]:

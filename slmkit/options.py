@@ -1,7 +1,8 @@
-"""Documented dataclass fields: every recipe key carries its own help text and, where it names a choice, its choices.
+"""Documented dataclass fields: every recipe key carries its own help text and its valid values (the choices of a
+name, the range of a number).
 
-`slmkit recipes --keys` and the recipe guide (docs/recipe-guide.md) are generated from these, so each is written
-once, here on the field.
+`slmkit recipes --keys` and the recipe guide (docs/recipe-guide.md) are generated from these, and `check_values`
+enforces them, so each is written once, here on the field.
 """
 
 from __future__ import annotations
@@ -9,9 +10,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib
+import math
 import typing
 from dataclasses import dataclass
-from typing import Any, Iterator, Union
+from typing import Any, Iterator, Optional, Union
 
 from slmkit.errors import SlmkitError
 from slmkit.registry import Registry, did_you_mean
@@ -21,12 +23,67 @@ from slmkit.registry import Registry, did_you_mean
 Choices = Union[tuple[str, ...], str, None]
 
 
-def option(default: Any, doc: str, choices: Choices = None) -> Any:
-    """A dataclass field with a default, a one-line description of what it controls, and its valid values.
+@dataclass(frozen=True)
+class Bounds:
+    """The valid range of a number: `low`/`high` (None = unbounded), each included unless `*_open`; NaN and infinity
+    are never valid. `also` holds special values outside the range (devices=-1 for all of them)."""
 
-    A doc never lists a registry's names by hand: the generated help appends them, so a new registration shows up.
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_open: bool = False
+    high_open: bool = False
+    also: tuple[Any, ...] = ()
+
+    def admits(self, value: Any) -> bool:
+        if value in self.also:
+            return True
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def __str__(self) -> str:
+        low, high = _number(self.low), _number(self.high)
+        if low is not None and high is not None:
+            text = (f"between {low} and {high}" if not (self.low_open or self.high_open) else
+                    f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}")
+        elif low is not None:
+            text = f"{'greater than' if self.low_open else 'at least'} {low}"
+        elif high is not None:
+            text = f"{'less than' if self.high_open else 'at most'} {high}"
+        else:
+            text = "a finite number"
+        return text + "".join(f", or {value!r}" for value in self.also)
+
+
+def _number(value: Optional[float]) -> Optional[str]:
+    return None if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def at_least(low: float, also: tuple[Any, ...] = ()) -> Bounds:
+    return Bounds(low=low, also=also)
+
+
+def above(low: float) -> Bounds:
+    return Bounds(low=low, low_open=True)
+
+
+def between(low: float, high: float, low_open: bool = False, high_open: bool = False) -> Bounds:
+    return Bounds(low, high, low_open, high_open)
+
+
+SEED = between(0, 2**32 - 1)  # what numpy and Lightning's seed_everything accept
+FRACTION = between(0, 1)
+
+
+def option(default: Any, doc: str, choices: Choices = None, bounds: Optional[Bounds] = None) -> Any:
+    """A dataclass field with a default, a one-line description of what it controls, and its valid values: `choices`
+    for a name, `bounds` for a number (None, where the type allows it, always means "unset").
+
+    A doc never lists a registry's names or a range by hand: the generated help appends them.
     """
-    metadata = {"doc": doc, "choices": choices}
+    metadata = {"doc": doc, "choices": choices, "bounds": bounds}
     if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
         return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -52,18 +109,27 @@ def check_choice(key: str, value: Any, choices: Choices) -> None:
         )
 
 
-def check_choices(config: Any, prefix: str = "") -> None:
-    """Rejects fields of a dataclass tree whose value is not among the field's choices; `prefix` names the tree."""
+def check_bounds(key: str, value: Any, bounds: Optional[Bounds], doc: str = "") -> None:
+    """Raises SlmkitError naming the valid range when the number `value` lies outside `bounds` (None passes)."""
+    if bounds is None or value is None or bounds.admits(value):
+        return
+    raise SlmkitError(f"{key} is {value!r}; it must be {bounds}" + (f" — {doc}" if doc else ""))
+
+
+def check_values(config: Any, prefix: str = "") -> None:
+    """Rejects fields of a dataclass tree whose value is not among the field's choices or outside its bounds;
+    `prefix` names the tree (`data.`)."""
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         key = f"{prefix}{f.name}"
         if dataclasses.is_dataclass(value):
-            check_choices(value, prefix=f"{key}.")
+            check_values(value, prefix=f"{key}.")
         elif isinstance(value, list):
             for i, item in enumerate(value):
                 if dataclasses.is_dataclass(item):
-                    check_choices(item, prefix=f"{key}[{i}].")
+                    check_values(item, prefix=f"{key}[{i}].")
         check_choice(key, value, f.metadata.get("choices"))
+        check_bounds(key, value, f.metadata.get("bounds"), f.metadata.get("doc", ""))
 
 
 @dataclass(frozen=True)
@@ -75,12 +141,16 @@ class Key:
     default: Any
     doc: str
     choices: Choices
+    bounds: Optional[Bounds] = None
 
     def help(self) -> str:
-        """The doc, followed by the registry's names when the choices come from one."""
+        """The doc, followed by the registry's names when the choices come from one, and the valid range."""
+        text = self.doc
         if isinstance(self.choices, str):
-            return f"{self.doc} One of: {', '.join(registry_named(self.choices).names())}."
-        return self.doc
+            text += f" One of: {', '.join(registry_named(self.choices).names())}."
+        if self.bounds is not None:
+            text += f" Valid: {self.bounds}."
+        return text
 
 
 @dataclass(frozen=True)
@@ -103,7 +173,7 @@ def sections(config_class: type, key: str = "", doc: str = "") -> Iterator[Secti
         if dataclasses.is_dataclass(hint):
             nested.append((hint, full, field_doc))
             continue
-        leaves.append(Key(full, _type_name(f), _default(f), field_doc, f.metadata.get("choices")))
+        leaves.append(Key(full, _type_name(f), _default(f), field_doc, f.metadata.get("choices"), f.metadata.get("bounds")))
         item = typing.get_args(hint)[0] if typing.get_origin(hint) is list else None
         if item is not None and dataclasses.is_dataclass(item):
             nested.append((item, f"{full}[]", field_doc))

@@ -113,15 +113,16 @@ def _text(record: dict[str, Any]) -> str:
     return text
 
 
-def read_inputs(path: str) -> list[dict[str, Any]]:
-    """Records of a data file; a .txt file is one record {text} per non-empty line."""
-    files = data_files(path, "predict")
+def read_inputs(path: str, command: str = "predict") -> list[dict[str, Any]]:
+    """Records of a data file; a .txt file is one record {text} per non-empty line. `command` names the reader in
+    messages."""
+    files = data_files(path, command)
     one_per_line = all(f.suffix in (".txt", ".md") or f.name.endswith(".txt.gz") for f in files)
-    records = read_records(path, "predict", split_documents="^" if one_per_line else None)
+    records = read_records(path, command, split_documents="^" if one_per_line else None)
     records = [{"text": r["text"].strip()} if one_per_line else r for r in records]
     records = [r for r in records if not one_per_line or r["text"]]
     if not records:
-        raise SlmkitError(f"input={path} holds no records to predict")
+        raise SlmkitError(f"input={path} holds no records to {command}")
     return records
 
 
@@ -135,6 +136,9 @@ def run_predict(args: PredictArgs) -> list[dict[str, Any]]:
     records = read_inputs(args.input)
     loaded: LoadedCheckpoint = load_checkpoint(args.checkpoint, map_location=device_of(args.device))
     head = loaded.model.default_head
+    if head not in PREDICTORS:
+        raise SlmkitError(f"slmkit predict serves the heads {', '.join(PREDICTORS.names())}, and this model's head is {head}: "
+                          "turn texts into vectors with `slmkit embed`, or fine-tune the model for a task first")
     spec = resolve_task(loaded.config.objective.task) if loaded.config.objective.task else None
     scorer = Scorer(loaded.model, loaded.tokenizer(), batch_size=args.batch_size)
     with torch.inference_mode():

@@ -13,13 +13,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
-from slmkit.config import RunConfig, build_config, load_run_config
+from slmkit.config import RunConfig, build_config, load_run_config, yaml_problem
 from slmkit.errors import SlmkitError
 from slmkit.registry import did_you_mean
 
@@ -72,14 +73,29 @@ def resolve_recipe(name: str, overrides: Sequence[str] = (), follow_init_from: b
             composed = compose(config_name=name, overrides=list(group_choices))
     except HydraException as err:
         raise SlmkitError(f"recipe {name!r} does not compose: {str(err).splitlines()[0]}") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = mark.name if mark is not None and mark.name else f"a file of recipe {name!r}"
+        raise SlmkitError(f"{where} is not valid YAML ({yaml_problem(err)}): fix it, or restore the recipe file") from None
     finally:
         GlobalHydra.instance().clear()
     raw = OmegaConf.to_container(composed, resolve=False)
     raw.setdefault("name", name)
     config = build_config(RunConfig, raw, overrides=values)
-    if config.init_from and follow_init_from:
-        config = build_config(RunConfig, init_from_layer(config), raw, overrides=values)
-        check_init_tokenizer(config)
+    if follow_init_from and (config.init_from or config.distill.teacher):
+        # What the run starts from lies under the recipe: the teacher's tokenizer (and its model section, when the
+        # student starts from the teacher's layers), then the init_from run's model and tokenizer. The distillation
+        # objective refuses a student whose tokenizer then differs from its teacher's.
+        lowest = []
+        if config.distill.teacher:
+            from slmkit.distill.teacher import teacher_layer
+
+            lowest.append(teacher_layer(config))
+        if config.init_from:
+            lowest.append(init_from_layer(config))
+        config = build_config(RunConfig, *lowest, raw, overrides=values)
+        if config.init_from:
+            check_init_tokenizer(config)
     # vocab_size 0 means "the tokenizer's size", resolved when the tokenizer exists; check everything else now.
     dataclasses.replace(config.model, vocab_size=max(config.model.vocab_size, 1)).validate()
     return config
@@ -155,10 +171,12 @@ def list_recipes(show_keys: bool = False) -> str:
         m, t = config.model, config.trainer
         if config.init_from:
             params, model, tokenizer = "-", f"from {config.init_from}", "the init_from run's"
+        elif config.distill.init_from_teacher:
+            params, model, tokenizer = "-", f"{m.n_layer} layers of {config.distill.teacher}", "the teacher's"
         else:
             count, exact = count_parameters(config)
             params = format_count(count) + ("" if exact else " + emb")
-            model = f"{m.n_layer}x{m.d_model} {m.positions}/{m.ffn}/{m.norm}" + (f" kv={m.kv_heads}" if m.kv_heads != m.n_head else "")
+            model = f"{m.n_layer}x{m.d_model} {m.positions}/{m.ffn}/{m.norm}" + (f" kv={m.kv_heads}" if m.kv_heads != m.n_head else "") + ("" if m.causal else " encoder")
             tokenizer = f"{config.tokenizer.kind} {config.tokenizer.vocab_size if config.tokenizer.kind != 'char' else 'chars'}"
         if config.objective.task:
             data = f"task {config.objective.task}"

@@ -6,6 +6,7 @@ writes it between documents, eval, generation and export. Tokenizer kinds are tr
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -39,6 +40,11 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
             f"{path} is not a valid tokenizer.json ({error}); point at a Hugging Face tokenizers file, or leave "
             f"tokenizer.path unset to train one"
         ) from None
+
+
+def tokenizer_sha256(path: str | Path) -> str:
+    """The tokenizer file's identity: the sha256 of its bytes, as shard manifests record it."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def end_of_document_id(tokenizer: Tokenizer) -> int:

@@ -43,10 +43,11 @@ def _reference_losses() -> list[list[float]]:
     from zero_worker import MODEL, STEPS, batch
 
     from slmkit.model import Model
+    from slmkit.training.optimizers import decay_groups
 
     torch.manual_seed(0)
     model = Model(MODEL)
-    optimizer = torch.optim.AdamW(model.param_groups(0.1), lr=1e-2)
+    optimizer = torch.optim.AdamW(decay_groups(list(model.parameters()), 0.1), lr=1e-2)
     per_rank: list[list[float]] = [[], []]
     for step in range(STEPS):
         optimizer.zero_grad()

@@ -122,3 +122,19 @@ def test_a_tokenizer_larger_than_the_model_vocabulary_is_refused(tiny_loaded, sh
     bigger = train_tokenizer(legal_texts(shared_dir, 300), vocab_size=model.config.vocab_size + 200)
     with pytest.raises(SlmkitError, match="does not belong to the checkpoint"):
         Scorer(model, bigger)
+
+
+def test_choices_sharing_a_context_score_as_if_each_were_scored_alone(tiny_loaded):
+    from slmkit.eval.encoding import encode_pair
+
+    model, tokenizer = tiny_loaded
+    scorer = Scorer(model, tokenizer, batch_size=4)
+    context = "The court held that the statute"
+    choices = [" applies to every contract", " was void", " did not apply to the motion at all", " ."]
+    requests = [encode_pair(tokenizer, context, c, scorer.prefix_id) for c in choices]
+    shared, alone = scorer._shared_contexts(requests)
+    assert list(shared.values()) == [[0, 1, 2, 3]] and alone == []
+    together = scorer.score(requests)
+    one_by_one = [scorer.score([r])[0] for r in requests]
+    for a, b in zip(together, one_by_one):
+        assert abs(a.logprob - b.logprob) < 1e-4 and a.is_greedy == b.is_greedy and a.n_tokens == b.n_tokens

@@ -32,6 +32,7 @@ def test_every_builtin_task_resolves_to_its_type():
         "fin_sentiment": "classification", "legal_heldout": "perplexity", "medmcqa": "multiple_choice",
         "pubmedqa": "classification", "wikitext2": "perplexity", "ncbi_disease": "token_classification",
         "pubmedqa_answer": "generation", "tatqa_text_spans": "span_qa",
+        "pubmedqa_retrieval": "retrieval", "tatqa_retrieval": "retrieval",
     }
     assert verbalizations(resolve_task("pubmedqa")) == {"yes": "yes", "no": "no", "maybe": "maybe"}
 

@@ -164,6 +164,8 @@ def test_a_finetune_resumes_with_identical_losses(pretrained, tmp_path):
     a = [(r["step"], r["train_loss"]) for r in read_metrics(straight) if "train_loss" in r]
     b = [(r["step"], r["train_loss"]) for r in read_metrics(resumed) if "train_loss" in r]
     assert a == b
+    steps = [r["step"] for r in read_metrics(resumed)]
+    assert steps == sorted(set(steps))  # one record per step
 
 
 # --- mistakes ------------------------------------------------------------------------------------------------

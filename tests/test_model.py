@@ -168,15 +168,6 @@ def test_init_is_deterministic_and_scales_residual_projections():
     assert unscaled.body.blocks[0].attn.o_proj.weight.std().item() == pytest.approx(0.02, rel=0.05)
 
 
-def test_param_groups_decay_matrices_only_and_cover_every_parameter_once():
-    model = Model(gpt2_style(vocab_size=61, block_size=32, n_layer=2, n_head=4, d_model=32))
-    decay, no_decay = model.param_groups(0.1)
-    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
-    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
-    assert sum(p.numel() for p in decay["params"] + no_decay["params"]) == model.num_parameters()
-    torch.optim.AdamW(model.param_groups(0.1), lr=1e-3)
-
-
 # --- learning ----------------------------------------------------------------------------------------------
 
 
@@ -187,7 +178,7 @@ def test_tiny_model_overfits_one_batch(overrides):
     torch.manual_seed(0)
     model = Model(tiny(**overrides))
     ids = torch.randint(0, 61, (4, 17))
-    optimizer = torch.optim.AdamW(model.param_groups(0.0), lr=1e-2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
     for _ in range(150):
         logits = model(ids[:, :-1])
         loss = F.cross_entropy(logits.reshape(-1, 61), ids[:, 1:].reshape(-1))

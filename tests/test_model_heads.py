@@ -107,3 +107,22 @@ def test_a_cached_decode_step_reads_the_padding_mask_of_every_key():
         step = model(torch.tensor([[7], [7]]), cache=cache, padding_mask=torch.cat([mask, torch.ones(2, 1, dtype=torch.bool)], 1))
         alone = model(torch.tensor([[4, 4, 7]]))
     torch.testing.assert_close(step[1, -1], alone[0, -1], atol=1e-5, rtol=1e-5)
+
+
+def test_logit_softcap_squashes_logits_smoothly_into_the_cap():
+    torch.manual_seed(0)
+    plain = Model(tiny(init_std=1.0)).eval()
+    capped = Model(tiny(init_std=1.0, logit_softcap=2.0)).eval()
+    capped.load_state_dict(plain.state_dict())
+    ids = torch.randint(0, 61, (2, 9))
+    with torch.no_grad():
+        raw, squashed = plain(ids), capped(ids)
+    assert raw.abs().max() > 2.0 and squashed.abs().max() <= 2.0
+    torch.testing.assert_close(squashed, 2.0 * torch.tanh(raw / 2.0))
+
+
+def test_a_softcapped_model_is_refused_by_every_export_target():
+    from slmkit.export.targets import select_target
+
+    with pytest.raises(SlmkitError, match=r"logit_softcap=30.0 \(LlamaForCausalLM has no logit soft-capping\)"):
+        select_target(tiny(logit_softcap=30.0))

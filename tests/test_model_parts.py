@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from slmkit.errors import SlmkitError
-from slmkit.model import (ATTENTION_KERNELS, ATTENTION_LAYERS, FEEDFORWARDS, NORMS, POSITIONS, AttentionMasks, Model,
-                          ModelConfig, alibi_slopes)
+from slmkit.model import (ATTENTION_KERNELS, ATTENTION_LAYERS, BLOCKS, FEEDFORWARDS, NORMS, POSITIONS, AttentionMasks,
+                          Model, ModelConfig, alibi_slopes)
 from slmkit.model.attention import AttentionMask, MultiHeadAttention
 from slmkit.model.positions import apply_rotary
 
@@ -33,7 +33,8 @@ def tiny(**overrides) -> ModelConfig:
 def test_every_part_kind_has_its_registry_of_names():
     assert NORMS.names() == ["layernorm", "rmsnorm"]
     assert POSITIONS.names() == ["alibi", "learned", "none", "rope", "sinusoidal"]
-    assert FEEDFORWARDS.names() == ["gelu", "relu2", "swiglu"]
+    assert FEEDFORWARDS.names() == ["geglu", "gelu", "relu2", "swiglu"]
+    assert BLOCKS.names() == ["postnorm", "prenorm"]
     assert ATTENTION_KERNELS.names() == ["eager", "sdpa"]
     assert ATTENTION_LAYERS.names() == ["multihead"]
 
@@ -76,6 +77,10 @@ def test_feedforwards_compute_their_published_formulas():
     swiglu = FEEDFORWARDS.get("swiglu")(tiny())
     expected = swiglu.down_proj(F.silu(swiglu.gate_proj(x)) * swiglu.up_proj(x))
     torch.testing.assert_close(swiglu(x), expected)
+
+    geglu = FEEDFORWARDS.get("geglu")(tiny())
+    h = geglu.gate_proj(x)
+    torch.testing.assert_close(geglu(x), geglu.down_proj(0.5 * h * (1 + torch.erf(h / math.sqrt(2))) * geglu.up_proj(x)))
 
     relu2 = FEEDFORWARDS.get("relu2")(tiny())
     torch.testing.assert_close(relu2(x), relu2.down_proj(torch.clamp(relu2.up_proj(x), min=0) ** 2))
@@ -273,6 +278,7 @@ def part_configs() -> list[tuple[str, dict]]:
     cases += [(f"positions={n}", dict(positions=n)) for n in POSITIONS.names()]
     cases += [(f"ffn={n}", dict(ffn=n)) for n in FEEDFORWARDS.names()]
     cases += [(f"norm={n}", dict(norm=n, qk_norm=True)) for n in NORMS.names()]
+    cases += [(f"block={n}", dict(block=n, embedding_norm=True)) for n in BLOCKS.names()]
     return cases
 
 

@@ -51,7 +51,8 @@ def test_training_writes_run_folder_and_loss_falls(shared_dir, tmp_path):
     val = [r["val_loss"] for r in records if "val_loss" in r]
     assert len(val) == 3 and val[-1] < val[0]
     # The two newest periodic checkpoints are kept (the final step is one of them).
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-12.ckpt", "step-8.ckpt"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "step-12.ckpt", "step-12.ckpt.sha256", "step-8.ckpt", "step-8.ckpt.sha256"]
     loaded = load_checkpoint(run)
     assert loaded.model.config.n_layer == 2
     manifest = json.loads((run / RUN_MANIFEST).read_text())
@@ -71,6 +72,7 @@ def test_resume_continues_with_identical_losses(shared_dir, tmp_path):
     a = [(r["step"], r["train_loss"]) for r in read_metrics(straight)]
     b = [(r["step"], r["train_loss"]) for r in read_metrics(resumed)]
     assert a == b
+    assert [r["step"] for r in read_metrics(resumed)] == list(range(1, 9))  # one record per step
 
 
 def test_resume_true_refuses_a_different_architecture(shared_dir, tmp_path):
@@ -139,6 +141,9 @@ def test_gpu_recipe_falls_back_to_a_cpu_smoke_test(shared_dir, tmp_path):
     else:
         assert fallen.trainer.strategy == "auto" and fallen.trainer.precision == "fp32" and fallen.trainer.grad_accum == 1
         assert any("strategy" in c for c in changes)
+        # A step of one 256-token sequence takes seconds on a CPU, where 16 x 1024 took minutes.
+        assert fallen.trainer.micro_batch_size == 1 and fallen.model.block_size == 256
+        assert "model.block_size: 1024 -> 256" in changes
 
 
 def test_periodic_evaluation_runs_once_per_step_with_gradient_accumulation(shared_dir, tmp_path, monkeypatch):

@@ -6,13 +6,21 @@ safetensors, or torch.load(weights_only=True) — a checkpoint can never run cod
 
 from __future__ import annotations
 
+import io
+import os
+import re
 import shutil
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_model
 
+from slmkit.atomic import atomic_copy, atomic_path, fsync_file
+from slmkit.checksum import checksum_file, verify_checksum, write_checksum
 from slmkit.config import RunConfig, load_run_config, save_run_config
 from slmkit.errors import SlmkitError
 from slmkit.lora import add_lora, has_adapters, merge_lora
@@ -23,6 +31,8 @@ CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "model.safetensors"
 LIGHTNING_PREFIX = "model."  # the LightningModule holds the Model as `self.model`
 TIED = ("heads.lm.proj.weight", "body.tok_embeddings.weight")  # one tensor when model.tie_embeddings
+TIED_MASKED_LM = ("heads.masked_lm.decoder.weight", "body.tok_embeddings.weight")  # likewise for an encoder
+STEP_KEY = "slmkit_step"  # model.safetensors metadata: the optimizer step of the weights
 
 
 def build_model(config: RunConfig) -> Model:
@@ -38,27 +48,80 @@ class LoadedCheckpoint:
     config: RunConfig
     tokenizer_path: Path
     path: Path
+    step: int | None = None  # optimizer steps the weights were trained for; None when the file does not say
 
     def tokenizer(self):
         return load_tokenizer(self.tokenizer_path)
 
+    @property
+    def planned_steps(self) -> int:
+        return self.config.trainer.max_steps
 
-def save_inference_checkpoint(out_dir: str | Path, model: Model, config: RunConfig, tokenizer_path: str | Path) -> Path:
-    """Writes config.yaml + tokenizer.json + model.safetensors (fp32) into out_dir; returns the weights path."""
+    @property
+    def finished(self) -> bool | None:
+        """Whether the weights are those of the run's last planned step; None when their step is unknown."""
+        return None if self.step is None else self.step >= self.planned_steps
+
+
+def save_inference_checkpoint(out_dir: str | Path, model: Model, config: RunConfig, tokenizer_path: str | Path,
+                              step: int | None = None) -> Path:
+    """Writes config.yaml + tokenizer.json + model.safetensors (fp32, with its checksum) into out_dir; returns the
+    weights path. `step`, the optimizer steps the weights were trained for, is recorded in the weights' metadata."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     save_run_config(config, out_dir / CONFIG_FILE)
     if Path(tokenizer_path).resolve() != (out_dir / TOKENIZER_FILE).resolve():
-        shutil.copyfile(tokenizer_path, out_dir / f".{TOKENIZER_FILE}.tmp")
-        (out_dir / f".{TOKENIZER_FILE}.tmp").replace(out_dir / TOKENIZER_FILE)
-    tmp = out_dir / f".{WEIGHTS_FILE}.tmp"
+        atomic_copy(tokenizer_path, out_dir / TOKENIZER_FILE)
     fp32 = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
     # save_model drops one name of a tied pair so safetensors does not refuse shared storage.
     shadow = Model(config.model, model.head_specs)
     shadow.load_state_dict(fp32)
-    save_model(shadow, str(tmp))
-    tmp.replace(out_dir / WEIGHTS_FILE)
-    return out_dir / WEIGHTS_FILE
+    target = out_dir / WEIGHTS_FILE
+    with atomic_path(target) as tmp:
+        try:
+            save_model(shadow, str(tmp), metadata={STEP_KEY: str(step)} if step is not None else None)
+        except SafetensorError as err:  # safetensors reports the file system's refusal as text only
+            errno = re.search(r"os error (\d+)", str(err))
+            if errno is None:
+                raise
+            raise OSError(int(errno.group(1)), os.strerror(int(errno.group(1))), str(target)) from None
+        fsync_file(tmp)
+        write_checksum(target, tmp)
+    return target
+
+
+def save_torch(obj: Any, path: str | Path) -> None:
+    """torch.save to `path`, fsynced. A write the file system refuses raises its OSError (ENOSPC, EFBIG, ...), not the
+    `RuntimeError: [enforce fail at inline_container.cc] unexpected pos` that torch turns it into."""
+    refused: list[OSError] = []
+
+    class Recording(io.FileIO):
+        def write(self, data: Any) -> int:
+            view, written = memoryview(data).cast("B"), 0
+            try:
+                while written < len(view):  # a nearly full disk takes part of a write; the rest raises
+                    written += super().write(view[written:])
+            except OSError as err:
+                refused.append(err)
+                raise
+            return written
+
+    with Recording(path, "w") as f:
+        try:
+            torch.save(obj, f)
+        except RuntimeError:
+            if refused:
+                raise OSError(refused[0].errno, refused[0].strerror, str(path)) from None
+            raise
+        os.fsync(f.fileno())
+
+
+def remove_checkpoint(path: Path) -> None:
+    """Deletes a checkpoint (file or DeepSpeed folder) and its checksum."""
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+    checksum_file(path).unlink(missing_ok=True)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
@@ -73,7 +136,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise SlmkitError(f"no {TOKENIZER_FILE} beside the checkpoint in {run_dir}: copy the run's tokenizer there")
     model = model_from_state(config, read_state_dict(weights_path), weights_path)
     model.to(map_location).eval()
-    return LoadedCheckpoint(model=model, config=config, tokenizer_path=tokenizer_path, path=weights_path)
+    return LoadedCheckpoint(model=model, config=config, tokenizer_path=tokenizer_path, path=weights_path,
+                            step=weights_step(weights_path))
 
 
 def locate_run(path: str | Path, key: str) -> Path:
@@ -85,6 +149,12 @@ def locate_run(path: str | Path, key: str) -> Path:
             "by `slmkit train recipe=<recipe>`) or a checkpoint in one"
         )
     return _locate(path)[1]
+
+
+def locate_weights(path: str | Path, key: str) -> Path:
+    """The weights file (or DeepSpeed folder) that load_checkpoint reads for a run folder or a checkpoint in one."""
+    locate_run(path, key)
+    return _locate(Path(path))[0]
 
 
 def model_from_state(config: RunConfig, state: dict[str, torch.Tensor], source: Path) -> Model:
@@ -133,10 +203,54 @@ def checkpoint_step(path: Path) -> int | None:
     return None
 
 
-def read_state_dict(weights_path: Path) -> dict[str, torch.Tensor]:
-    """Model tensors from safetensors, a Lightning .ckpt file, or a DeepSpeed checkpoint folder."""
+def step_checkpoints(checkpoint_dir: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every step-N.ckpt (file or DeepSpeed folder) in the folder, oldest first."""
+    found = [(checkpoint_step(p), p) for p in checkpoint_dir.glob("step-*.ckpt")] if checkpoint_dir.is_dir() else []
+    return sorted((step, p) for step, p in found if step is not None)
+
+
+def weights_step(weights_path: Path) -> int | None:
+    """The optimizer step a checkpoint or weights file holds: from a checkpoint's name, or the metadata that
+    save_inference_checkpoint writes; None when neither says."""
     if weights_path.suffix == ".safetensors":
-        return load_file(str(weights_path))
+        try:
+            with safe_open(str(weights_path), framework="pt") as f:
+                step = (f.metadata() or {}).get(STEP_KEY)
+        except SafetensorError:
+            return None
+        return int(step) if step is not None and step.isdigit() else None
+    return checkpoint_step(weights_path)
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why the checkpoint cannot be resumed from (a checksum mismatch, a truncated file), or None when it looks whole.
+
+    A checkpoint without a checksum (slmkit before checksums, another tool) is checked as far as its format allows:
+    a truncated zip file lacks the directory at its end."""
+    try:
+        if verify_checksum(path):
+            return None
+    except SlmkitError as err:
+        return str(err)
+    if path.is_file():
+        try:
+            with zipfile.ZipFile(path):
+                return None
+        except (zipfile.BadZipFile, OSError) as err:
+            return f"{path} is not a whole checkpoint file ({err})"
+    return None
+
+
+def read_state_dict(weights_path: Path) -> dict[str, torch.Tensor]:
+    """Model tensors from safetensors, a Lightning .ckpt file, or a DeepSpeed checkpoint folder, checked against the
+    checksum written with them."""
+    verify_checksum(weights_path)
+    if weights_path.suffix == ".safetensors":
+        try:
+            return load_file(str(weights_path))
+        except SafetensorError as err:
+            raise SlmkitError(f"cannot read {weights_path}: it is not a whole safetensors file ({err}); "
+                              "use the run's checkpoints/ instead, or copy the file again") from None
     if weights_path.is_dir():
         from slmkit.checkpoint.zero import consolidate_zero_checkpoint
 
@@ -145,7 +259,8 @@ def read_state_dict(weights_path: Path) -> dict[str, torch.Tensor]:
         try:
             payload = torch.load(weights_path, map_location="cpu", weights_only=True)
         except Exception as err:  # pickle/zip errors: truncated, foreign or not a checkpoint at all
-            raise SlmkitError(f"cannot read checkpoint {weights_path}: {err}. Is the file complete?") from None
+            raise SlmkitError(f"cannot read checkpoint {weights_path} as tensors only ({load_problem(err)}): the file "
+                              "is truncated, damaged or not an slmkit checkpoint") from None
         state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
         if not isinstance(state, dict):
             raise SlmkitError(f"{weights_path} holds no state_dict: not an slmkit checkpoint")
@@ -154,12 +269,22 @@ def read_state_dict(weights_path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def load_problem(err: Exception) -> str:
+    """The first line of a torch.load error, without PyTorch's advice to retry with weights_only=False: for a
+    checkpoint that is not tensors only, that would run whatever code it carries."""
+    text = str(err)
+    if "Weights only load failed" in text:
+        found = re.search(r"(?:unsupported|Unsupported global:) GLOBAL ([\w.]+)", text)
+        return "it holds Python objects other than tensors" + (f", such as {found.group(1)}" if found else "")
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def with_tied_names(model: Model, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Fills in the other name of the tied embedding / LM-head pair: safetensors' save_model keeps only one."""
+    """Fills in the other name of a tied embedding / (masked) LM-head pair: safetensors' save_model keeps only one."""
     if not model.config.tie_embeddings:
         return state
     expected = model.state_dict()
-    for name, twin in (TIED, TIED[::-1]):
+    for name, twin in (TIED, TIED[::-1], TIED_MASKED_LM, TIED_MASKED_LM[::-1]):
         if name not in state and twin in state and name in expected:
             state = {**state, name: state[twin]}
     return state

@@ -32,8 +32,9 @@ class _Recorded:
         return int(self.args[0])
 
 
-# Named stand-ins rather than one shared class, so an unexpected object still fails loudly instead of loading.
-_DEEPSPEED_OBJECTS = [
+# The only objects DeepSpeed pickles into its checkpoint files. Consolidation reads them into named stand-ins (not one
+# shared class, so an unexpected object still fails loudly); resuming a run allows the real classes, and no others.
+DEEPSPEED_OBJECTS = [
     "deepspeed.runtime.zero.config.ZeroStageEnum",
     "deepspeed.runtime.fp16.loss_scaler.LossScaler",
     "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
@@ -42,12 +43,14 @@ _DEEPSPEED_OBJECTS = [
 
 
 def _load(path: Path) -> dict[str, Any]:
-    stand_ins = [(type(name.rsplit(".", 1)[1], (_Recorded,), {}), name) for name in _DEEPSPEED_OBJECTS]
+    stand_ins = [(type(name.rsplit(".", 1)[1], (_Recorded,), {}), name) for name in DEEPSPEED_OBJECTS]
     try:
         with torch.serialization.safe_globals(stand_ins):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling errors: a foreign object, a truncated or non-DeepSpeed file
-        raise SlmkitError(f"cannot read DeepSpeed shard {path} safely: {str(err).splitlines()[0]}. Is the checkpoint complete?") from None
+        from slmkit.checkpoint.files import load_problem
+
+        raise SlmkitError(f"cannot read DeepSpeed shard {path} safely ({load_problem(err)}). Is the checkpoint complete?") from None
 
 
 def _natural(path: Path) -> list:

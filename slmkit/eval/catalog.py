@@ -15,6 +15,7 @@ import slmkit.eval.generation  # noqa: F401
 import slmkit.eval.legalbench  # noqa: F401
 import slmkit.eval.lm_tasks  # noqa: F401
 import slmkit.eval.multiple_choice  # noqa: F401
+import slmkit.eval.retrieval  # noqa: F401
 import slmkit.eval.span_qa  # noqa: F401
 import slmkit.eval.token_classification  # noqa: F401
 from slmkit.errors import SlmkitError

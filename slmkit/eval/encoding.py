@@ -57,12 +57,15 @@ def check_tokenizer_fits(tokenizer: Tokenizer, vocab_size: int) -> None:
         )
 
 
-def sequence_input(tokenizer: Tokenizer, text: str, max_length: int, prefix_id: int | None) -> list[int]:
+def sequence_input(tokenizer: Tokenizer, text: str, max_length: int, prefix_id: int | None, keep_start: bool = False) -> list[int]:
     """The ids a head reads for one text: the document-start token, then the text's tokens cut on the left to fit
-    max_length — prompts put the question last, and a causal classifier reads its label off the last token."""
-    ids = encode(tokenizer, text)[-(max_length - (prefix_id is not None)):]
+    max_length — prompts put the question last, and a causal classifier reads its label off the last token; with
+    keep_start, cut on the right instead (a passage to embed, whose opening says most about it)."""
+    room = max_length - (prefix_id is not None)
+    ids = encode(tokenizer, text)
+    ids = ids[:room] if keep_start else ids[-room:]
     if not ids:
-        raise SlmkitError(f"the text {text[:60]!r} encodes to no tokens; a classifier needs some text to read")
+        raise SlmkitError(f"the text {text[:60]!r} encodes to no tokens; a head needs some text to read")
     return ([prefix_id] if prefix_id is not None else []) + ids
 
 

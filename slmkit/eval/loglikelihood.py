@@ -1,7 +1,8 @@
 """Log-likelihood of continuations under a causal model: batched, sorted by length, independent of the batch size.
 
 Contexts longer than the window lose tokens on the left, continuations never. Continuations of one token that
-share a context (Yes/No, A/B/C labels) are all read from a single forward pass of that context.
+share a context (Yes/No, A/B/C labels) are all read from a single forward pass of that context; longer ones that
+share a context (the choices of a question) read it once into a KV cache and go on from copies of it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 from tokenizers import Tokenizer
 
 from slmkit.errors import SlmkitError
-from slmkit.eval.encoding import Request, check_tokenizer_fits, encode, encode_pair
+from slmkit.eval.encoding import Request, check_tokenizer_fits, encode, encode_pair, pad_batch
 from slmkit.tokenizer import end_of_document_id
 
 
@@ -89,14 +90,57 @@ class Scorer:
 
     def score(self, requests: Sequence[Request]) -> list[Score]:
         self._check_language_model()
-        rows = self._rows(requests)
+        results: list[Score | None] = [None] * len(requests)
+        shared, alone = self._shared_contexts(requests)
+        rows = self._rows([requests[i] for i in alone])
         # Longest first: padding stays small within a batch, and an out-of-memory error shows up at once.
         rows.sort(key=lambda row: -len(row.input_ids))
-        results: list[Score | None] = [None] * len(requests)
         with torch.inference_mode():
+            for context, members in shared.items():
+                self._score_shared(context, [(i, requests[i].continuation) for i in members], results)
+            alone_results: list[Score | None] = [None] * len(alone)
             for start in range(0, len(rows), self.batch_size):
-                self._run_batch(rows[start:start + self.batch_size], results)
+                self._run_batch(rows[start:start + self.batch_size], alone_results)
+        for index, score in zip(alone, alone_results):
+            results[index] = score
         return results  # type: ignore[return-value]
+
+    def _shared_contexts(self, requests: Sequence[Request]) -> tuple[dict[tuple[int, ...], list[int]], list[int]]:
+        """Requests whose context is read once for all of them (several continuations of more than one token, the
+        choices of a question, that fit the window uncut), by context; and the indices of all the others."""
+        by_context: dict[tuple[int, ...], list[int]] = {}
+        for index, request in enumerate(requests):
+            by_context.setdefault(request.context, []).append(index)
+        shared, alone = {}, []
+        for context, members in by_context.items():
+            longest = max(len(requests[i].continuation) for i in members)
+            if len(members) > 1 and longest > 1 and len(context) + longest - 1 <= self.window:
+                shared[context] = members
+            else:
+                alone += members
+        return shared, sorted(alone)
+
+    def _score_shared(self, context: tuple[int, ...], members: list[tuple[int, tuple[int, ...]]],
+                      results: list[Score | None]) -> None:
+        """One forward pass of the context into a KV cache, then every continuation at once on copies of it."""
+        cache = self.model.new_cache(1, len(context))
+        first = self.model(torch.tensor([context], device=self.device), cache=cache, head="lm")[0, -1].float().log_softmax(-1)
+        # Continuation token j is predicted at the position of token j - 1: the first by the context's last position.
+        follow = [list(continuation[:-1]) for _, continuation in members]
+        width = max(len(f) for f in follow)
+        steps = None
+        if width:
+            ids, mask = pad_batch(follow, self.pad_id)
+            keys = torch.cat([torch.ones(len(members), len(context), dtype=torch.bool), mask], dim=1)
+            expanded = cache.expanded(len(members), len(context) + width)
+            steps = self.model(ids.to(self.device), cache=expanded, padding_mask=keys.to(self.device), head="lm").float().log_softmax(-1)
+        for row, (index, continuation) in enumerate(members):
+            logprobs = [first] + ([steps[row, j] for j in range(len(continuation) - 1)] if steps is not None else [])
+            targets = torch.tensor(continuation, device=first.device)
+            picked = torch.stack(logprobs)
+            token_logprobs = picked.gather(1, targets[:, None])[:, 0]
+            results[index] = Score(logprob=float(token_logprobs.double().sum()),
+                                   is_greedy=bool((picked.argmax(-1) == targets).all()), n_tokens=len(continuation))
 
     def _rows(self, requests: Sequence[Request]) -> list[_Row]:
         rows: list[_Row] = []

@@ -168,3 +168,24 @@ def answer_scores(predictions: Sequence[str], golds: Sequence[Sequence[str]]) ->
     return {"exact_match": accuracy(exact), "f1": Metric(float(np.mean(f1)) if f1 else float("nan"))}
 
 
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Ranking: each query's relevant document among a pool.
+
+def relevant_ranks(scores: np.ndarray, relevant: Sequence[int]) -> np.ndarray:
+    """1-based rank of each query's relevant document under scores [queries, documents]: one plus the number of other
+    documents scoring at least as high, so a tie counts against the relevant one (a query matching nothing ranks last)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    own = scores[np.arange(len(relevant)), np.asarray(relevant)]
+    return (scores >= own[:, None]).sum(axis=1)
+
+
+def ranking_scores(ranks: Sequence[int], ks: Sequence[int]) -> dict[str, Metric]:
+    """recall@k (the relevant document among the first k) for each k, and the mean reciprocal rank."""
+    ranks = np.asarray(ranks)
+    out = {f"recall@{k}": accuracy([bool(r <= k) for r in ranks]) for k in ks}
+    reciprocal = 1.0 / ranks
+    stderr = float(reciprocal.std(ddof=1) / math.sqrt(len(ranks))) if len(ranks) > 1 else None
+    out["mrr"] = Metric(float(reciprocal.mean()) if len(ranks) else float("nan"), stderr)
+    return out

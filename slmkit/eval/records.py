@@ -80,7 +80,10 @@ def _read_file(path: Path, task: str, text_field: str, split_documents: str | No
             if kind == "conll":
                 return _conll_sentences(f, path, task)
             text = f.read()
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error) as err:
+    except UnicodeDecodeError as err:
+        raise SlmkitError(f"task {task}: {path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
+                          f"{err.start}); convert it to UTF-8 first, e.g. iconv -f latin1 -t utf-8") from None
+    except (OSError, json.JSONDecodeError, csv.Error) as err:
         raise SlmkitError(f"task {task}: cannot read {path}: {err}") from None
     if split_documents is None:
         return [{text_field: text}]

@@ -21,7 +21,7 @@ from slmkit.eval.loglikelihood import Scorer
 from slmkit.eval.metrics import TaskResult
 from slmkit.eval.report import label_tables, markdown_table, write_report
 from slmkit.eval.task import TASK_TYPES, RunSettings
-from slmkit.options import option
+from slmkit.options import SEED, at_least, option
 
 log = logging.getLogger("slmkit.eval")
 
@@ -30,14 +30,14 @@ log = logging.getLogger("slmkit.eval")
 class EvalArgs:
     checkpoint: Optional[str] = option(None, "Run folder or checkpoint file (.ckpt, .safetensors) to evaluate.")
     tasks: list[str] = option([], "Task names (wikitext2, legalbench/abercrombie, ...) or task YAML paths; empty = the recipe's eval.tasks.")
-    limit: Optional[int] = option(None, "Evaluate at most this many examples (documents) per task, a seeded subset.")
-    batch_size: int = option(8, "Sequences per forward pass; results do not depend on it.")
+    limit: Optional[int] = option(None, "Evaluate at most this many examples (documents) per task, a seeded subset.", bounds=at_least(1))
+    batch_size: int = option(8, "Sequences per forward pass; results do not depend on it.", bounds=at_least(1))
     out: Optional[str] = option(None, "Folder for results.json and results.md; default <run folder>/eval/.")
     device: str = option("auto", "auto (cuda when available), cpu, cuda or cuda:N.")
     precision: str = option("fp32", "Weights in fp32, or bf16 (faster on GPU; scores differ in the 3rd decimal).", choices=("fp32", "bf16"))
-    num_fewshot: Optional[int] = option(None, "Demonstrations per example for every task; None = each task's own.")
-    seed: int = option(1234, "Seed of the limit subset and of the few-shot draws.")
-    stride: Optional[int] = option(None, "Perplexity tasks: sliding-window stride in tokens; None = each task's own (half the window).")
+    num_fewshot: Optional[int] = option(None, "Demonstrations per example for every task; None = each task's own.", bounds=at_least(0))
+    seed: int = option(1234, "Seed of the limit subset and of the few-shot draws.", bounds=SEED)
+    stride: Optional[int] = option(None, "Perplexity tasks: sliding-window stride in tokens; None = each task's own (half the window).", bounds=at_least(1))
     tokenizer: Optional[str] = option(None, "A tokenizer.json to use instead of the run's own; it must fit the model.")
 
 
@@ -122,9 +122,13 @@ def device_of(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise SlmkitError(f"device={name} but no CUDA GPU is visible: use device=cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
         raise SlmkitError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise SlmkitError(f"device={name} but this machine has {torch.cuda.device_count()} CUDA GPU(s): use cuda:0 ... "
+                          f"cuda:{torch.cuda.device_count() - 1}")
+    return device
 
 
 def _load_tokenizer(path: str) -> Tokenizer:

@@ -17,7 +17,7 @@ from slmkit.config import build_config
 from slmkit.errors import SlmkitError
 from slmkit.registry import Registry
 
-PATH_FIELDS = ("data", "train", "fewshot_data")  # options that name files: interpolated and resolved against the task file
+PATH_FIELDS = ("data", "train", "fewshot_data", "pool_data")  # options that name files: interpolated and resolved against the task file
 
 
 @dataclass

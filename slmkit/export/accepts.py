@@ -22,6 +22,8 @@ class Accepts:
     """
 
     causal: Values = (True,)  # decoders; an encoder family takes (False,)
+    block: Values = ("prenorm",)
+    embedding_norm: Values = (False,)
     positions: Values = None
     ffn: Values = None
     norm: Values = None
@@ -30,6 +32,9 @@ class Accepts:
     ffn_width: Values = None  # ffn_hidden as a multiple of d_model, where the class fixes the MLP width
     sliding_window: Values = None
     qk_norm: Values = None
+    mixed_windows: Values = (False,)  # global and sliding-window layers side by side (model.global_every)
+    local_rope_theta: Values = (False,)  # another RoPE base on the sliding-window layers
+    logit_softcap: Values = (False,)  # no exported family caps its logits with tanh
     why: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -78,6 +83,16 @@ FEATURES = (
     _switch("causal", lambda c: c.causal, lambda c: f"causal={c.causal}",
             "{cls} is a bidirectional encoder", "{cls} is a causal LM; causal=False makes a bidirectional encoder",
             ("bidirectional", "")),
+    Feature(
+        "block",
+        lambda c: c.block,
+        lambda c: f"block={c.block}",
+        lambda cls, c, values: f"{cls} has {' or '.join(values)} blocks",
+        lambda values: "" if tuple(values) == ("prenorm",) else f"{'|'.join(values)} blocks",  # pre-norm goes unsaid
+    ),
+    _switch("embedding_norm", lambda c: c.embedding_norm, lambda c: f"embedding_norm={c.embedding_norm}",
+            "{cls} has no norm after the embeddings", "{cls} always normalizes the embeddings",
+            ("", "embedding norm")),
     _choice("positions"),
     _choice("ffn"),
     _choice("norm"),
@@ -99,6 +114,14 @@ FEATURES = (
             ("no sliding window", "sliding window required")),
     _switch("qk_norm", lambda c: c.qk_norm, lambda c: f"qk_norm={c.qk_norm}",
             "{cls} has no query/key norm", "{cls} always normalizes queries and keys", ("no qk-norm", "qk-norm required")),
+    _switch("mixed_windows", lambda c: bool(c.global_every and c.sliding_window), lambda c: f"global_every={c.global_every}",
+            "{cls} gives every layer the same attention span", "{cls} alternates global and local layers",
+            ("", "")),
+    _switch("local_rope_theta", lambda c: c.local_rope_theta not in (None, c.rope_theta) and c.sliding_window is not None,
+            lambda c: f"local_rope_theta={c.local_rope_theta}", "{cls} rotates every layer with one RoPE base",
+            "{cls} needs another RoPE base on its local layers", ("", "")),
+    _switch("logit_softcap", lambda c: c.logit_softcap is not None, lambda c: f"logit_softcap={c.logit_softcap}",
+            "{cls} has no logit soft-capping", "{cls} always caps its logits", ("", "")),
 )
 
 

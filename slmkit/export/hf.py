@@ -1,12 +1,15 @@
 """The hf format: a transformers folder (config, safetensors, tokenizer) of the stock class that represents the model.
 
 The class and the mapping come from the target table; the folder is loaded back with transformers and its logits are
-compared with slmkit's before it is kept, and a mapping that misses or invents a tensor fails loudly.
+compared with slmkit's before it is kept, and a mapping that misses or invents a tensor fails loudly. An encoder's
+tokenizer puts the document-start token first, as slmkit reads every text; an embedding model's folder is also a
+sentence-transformers model (pooling and normalization as slmkit embeds).
 """
 
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,10 @@ from slmkit.export.targets import Target, select_target
 from slmkit.export.tokenizer_files import write_tokenizer_files
 from slmkit.model import HeadSpec, Model, ModelConfig
 
+EMBEDDING_HEAD = "embedding"  # exported as the bare encoder, pooled by sentence-transformers
+
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+TRANSFORM_WORDS = {"none": "nothing", "prediction": "a prediction head (dense, GELU, norm)", "pooler": "a pooler (dense, tanh)"}
 # The largest |logit| difference an export may show against slmkit on the check input: fp32 math in another order.
 VERIFY_TOLERANCE = 1e-4
 
@@ -40,7 +46,11 @@ def hf_config(c: ModelConfig, target: Target, special_ids: dict[str, int | None]
     if head.labels:
         labels = {"num_labels": head.num_labels, "id2label": dict(enumerate(head.labels)),
                   "label2id": {name: i for i, name in enumerate(head.labels)}}
-    config = AutoConfig.for_model(target.model_type, **target.config(c), **special_ids, **labels)
+    config = AutoConfig.for_model(target.model_type, **target.config(c), **special_ids, **labels,
+                                  **target.heads[head.kind].config(head))
+    for name in ("cls_token_id", "sep_token_id"):  # encoders name them too; slmkit's one document token plays both
+        if hasattr(config, name) and "eos_token_id" in special_ids:
+            setattr(config, name, special_ids["eos_token_id"])
     config.architectures = [target.heads[head.kind].model_class]
     return config
 
@@ -97,11 +107,17 @@ def mapped_checkpoint(context: ExportContext) -> tuple[Target, Any, dict[str, to
     c = context.loaded.config.model
     head = export_head(context.loaded.model)
     target = select_target(c, head.kind)
-    poolings = target.heads[head.kind].poolings
-    if poolings is not None and head.pooling not in poolings:
+    cls = target.heads[head.kind]
+    if cls.poolings is not None and head.pooling not in cls.poolings:
         raise SlmkitError(
-            f"{target.heads[head.kind].model_class} pools {' or '.join(poolings)} and this classifier pools "
-            f"{head.pooling!r}: no stock class computes it; fine-tune with objective.pooling={poolings[0]} to export"
+            f"{cls.model_class} pools {' or '.join(cls.poolings)} and this classifier pools "
+            f"{head.pooling!r}: no stock class computes it; fine-tune with objective.pooling={cls.poolings[0]} to export"
+        )
+    if cls.transforms is not None and head.transform not in cls.transforms:
+        raise SlmkitError(
+            f"{cls.model_class} reads the hidden states through {' or '.join(map(TRANSFORM_WORDS.get, cls.transforms))} "
+            f"before its output layer, and this {head.kind} head through {TRANSFORM_WORDS.get(head.transform, head.transform)}: "
+            f"no stock class computes it; fine-tune with objective.head_transform={cls.transforms[0]} to export"
         )
     config = hf_config(c, target, context.specials.ids(), head)
     return target, config, hf_state_dict(context.loaded.model, target, config, head.kind)
@@ -117,24 +133,50 @@ def export_hf(context: ExportContext, folder: Path) -> dict[str, Any]:
     state = {k: v.to(TORCH_DTYPES[dtype]) for k, v in state.items()}
     config.save_pretrained(folder)
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    block_size = context.loaded.config.model.block_size
+    model_config = context.loaded.config.model
+    block_size = model_config.block_size
     if kind == "lm":
         _generation_config(context, block_size).save_pretrained(folder)
-    write_tokenizer_files(context.loaded.tokenizer_path, folder, context.specials, block_size)
+    # An encoder reads every text after the document-start token (its [CLS]): the exported tokenizer adds it too.
+    write_tokenizer_files(context.loaded.tokenizer_path, folder, context.specials, block_size,
+                          start_with_document_token=not model_config.causal)
+    usage = [f"from transformers import {head.auto_class}, AutoTokenizer",
+             f'model = {head.auto_class}.from_pretrained("path/to/this/folder")',
+             'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")']
+    if kind == EMBEDDING_HEAD:
+        write_sentence_transformers_files(folder, export_head(context.loaded.model).pooling, model_config)
+        usage = ["from sentence_transformers import SentenceTransformer",
+                 'model = SentenceTransformer("path/to/this/folder")  # pooling and normalization as slmkit embeds',
+                 'vectors = model.encode(["a text", "another text"])']
     if context.args.verify:
         verify_hf_export(context.loaded.model, folder, dtype, target, context.specials.eos_id)
     return {
         "format": f"a transformers {head.model_class} ({dtype} safetensors)",
         "details": {"transformers class": head.model_class},
-        "usage": [
-            "```python",
-            f"from transformers import {head.auto_class}, AutoTokenizer",
-            f'model = {head.auto_class}.from_pretrained("path/to/this/folder")',
-            'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")',
-            "```",
-        ],
+        "usage": ["```python", *usage, "```"],
         "logits_fn": lambda f: hf_outputs(f, target, kind),
     }
+
+
+SENTENCE_POOLING = {"first": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens", "last": "pooling_mode_lasttoken"}
+
+
+def write_sentence_transformers_files(folder: Path, pooling: str, c: ModelConfig) -> None:
+    """The modules of a sentence-transformers model around the transformers folder: the encoder (this folder), the
+    pooling the embedding head was trained with, and L2 normalization."""
+    modules = [("Transformer", ""), ("Pooling", "1_Pooling"), ("Normalize", "2_Normalize")]
+    (folder / "modules.json").write_text(json.dumps(
+        [{"idx": i, "name": str(i), "path": path, "type": f"sentence_transformers.models.{kind}"}
+         for i, (kind, path) in enumerate(modules)], indent=2) + "\n")
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": c.block_size, "do_lower_case": False}, indent=2) + "\n")
+    (folder / "config_sentence_transformers.json").write_text(json.dumps({"similarity_fn_name": "cosine"}, indent=2) + "\n")
+    (folder / "1_Pooling").mkdir()
+    modes = {mode: name == pooling for name, mode in SENTENCE_POOLING.items()}
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": c.d_model, **modes, "pooling_mode_max_tokens": False,
+         "pooling_mode_mean_sqrt_len_tokens": False, "pooling_mode_weightedmean_tokens": False, "include_prompt": True},
+        indent=2) + "\n")
+    (folder / "2_Normalize").mkdir()
 
 
 def _generation_config(context: ExportContext, block_size: int):
@@ -169,6 +211,8 @@ def verify_hf_export(model: Model, folder: Path, dtype: str, target: Target, pad
     ids = torch.randint(0, c.vocab_size, (2, min(c.block_size, 64)), generator=generator)
     ids[ids == pad_id] = (pad_id + 1) % c.vocab_size
     with torch.no_grad():
-        diff = (reference(ids, head=head) - exported(ids)).abs().max().item()
+        # A bare encoder class (an embedding model) returns hidden states, which slmkit's body computes.
+        ours = reference.body(ids) if target.heads[head].bare else reference(ids, head=head)
+        diff = (ours - exported(ids)).abs().max().item()
     if not diff <= VERIFY_TOLERANCE:
         raise RuntimeError(f"the exported model's outputs differ from slmkit's by {diff:.3g} (> {VERIFY_TOLERANCE}): export mapping bug")

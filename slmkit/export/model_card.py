@@ -47,7 +47,7 @@ def model_card(config: RunConfig, run_dir: Path, export: dict[str, Any]) -> str:
     for key, value in export.get("details", {}).items():
         lines.append(f"| {key} | {value} |")
     lines += ["", "## Training data", "", *_data_section(config, run_dir), "", "## Evaluation", "", *_eval_section(run_dir)]
-    lines += ["", "## Training", "", *_training_section(config, run_dir)]
+    lines += ["", "## Training", "", *_training_section(config, run_dir, export.get("step"))]
     return "\n".join(lines) + "\n"
 
 
@@ -104,12 +104,17 @@ def _numbers(report: Any, prefix: str = "", depth: int = 0) -> list[tuple[str, f
     return []
 
 
-def _training_section(config: RunConfig, run_dir: Path) -> list[str]:
+def _training_section(config: RunConfig, run_dir: Path, step: int | None) -> list[str]:
     t, o = config.trainer, config.optim
-    lines = [
-        f"{t.max_steps} steps, micro-batch {t.micro_batch_size} x accumulation {t.grad_accum}, precision {t.precision}, "
+    lines = []
+    if step is not None and step < t.max_steps:
+        lines += [f"**Unfinished: the run stopped at step {step} of the {t.max_steps} it planned. These are the weights "
+                  f"of its checkpoint at step {step}, not a final model.**", ""]
+    steps = f"{step} steps" if step is not None else f"{t.max_steps} steps planned (the weights do not record their step)"
+    lines.append(
+        f"{steps}, micro-batch {t.micro_batch_size} x accumulation {t.grad_accum}, precision {t.precision}, "
         f"AdamW lr {o.lr:g} ({o.schedule}, warmup {o.warmup_steps}), weight decay {o.weight_decay:g}."
-    ]
+    )
     last_val = _last_metric(run_dir / "metrics.jsonl", "val_loss")
     if last_val is not None:
         lines.append(f"Final validation loss: {last_val:.4f}.")

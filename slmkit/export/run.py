@@ -17,7 +17,7 @@ from slmkit.errors import SlmkitError
 from slmkit.export.measure import bits_per_byte, heldout_windows, size_on_disk
 from slmkit.export.model_card import model_card
 from slmkit.export.tokenizer_files import SpecialTokens, special_tokens
-from slmkit.options import option
+from slmkit.options import at_least, option
 from slmkit.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ class ExportArgs:
     overwrite: bool = option(False, "Replace a non-empty out folder (the old one goes only once the new one is complete).")
     verify: bool = option(True, "hf only: load the export with transformers and check its logits against slmkit before keeping it.")
     heldout: Optional[str] = option(None, "Text file to measure bits per byte on, fp32 vs the exported format; goes into the model card.")
-    heldout_tokens: int = option(8192, "Measure bits per byte on at most this many held-out tokens.")
+    heldout_tokens: int = option(8192, "Measure bits per byte on at most this many held-out tokens.", bounds=at_least(1))
 
 
 @dataclass
@@ -66,6 +66,9 @@ def run_export(args: ExportArgs) -> Path:
     _check_target(out, Path(args.checkpoint), args.overwrite)
     loaded = load_checkpoint(args.checkpoint)
     loaded.model.float().eval()
+    if loaded.finished is False:
+        log.warning("%s holds the weights of step %d of the %d its run planned: the run did not finish (the model "
+                    "card says so); exporting them anyway", loaded.path, loaded.step, loaded.planned_steps)
     if args.heldout and "lm" not in loaded.model.heads:
         raise SlmkitError(f"heldout= measures the bits per byte of a language model, and {args.checkpoint} has a "
                           f"{loaded.model.default_head} head instead; export it without heldout")
@@ -75,6 +78,7 @@ def run_export(args: ExportArgs) -> Path:
         tmp.mkdir()
         facts = exporter(context, tmp)
         facts["parameters"] = loaded.model.num_parameters()
+        facts["step"] = loaded.step
         if args.heldout:
             facts["details"].update(_heldout_figures(context, tmp, facts["logits_fn"]))
         facts.pop("logits_fn", None)

@@ -13,7 +13,7 @@ import torch
 
 from slmkit.errors import SlmkitError
 from slmkit.export.accepts import Accepts, describe, unrepresentable
-from slmkit.model import ModelConfig
+from slmkit.model import HeadSpec, ModelConfig
 
 State = dict[str, torch.Tensor]
 WeightMap = Callable[[State, ModelConfig], State]  # slmkit's flat state dict -> the class's tensors
@@ -26,7 +26,9 @@ class Head:
 
     body_prefix renames the body's top module when this class keeps it under another attribute than the family's
     causal LM (LlamaForQuestionAnswering has `transformer.` where LlamaForCausalLM has `model.`); `output` reads the
-    class's output as slmkit's head returns it; `poolings` are the poolings the class computes (None = any).
+    class's output as slmkit's head returns it (with `bare`, the class is the bare body and its output is compared
+    with slmkit's hidden states); `poolings` and `transforms` are the poolings and head transforms the class computes
+    (None = any); `config` adds the config keywords that describe the head (its pooling).
     """
 
     model_class: str
@@ -35,6 +37,9 @@ class Head:
     body_prefix: tuple[str, str] | None = None
     output: Callable[[Any], torch.Tensor] = lambda out: out.logits
     poolings: tuple[str, ...] | None = None
+    transforms: tuple[str, ...] | None = ("none",)
+    config: Callable[[HeadSpec], dict[str, Any]] = lambda spec: {}
+    bare: bool = False
 
 
 @dataclass(frozen=True)
@@ -386,6 +391,167 @@ register(Target(
                "ffn.up_proj": "ffn.up_proj", "ffn.down_proj": "ffn.down_proj"},
     ),
     heads=task_heads("Mpt", token_layer="classifier"),
+))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Encoders (model.causal=false): the masked-LM head and the task heads, each class with the head transform it applies.
+
+def _in_head(kind: str, layers: dict[str, str]) -> WeightMap:
+    """The head's layers (weight and bias where they exist) under the class's names: {slmkit layer: class layer}."""
+    def weights(state: State, c: ModelConfig) -> State:
+        return {f"{theirs}.{p}": state[f"heads.{kind}.{ours}.{p}"]
+                for ours, theirs in layers.items() for p in ("weight", "bias") if f"heads.{kind}.{ours}.{p}" in state}
+
+    return weights
+
+
+def _masked_lm_weights(transform: dict[str, str], decoder: str, extra_bias: tuple[str, ...] = ()) -> WeightMap:
+    """The prediction transform and the decoder (tied or not, the class holds its weight); BERT keeps the decoder's
+    bias a second time as `cls.predictions.bias`."""
+    layers = _in_head("masked_lm", {f"transform.{ours}": theirs for ours, theirs in transform.items()})
+
+    def weights(state: State, c: ModelConfig) -> State:
+        bias = state["heads.masked_lm.decoder.bias"]
+        return {**layers(state, c), f"{decoder}.weight": state["heads.masked_lm.decoder.weight"], f"{decoder}.bias": bias,
+                **{name: bias for name in extra_bias}}
+
+    return weights
+
+
+def _bare_body(model_class: str, body_prefix: tuple[str, str]) -> Head:
+    """The body alone (AutoModel): what an embedding model exports as, its vectors pooled by sentence-transformers."""
+    return Head(model_class, "AutoModel", lambda state, c: {}, body_prefix, output=lambda out: out.last_hidden_state,
+                transforms=None, bare=True)
+
+
+MODERNBERT_HEAD = {"dense": "head.dense", "norm": "head.norm"}  # ModernBertPredictionHead, before every head's output
+MODERNBERT_POOLING = {"first": "cls", "mean": "mean"}
+
+
+def _modernbert_config(c: ModelConfig) -> dict[str, Any]:
+    window = c.sliding_window or c.block_size
+    local_theta = c.local_rope_theta if c.local_rope_theta is not None else c.rope_theta
+    return {
+        "vocab_size": c.vocab_size,
+        "hidden_size": c.d_model,
+        "intermediate_size": c.ffn_hidden_size,
+        "num_hidden_layers": c.n_layer,
+        "num_attention_heads": c.n_head,
+        "hidden_activation": "gelu" if c.ffn == "geglu" else "silu",  # "gelu" is the exact erf GELU in transformers
+        "max_position_embeddings": c.block_size,
+        "norm_eps": c.norm_eps,
+        "norm_bias": c.bias,
+        "attention_bias": c.bias,
+        "mlp_bias": c.bias,
+        "classifier_bias": c.bias,
+        "decoder_bias": True,
+        "classifier_activation": "gelu",
+        "layer_types": ["sliding_attention" if c.layer_window(i) else "full_attention" for i in range(c.n_layer)],
+        # ModernBERT lets token i see j when |i - j| <= local_attention // 2; slmkit's window, when |i - j| < window.
+        "local_attention": 2 * (window - 1),
+        "rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": float(c.rope_theta)},
+                            "sliding_attention": {"rope_type": "default", "rope_theta": float(local_theta)}},
+        "embedding_dropout": 0.0,
+        "attention_dropout": 0.0,
+        "mlp_dropout": 0.0,
+        "classifier_dropout": 0.0,
+        "tie_word_embeddings": c.tie_embeddings,
+    }
+
+
+# Pre-norm encoder: LayerNorm after the embeddings (the first block reads them unnormed again), RoPE with its own base
+# on the sliding-window layers, GeGLU or SwiGLU, multi-head attention; every head passes its prediction head first.
+register(Target(
+    name="modernbert",
+    model_type="modernbert",
+    accepts=Accepts(
+        causal=(False,), embedding_norm=(True,), positions=("rope",), ffn=("geglu", "swiglu"), norm=("layernorm",),
+        grouped_query=(False,), qk_norm=(False,), mixed_windows=None, local_rope_theta=None,
+    ),
+    config=_modernbert_config,
+    body=Renames(
+        top={"tok_embeddings": "model.embeddings.tok_embeddings", "emb_norm": "model.embeddings.norm",
+             "final_norm": "model.final_norm"},
+        layers="model.layers.{i}.",
+        layer={"attn_norm": "attn_norm", QKV: "attn.Wqkv", "attn.o_proj": "attn.Wo", "ffn_norm": "mlp_norm",
+               ("ffn.gate_proj", "ffn.up_proj"): "mlp.Wi", "ffn.down_proj": "mlp.Wo"},
+    ),
+    heads={
+        "masked_lm": Head("ModernBertForMaskedLM", "AutoModelForMaskedLM", _masked_lm_weights(MODERNBERT_HEAD, "decoder"),
+                          transforms=None),
+        "sequence_classification": Head(
+            "ModernBertForSequenceClassification", "AutoModelForSequenceClassification",
+            _in_head("sequence_classification", {"transform.dense": "head.dense", "transform.norm": "head.norm", "score": "classifier"}),
+            poolings=tuple(MODERNBERT_POOLING), transforms=("prediction",),
+            config=lambda spec: {"classifier_pooling": MODERNBERT_POOLING.get(spec.pooling, spec.pooling)}),
+        "token_classification": Head(
+            "ModernBertForTokenClassification", "AutoModelForTokenClassification",
+            _in_head("token_classification", {"transform.dense": "head.dense", "transform.norm": "head.norm", "score": "classifier"}),
+            transforms=("prediction",)),
+        "span": Head(
+            "ModernBertForQuestionAnswering", "AutoModelForQuestionAnswering",
+            _in_head("span", {"transform.dense": "head.dense", "transform.norm": "head.norm", "qa_outputs": "classifier"}),
+            output=lambda out: torch.stack([out.start_logits, out.end_logits], dim=-1), transforms=("prediction",)),
+        "embedding": _bare_body("ModernBertModel", ("model.", "")),
+    },
+))
+
+
+def _bert_weights(state: State, c: ModelConfig) -> State:
+    # BERT adds a token-type embedding to every token; with one type of zeros it adds nothing.
+    return {**BERT_WEIGHTS(state, c), "bert.embeddings.position_embeddings.weight": _position_table(state, c),
+            "bert.embeddings.token_type_embeddings.weight": torch.zeros(1, c.d_model)}
+
+
+BERT_WEIGHTS = Renames(
+    top={"tok_embeddings": "bert.embeddings.word_embeddings", "emb_norm": "bert.embeddings.LayerNorm"},
+    layers="bert.encoder.layer.{i}.",
+    layer={"attn.q_proj": "attention.self.query", "attn.k_proj": "attention.self.key", "attn.v_proj": "attention.self.value",
+           "attn.o_proj": "attention.output.dense", "attn_norm": "attention.output.LayerNorm",
+           "ffn.up_proj": "intermediate.dense", "ffn.down_proj": "output.dense", "ffn_norm": "output.LayerNorm"},
+)
+
+
+# The classic post-norm encoder: absolute positions (learned; sinusoidal and none become a fixed table), LayerNorm after
+# the embeddings and after each residual sum, exact-GELU MLP, multi-head attention; biases everywhere (zero when slmkit
+# has none). The masked LM transforms with dense + GELU + LayerNorm; the sequence classifier reads the first token
+# through the pooler (dense + tanh); token and span classes read the hidden states as they are.
+register(Target(
+    name="bert",
+    model_type="bert",
+    accepts=Accepts(
+        causal=(False,), block=("postnorm",), embedding_norm=(True,), positions=("learned", "sinusoidal", "none"),
+        ffn=("gelu",), norm=("layernorm",), grouped_query=(False,), sliding_window=(False,), qk_norm=(False,),
+    ),
+    config=lambda c: {
+        "vocab_size": c.vocab_size,
+        "hidden_size": c.d_model,
+        "num_hidden_layers": c.n_layer,
+        "num_attention_heads": c.n_head,
+        "intermediate_size": c.ffn_hidden_size,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+        "max_position_embeddings": c.block_size,
+        "type_vocab_size": 1,
+        "layer_norm_eps": c.norm_eps,
+        "tie_word_embeddings": c.tie_embeddings,
+    },
+    body=_bert_weights,
+    heads={
+        "masked_lm": Head("BertForMaskedLM", "AutoModelForMaskedLM",
+                          _masked_lm_weights({"dense": "cls.predictions.transform.dense", "norm": "cls.predictions.transform.LayerNorm"},
+                                             "cls.predictions.decoder", extra_bias=("cls.predictions.bias",)),
+                          transforms=None),
+        "sequence_classification": Head(
+            "BertForSequenceClassification", "AutoModelForSequenceClassification",
+            _in_head("sequence_classification", {"transform.dense": "bert.pooler.dense", "score": "classifier"}),
+            poolings=("first",), transforms=("pooler",)),
+        "token_classification": Head("BertForTokenClassification", "AutoModelForTokenClassification",
+                                     _renamed("token_classification", "score", "classifier")),
+        "span": span_head("BertForQuestionAnswering"),
+    },
 ))
 
 

@@ -1,6 +1,7 @@
 """Wraps a run's tokenizer.json as a transformers tokenizer folder that AutoTokenizer loads with no custom code.
 
-Writes tokenizer.json unchanged plus tokenizer_config.json and special_tokens_map.json naming eos/bos/pad/unk.
+Writes tokenizer.json (unchanged, or with the document-start token put before every text for an encoder) plus
+tokenizer_config.json and special_tokens_map.json naming eos/bos/pad/unk.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+
+from tokenizers import processors
 
 from slmkit.tokenizer import TOKENIZER_FILE, UNK, end_of_document_id, load_tokenizer
 
@@ -37,8 +40,17 @@ def special_tokens(tokenizer_path: Path, configured: list[str]) -> SpecialTokens
     return SpecialTokens(eos=tokenizer.id_to_token(eos_id), eos_id=eos_id, unk=unk)
 
 
-def write_tokenizer_files(tokenizer_path: Path, out_dir: Path, specials: SpecialTokens, max_length: int) -> None:
-    shutil.copyfile(tokenizer_path, out_dir / TOKENIZER_FILE)
+def write_tokenizer_files(tokenizer_path: Path, out_dir: Path, specials: SpecialTokens, max_length: int,
+                          start_with_document_token: bool = False) -> None:
+    """start_with_document_token: encoding a text (with special tokens, transformers' default) puts the
+    end-of-document token first, where slmkit puts it before every text an encoder reads."""
+    if start_with_document_token:
+        tokenizer = load_tokenizer(tokenizer_path)
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{specials.eos} $A", pair=f"{specials.eos} $A $B:1", special_tokens=[(specials.eos, specials.eos_id)])
+        tokenizer.save(str(out_dir / TOKENIZER_FILE))
+    else:
+        shutil.copyfile(tokenizer_path, out_dir / TOKENIZER_FILE)
     named = {"bos_token": specials.eos, "eos_token": specials.eos, "pad_token": specials.eos}
     if specials.unk:
         named["unk_token"] = specials.unk

@@ -7,15 +7,16 @@ from slmkit.model.attention import ATTENTION_KERNELS, ATTENTION_LAYERS, Attentio
 from slmkit.model.cache import KVCache, KVSlot
 from slmkit.model.config import ModelConfig
 from slmkit.model.feedforward import FEEDFORWARDS, FeedForward
-from slmkit.model.heads import HEADS, POOLINGS, Head, HeadSpec
+from slmkit.model.heads import HEADS, POOLINGS, TRANSFORMS, Head, HeadSpec
 from slmkit.model.model import LM_HEAD, Model
 from slmkit.model.norms import NORMS, RMSNorm
 from slmkit.model.positions import POSITIONS, PositionEncoding, alibi_slopes
-from slmkit.model.transformer import Block, Transformer
+from slmkit.model.transformer import BLOCKS, Block, Transformer
 
 __all__ = [
     "ATTENTION_KERNELS",
     "ATTENTION_LAYERS",
+    "BLOCKS",
     "AttentionLayer",
     "AttentionMask",
     "AttentionMasks",
@@ -35,6 +36,7 @@ __all__ = [
     "POSITIONS",
     "PositionEncoding",
     "RMSNorm",
+    "TRANSFORMS",
     "Transformer",
     "alibi_slopes",
 ]

@@ -154,7 +154,7 @@ class MultiHeadAttention(AttentionLayer):
         self.n_kv_heads = config.kv_heads
         self.head_dim = config.head_dim
         self.dropout = config.dropout
-        self.window = config.sliding_window
+        self.window = config.layer_window(layer_idx)
         self.kernel = ATTENTION_KERNELS.get(config.attention_kernel)
         self.q_proj = nn.Linear(config.d_model, self.n_head * self.head_dim, bias=config.bias)
         self.k_proj = nn.Linear(config.d_model, self.n_kv_heads * self.head_dim, bias=config.bias)

@@ -19,6 +19,13 @@ class KVSlot:
         self.keys = torch.zeros(shape, device=device, dtype=dtype)
         self.values = torch.zeros(shape, device=device, dtype=dtype)
 
+    def expanded(self, batch_size: int, max_len: int, length: int) -> "KVSlot":
+        """A slot of batch_size rows and room for max_len tokens, each row holding this batch-1 slot's first length."""
+        slot = KVSlot(batch_size, self.keys.shape[1], max_len, self.keys.shape[3], device=self.keys.device, dtype=self.keys.dtype)
+        slot.keys[:, :, :length] = self.keys[:, :, :length]
+        slot.values[:, :, :length] = self.values[:, :, :length]
+        return slot
+
     def write(self, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Stores k/v [B, heads, T, head_dim] at positions start..start+T-1; returns all keys and values up to there."""
         end = start + k.shape[2]
@@ -52,6 +59,15 @@ class KVCache:
         The position only moves on `advance`, so every layer of one forward pass writes to the same positions.
         """
         return self.slots[layer].write(self.length, k, v)
+
+    def expanded(self, batch_size: int, max_len: int) -> "KVCache":
+        """A cache whose batch_size sequences all continue this batch-1 cache's tokens: one shared prefix, computed
+        once, scored against several continuations (the choices of a multiple-choice question)."""
+        if self.batch_size != 1:
+            raise SlmkitError(f"only a cache of one sequence can be shared, this one holds {self.batch_size}")
+        cache = KVCache([slot.expanded(batch_size, max_len, self.length) for slot in self.slots], batch_size, max_len)
+        cache.length = self.length
+        return cache
 
     def advance(self, n: int) -> None:
         self.length += n

@@ -10,34 +10,39 @@ from dataclasses import dataclass
 from typing import Optional
 
 from slmkit.errors import SlmkitError
-from slmkit.options import option
+from slmkit.options import above, at_least, between, check_values, option
 
 
 @dataclass
 class ModelConfig:
-    vocab_size: int = option(32000, "Vocabulary size; must be >= the tokenizer's vocabulary (padded up is fine); 0 = the tokenizer's size.")
-    block_size: int = option(1024, "Context length in tokens: the longest sequence the model sees.")
-    n_layer: int = option(12, "Number of transformer blocks.")
-    n_head: int = option(12, "Number of query heads.")
+    vocab_size: int = option(32000, "Vocabulary size; must be >= the tokenizer's vocabulary (padded up is fine); 0 = the tokenizer's size.", bounds=at_least(0))
+    block_size: int = option(1024, "Context length in tokens: the longest sequence the model sees.", bounds=at_least(1))
+    n_layer: int = option(12, "Number of transformer blocks.", bounds=at_least(1))
+    n_head: int = option(12, "Number of query heads.", bounds=at_least(1))
     n_kv_heads: Optional[int] = option(
-        None, "Key/value heads: None or n_head = multi-head, 1 = multi-query, between = grouped-query."
+        None, "Key/value heads: None or n_head = multi-head, 1 = multi-query, between = grouped-query.", bounds=at_least(1)
     )
-    d_model: int = option(768, "Width of the residual stream (embedding size).")
+    d_model: int = option(768, "Width of the residual stream (embedding size).", bounds=at_least(1))
     attention: str = option("multihead", "Attention layer by name: how queries, keys and values are formed, masked and cached.", choices="slmkit.model.attention:ATTENTION_LAYERS")
     attention_kernel: str = option("sdpa", "Attention kernel by name: how softmax(QK^T/sqrt(d) + mask) V is computed.", choices="slmkit.model.attention:ATTENTION_KERNELS")
-    sliding_window: Optional[int] = option(None, "If set, each token attends only to the last this-many tokens (itself included).")
+    sliding_window: Optional[int] = option(None, "If set, each token attends only to the last this-many tokens (itself included); in a bidirectional model, to the tokens less than this far away on either side.", bounds=at_least(1))
+    global_every: int = option(0, "With sliding_window: layers 0, n, 2n, ... attend globally and the others through the window, as ModernBERT alternates them (n=3); 0 = the window on every layer.", bounds=at_least(0))
     qk_norm: bool = option(False, "Normalize queries and keys per head (with the model's norm) before attention.")
     positions: str = option("rope", "Positional encoding by name.", choices="slmkit.model.positions:POSITIONS")
-    rope_theta: float = option(10000.0, "RoPE base frequency.")
+    rope_theta: float = option(10000.0, "RoPE base frequency.", bounds=above(0))
+    local_rope_theta: Optional[float] = option(None, "RoPE base frequency of the layers with a sliding window (ModernBERT: 10,000 there, 160,000 on global layers); None = rope_theta.", bounds=above(0))
     ffn: str = option("swiglu", "Feed-forward by name.", choices="slmkit.model.feedforward:FEEDFORWARDS")
-    ffn_hidden: Optional[int] = option(None, "Hidden width of the feed-forward; None = the feed-forward's own default for d_model.")
-    ffn_multiple_of: int = option(64, "Round a derived hidden width of a gated feed-forward up to a multiple of this.")
+    ffn_hidden: Optional[int] = option(None, "Hidden width of the feed-forward; None = the feed-forward's own default for d_model.", bounds=at_least(1))
+    ffn_multiple_of: int = option(64, "Round a derived hidden width of a gated feed-forward up to a multiple of this.", bounds=at_least(1))
     norm: str = option("rmsnorm", "Normalization by name.", choices="slmkit.model.norms:NORMS")
-    norm_eps: float = option(1e-5, "Epsilon of every norm.")
+    norm_eps: float = option(1e-5, "Epsilon of every norm.", bounds=above(0))
+    block: str = option("prenorm", "Block layout by name: where the norms sit around attention and feed-forward.", choices="slmkit.model.transformer:BLOCKS")
+    embedding_norm: bool = option(False, "Normalize the embeddings before the first block (BERT, ModernBERT); a pre-norm first block then reads them without a norm of its own.")
     bias: bool = option(False, "Biases in linear layers and LayerNorm (GPT-2 uses them; Llama does not).")
     tie_embeddings: bool = option(True, "Share the token embedding matrix with the language-model head.")
-    dropout: float = option(0.0, "Dropout on embeddings, attention probabilities and residual branches.")
-    init_std: float = option(0.02, "Standard deviation of the normal init of linear and embedding weights.")
+    logit_softcap: Optional[float] = option(None, "Squash the language-model logits into (-cap, cap) with cap * tanh(logits / cap); None = raw logits.", bounds=above(0))
+    dropout: float = option(0.0, "Dropout on embeddings, attention probabilities and residual branches.", bounds=between(0, 1, high_open=True))
+    init_std: float = option(0.02, "Standard deviation of the normal init of linear and embedding weights.", bounds=above(0))
     scaled_residual_init: bool = option(True, "Scale the init of the layers that write into the residual stream by 1/sqrt(2*n_layer) (GPT-2).")
     causal: bool = option(True, "Causal (decoder) attention; False gives a bidirectional encoder body.")
 
@@ -48,6 +53,12 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_head
+
+    def layer_window(self, layer_idx: int) -> Optional[int]:
+        """The sliding window of layer `layer_idx`, or None when it attends globally (see global_every)."""
+        if self.sliding_window is None or (self.global_every and layer_idx % self.global_every == 0):
+            return None
+        return self.sliding_window
 
     @property
     def ffn_hidden_size(self) -> int:
@@ -63,25 +74,17 @@ class ModelConfig:
 
         Checks the shape of the whole model here, then asks each chosen part for its own requirements.
         """
-        for name, value in [("vocab_size", self.vocab_size), ("block_size", self.block_size), ("n_layer", self.n_layer),
-                            ("n_head", self.n_head), ("d_model", self.d_model), ("ffn_multiple_of", self.ffn_multiple_of)]:
-            if value < 1:
-                raise SlmkitError(f"model.{name} must be positive, got {value}")
+        check_values(self, prefix="model.")
+        if self.vocab_size < 1:
+            raise SlmkitError("model.vocab_size is 0 (the tokenizer's size), which is known only once the tokenizer is; "
+                              "build the model with the vocabulary size set")
         if self.d_model % self.n_head:
             raise SlmkitError(f"model.d_model={self.d_model} must be divisible by model.n_head={self.n_head}")
-        if self.kv_heads < 1 or self.n_head % self.kv_heads:
-            raise SlmkitError(f"model.n_head={self.n_head} must be divisible by model.n_kv_heads={self.kv_heads} (at least 1)")
-        if self.sliding_window is not None and self.sliding_window < 1:
-            raise SlmkitError("model.sliding_window must be a positive number of tokens, or null to disable it")
-        if self.ffn_hidden is not None and self.ffn_hidden < 1:
-            raise SlmkitError(f"model.ffn_hidden must be positive or null, got {self.ffn_hidden}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise SlmkitError(f"model.dropout={self.dropout} must be in [0, 1)")
-        if not self.norm_eps > 0 or not self.init_std > 0 or not self.rope_theta > 0:
-            raise SlmkitError(
-                f"model.norm_eps ({self.norm_eps}), model.init_std ({self.init_std}) and model.rope_theta "
-                f"({self.rope_theta}) must be positive"
-            )
+        if self.n_head % self.kv_heads:
+            raise SlmkitError(f"model.n_head={self.n_head} must be divisible by model.n_kv_heads={self.kv_heads}")
+        if self.global_every and self.sliding_window is None:
+            raise SlmkitError(f"model.global_every={self.global_every} alternates global and sliding-window layers: set "
+                              "model.sliding_window too, or global_every=0")
         for part in chosen_parts(self):
             part.check(self)
         return self
@@ -96,8 +99,10 @@ def chosen_parts(config: ModelConfig) -> list[type]:
     from slmkit.model.feedforward import FEEDFORWARDS
     from slmkit.model.norms import NORMS
     from slmkit.model.positions import POSITIONS
+    from slmkit.model.transformer import BLOCKS
 
     return [
+        BLOCKS.get(config.block),
         ATTENTION_LAYERS.get(config.attention),
         POSITIONS.get(config.positions),
         FEEDFORWARDS.get(config.ffn),

@@ -65,6 +65,20 @@ class SwiGLU(GatedFeedForward):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
+@FEEDFORWARDS.register("geglu")
+class GeGLU(GatedFeedForward):
+    """down_proj(gelu(gate_proj(x)) * up_proj(x)) with the exact erf GELU, as ModernBERT (Shazeer, 2020)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.d_model, config.ffn_hidden_size, bias=config.bias)
+        self.up_proj = nn.Linear(config.d_model, config.ffn_hidden_size, bias=config.bias)
+        self.down_proj = nn.Linear(config.ffn_hidden_size, config.d_model, bias=config.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.gelu(self.gate_proj(x)) * self.up_proj(x))
+
+
 @FEEDFORWARDS.register("relu2")
 class SquaredReluMLP(FeedForward):
     """down_proj(relu(up_proj(x)) ** 2), the squared ReLU of Primer (So et al., 2021)."""

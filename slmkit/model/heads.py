@@ -1,8 +1,10 @@
-"""Heads by name: what the body's hidden states become — next-token logits, a label per sequence or per token, a span.
+"""Heads by name: what the body's hidden states become — next-token logits, masked-token logits, a label per sequence
+or per token, a span, an embedding.
 
 Each head is built as `HEADS.get(kind)(config, spec, body)` and called as head(hidden [B, T, d_model], padding_mask)
 with padding_mask bool [B, T] (True = real token) or None. Outputs are fp32, whatever the body computes in.
-Layer names and biases follow the Hugging Face classes (score, qa_outputs) so every head exports exactly.
+Layer names and biases follow the Hugging Face classes (score, qa_outputs) so every head exports exactly; a task head
+may first pass the hidden states through a transform by name (BERT's pooler, the BERT / ModernBERT prediction head).
 """
 
 from __future__ import annotations
@@ -11,21 +13,25 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from slmkit.errors import SlmkitError
 from slmkit.model.config import ModelConfig
+from slmkit.model.norms import NORMS
 from slmkit.model.transformer import Transformer
 from slmkit.registry import Registry
 
 
 @dataclass(frozen=True)
 class HeadSpec:
-    """Which head, and what it needs beyond the model config: its label names (in output order) and its pooling."""
+    """Which head, and what it needs beyond the model config: its label names (in output order), its pooling and the
+    transform its hidden states pass through first."""
 
     kind: str
     labels: tuple[str, ...] = ()
     pooling: str = "last"
+    transform: str = "none"
 
     @property
     def num_labels(self) -> int:
@@ -60,6 +66,45 @@ def mean_of_tokens(hidden: torch.Tensor, padding_mask: torch.Tensor | None) -> t
     return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
 
+TRANSFORMS: Registry[Callable[[ModelConfig], nn.Module]] = Registry(
+    "head transform", "What a task head applies to the hidden states before its output layer, built as cls(config)."
+)
+
+
+@TRANSFORMS.register("none")
+class NoTransform(nn.Identity):
+    """The hidden states as they are (the decoder families' task classes, BERT's token and span classes)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+
+
+@TRANSFORMS.register("prediction")
+class PredictionTransform(nn.Module):
+    """norm(gelu(dense(x))) with the model's norm and the exact GELU: the prediction head of BERT's masked LM and of
+    every ModernBERT head."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.d_model, config.d_model, bias=config.bias)
+        self.norm = NORMS.get(config.norm)(config.d_model, config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(F.gelu(self.dense(x)))
+
+
+@TRANSFORMS.register("pooler")
+class Pooler(nn.Module):
+    """tanh(dense(x)): BERT's pooler, which its sequence classifier reads the first token through."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.d_model, config.d_model, bias=config.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(x))
+
+
 class Head(nn.Module):
     """The contract of a head; `reset_parameters` gives it the body's normal(0, init_std) init."""
 
@@ -86,60 +131,103 @@ def _needs_labels(spec: HeadSpec, at_least: int) -> None:
 
 @HEADS.register("lm")
 class LanguageModelHead(Head):
-    """Logits over the vocabulary at every position; shares the token embeddings when model.tie_embeddings."""
+    """Logits over the vocabulary at every position; shares the token embeddings when model.tie_embeddings, and
+    with model.logit_softcap squashes them smoothly into (-cap, cap) (Gemma 2, modded-nanogpt)."""
 
     def __init__(self, config: ModelConfig, spec: HeadSpec, body: Transformer):
         super().__init__(config, spec)
         self.proj = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.softcap = config.logit_softcap
         self.reset_parameters()
         if config.tie_embeddings:
             self.proj.weight = body.tok_embeddings.weight
 
     def forward(self, hidden: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.proj(hidden).float()
+        logits = self.proj(hidden).float()
+        return logits if self.softcap is None else self.softcap * torch.tanh(logits / self.softcap)
+
+
+@HEADS.register("masked_lm")
+class MaskedLanguageModelHead(Head):
+    """Logits over the vocabulary for (masked) positions: the prediction transform, then `decoder` with a bias, its
+    weight shared with the token embeddings when model.tie_embeddings (BERT's and ModernBERT's masked-LM head).
+
+    Called on hidden states [..., d_model] of any leading shape, so an objective may pass only the masked positions.
+    """
+
+    def __init__(self, config: ModelConfig, spec: HeadSpec, body: Transformer):
+        super().__init__(config, spec)
+        self.transform = PredictionTransform(config)
+        self.decoder = nn.Linear(config.d_model, config.vocab_size)
+        self.reset_parameters()
+        if config.tie_embeddings:
+            self.decoder.weight = body.tok_embeddings.weight
+
+    def forward(self, hidden: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.decoder(self.transform(hidden)).float()
 
 
 @HEADS.register("sequence_classification")
 class SequenceClassificationHead(Head):
-    """One label per sequence: the pooled hidden state through `score` (no bias, as transformers' classes)."""
+    """One label per sequence: the pooled hidden state through the transform and `score` (no bias, as the decoder
+    families' classes; an encoder class's classifier bias is exported as zeros)."""
 
     def __init__(self, config: ModelConfig, spec: HeadSpec, body: Transformer):
         super().__init__(config, spec)
         _needs_labels(spec, 2)
         self.pool = POOLINGS.get(spec.pooling)
+        self.transform = TRANSFORMS.get(spec.transform)(config)
         self.score = nn.Linear(config.d_model, spec.num_labels, bias=False)
         self.reset_parameters()
 
     def forward(self, hidden: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, num_labels]."""
-        return self.score(self.pool(hidden, padding_mask)).float()
+        return self.score(self.transform(self.pool(hidden, padding_mask))).float()
 
 
 @HEADS.register("token_classification")
 class TokenClassificationHead(Head):
-    """One label per token: dropout (training only) and `score` with a bias, as transformers' token classifiers."""
+    """One label per token: the transform, dropout (training only) and `score` with a bias, as transformers' token
+    classifiers."""
 
     def __init__(self, config: ModelConfig, spec: HeadSpec, body: Transformer):
         super().__init__(config, spec)
         _needs_labels(spec, 2)
+        self.transform = TRANSFORMS.get(spec.transform)(config)
         self.dropout = nn.Dropout(config.dropout)
         self.score = nn.Linear(config.d_model, spec.num_labels)
         self.reset_parameters()
 
     def forward(self, hidden: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, T, num_labels]."""
-        return self.score(self.dropout(hidden)).float()
+        return self.score(self.dropout(self.transform(hidden))).float()
 
 
 @HEADS.register("span")
 class SpanHead(Head):
-    """Extractive question answering: a start and an end logit per token (`qa_outputs`, as transformers)."""
+    """Extractive question answering: the transform, then a start and an end logit per token (`qa_outputs`, as
+    transformers)."""
 
     def __init__(self, config: ModelConfig, spec: HeadSpec, body: Transformer):
         super().__init__(config, spec)
+        self.transform = TRANSFORMS.get(spec.transform)(config)
         self.qa_outputs = nn.Linear(config.d_model, 2)
         self.reset_parameters()
 
     def forward(self, hidden: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, T, 2]: [..., 0] starts, [..., 1] ends."""
-        return self.qa_outputs(hidden).float()
+        return self.qa_outputs(self.transform(hidden)).float()
+
+
+@HEADS.register("embedding")
+class EmbeddingHead(Head):
+    """One unit-length vector per sequence: the pooled hidden state, L2-normalized, so a dot product is the cosine.
+    No weights of its own: what a contrastive objective trains is the body."""
+
+    def __init__(self, config: ModelConfig, spec: HeadSpec, body: Transformer):
+        super().__init__(config, spec)
+        self.pool = POOLINGS.get(spec.pooling)
+
+    def forward(self, hidden: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Embeddings [B, d_model]."""
+        return F.normalize(self.pool(hidden, padding_mask).float(), dim=-1)

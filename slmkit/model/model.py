@@ -1,7 +1,7 @@
 """A model is a transformer body and its named heads: the language-model head, a classifier, a span head, ...
 
 `Model(config, heads)` builds both; calling it runs the body once and one head (the first by default). The model
-also owns what depends on all of it: parameter count, training FLOP estimate and optimizer parameter groups.
+also owns what depends on all of it: parameter count and training FLOP estimate.
 """
 
 from __future__ import annotations
@@ -81,11 +81,3 @@ class Model(nn.Module):
         if c.tie_embeddings and "lm" in self.heads:
             n_matmul += self.body.tok_embeddings.weight.numel()
         return 6.0 * n_matmul + 12.0 * c.n_layer * c.n_head * c.head_dim * seq_len
-
-    def param_groups(self, weight_decay: float) -> list[dict]:
-        """AdamW groups: matrices and embeddings (ndim >= 2) decay; biases and norm weights do not."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        return [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-        ]

@@ -32,8 +32,9 @@ class PositionEncoding(Part):
         """x [B, T, d_model] holds tokens at positions start..start+T-1."""
         return x
 
-    def rotary(self, n: int, start: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(cos, sin), each fp32 [n, head_dim], for positions start..start+n-1; None when queries are not rotated."""
+    def rotary(self, n: int, start: int, device: torch.device, local: bool = False) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(cos, sin), each fp32 [n, head_dim], for positions start..start+n-1; None when queries are not rotated.
+        `local` asks for the rotation of a sliding-window layer, which may differ from a global layer's."""
         return None
 
     def attention_bias(self, n_queries: int, n_keys: int, start: int, device: torch.device) -> torch.Tensor | None:
@@ -116,10 +117,12 @@ class RotaryPositions(PositionEncoding):
         super().__init__()
         self.head_dim = config.head_dim
         self.theta = config.rope_theta
+        self.local_theta = config.local_rope_theta
 
-    def rotary(self, n: int, start: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def rotary(self, n: int, start: int, device: torch.device, local: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        theta = self.local_theta if local and self.local_theta is not None else self.theta
         position = torch.arange(start, start + n, device=device, dtype=torch.float32)
-        freqs = position[:, None] * rope_frequencies(self.head_dim, self.theta, device)[None, :]
+        freqs = position[:, None] * rope_frequencies(self.head_dim, theta, device)[None, :]
         angles = torch.cat((freqs, freqs), dim=-1)
         return angles.cos(), angles.sin()
 

@@ -1,12 +1,15 @@
-"""The transformer body: token embeddings -> pre-norm blocks (attention, feed-forward) -> final norm -> hidden states.
+"""The transformer body: token embeddings (-> embedding norm) -> blocks (attention, feed-forward) -> final norm ->
+hidden states.
 
-Parts are chosen by name from the registries; the body owns its init and its KV cache factory. What the hidden
-states become (next-token logits, a label, a span) is a head's business (heads.py), and model.py puts them together.
+Parts are chosen by name from the registries, the block layout too (pre-norm or post-norm); the body owns its init and
+its KV cache factory. What the hidden states become (next-token logits, a label, a span, a masked token) is a head's
+business (heads.py), and model.py puts them together.
 """
 
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -17,11 +20,21 @@ from slmkit.model.cache import KVCache
 from slmkit.model.config import ModelConfig
 from slmkit.model.feedforward import FEEDFORWARDS
 from slmkit.model.norms import NORMS
+from slmkit.model.part import Part
 from slmkit.model.positions import POSITIONS, PositionEncoding
+from slmkit.registry import Registry
+
+BLOCKS: Registry[type["Block"]] = Registry(
+    "block layout", "Where a block's norms sit around attention and feed-forward, built as cls(config, layer_idx)."
+)
 
 
-class Block(nn.Module):
-    """Pre-norm residual block: x + attn(attn_norm(x)), then x + ffn(ffn_norm(x))."""
+class Block(Part):
+    """The parts of every layout — attn_norm, attn, ffn_norm, ffn — under the names the export tables map;
+    called as block(x, masks, rotary, cache) -> x."""
+
+    # Whether the body normalizes the last block's output: a layout whose blocks end in a norm needs none after them.
+    final_norm: ClassVar[bool] = True
 
     def __init__(self, config: ModelConfig, layer_idx: int):
         super().__init__()
@@ -30,6 +43,20 @@ class Block(nn.Module):
         self.ffn_norm = NORMS.get(config.norm)(config.d_model, config)
         self.ffn = FEEDFORWARDS.get(config.ffn)(config)
         self.resid_dropout = nn.Dropout(config.dropout)
+
+
+@BLOCKS.register("prenorm")
+class PreNormBlock(Block):
+    """x + attn(attn_norm(x)), then x + ffn(ffn_norm(x)) (GPT-2, Llama, ModernBERT).
+
+    After a normalized embedding the first block's attention reads it as it is: a second norm in a row would only
+    add an affine map (ModernBERT's layout).
+    """
+
+    def __init__(self, config: ModelConfig, layer_idx: int):
+        super().__init__(config, layer_idx)
+        if layer_idx == 0 and config.embedding_norm:
+            self.attn_norm = nn.Identity()
 
     def forward(
         self,
@@ -42,6 +69,24 @@ class Block(nn.Module):
         return x + self.resid_dropout(self.ffn(self.ffn_norm(x)))
 
 
+@BLOCKS.register("postnorm")
+class PostNormBlock(Block):
+    """attn_norm(x + attn(x)), then ffn_norm(x + ffn(x)): the original Transformer's and BERT's layout. Its output
+    is normalized already, so the body adds no final norm."""
+
+    final_norm = False
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        masks: AttentionMasks,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        x = self.attn_norm(x + self.resid_dropout(self.attn(x, masks, rotary, cache)))
+        return self.ffn_norm(x + self.resid_dropout(self.ffn(x)))
+
+
 class Transformer(nn.Module):
     """A transformer body assembled from the parts that `config` names; causal or bidirectional by config."""
 
@@ -52,9 +97,13 @@ class Transformer(nn.Module):
         positions = POSITIONS.get(config.positions)(config)
         self._positions_attribute = positions.attribute
         self.add_module(positions.attribute, positions)
+        self.emb_norm = NORMS.get(config.norm)(config.d_model, config) if config.embedding_norm else None
         self.emb_dropout = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
-        self.final_norm = NORMS.get(config.norm)(config.d_model, config)
+        layout = BLOCKS.get(config.block)
+        self.blocks = nn.ModuleList(layout(config, i) for i in range(config.n_layer))
+        self.final_norm = NORMS.get(config.norm)(config.d_model, config) if layout.final_norm else nn.Identity()
+        # Whether each layer attends through a sliding window: such layers may rotate with their own RoPE base.
+        self._local = [config.layer_window(i) is not None for i in range(config.n_layer)]
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -97,13 +146,15 @@ class Transformer(nn.Module):
         self._check_token_ids(input_ids)
         positions = self.position_encoding
         x = positions.add_to_embeddings(self.tok_embeddings(input_ids), start)
+        if self.emb_norm is not None:
+            x = self.emb_norm(x)
         x = self.emb_dropout(x)
-        rotary = positions.rotary(n_new, start, input_ids.device)
+        rotary = {local: positions.rotary(n_new, start, input_ids.device, local=local) for local in set(self._local)}
         bias = positions.attention_bias(n_new, start + n_new, start, input_ids.device)
         masks = AttentionMasks(self.config.causal, start, n_new,
                                None if padding_mask is None else padding_mask.bool(), bias, input_ids.device)
-        for block in self.blocks:
-            x = block(x, masks, rotary, cache)
+        for block, local in zip(self.blocks, self._local):
+            x = block(x, masks, rotary[local], cache)
         if cache is not None:
             cache.advance(n_new)
         return self.final_norm(x)

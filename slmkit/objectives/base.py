@@ -16,16 +16,24 @@ from slmkit.model import HeadSpec, Model
 from slmkit.registry import Registry
 
 if TYPE_CHECKING:  # the run config imports nothing of this package; only the type is needed here
+    from pathlib import Path
+
     from tokenizers import Tokenizer
+    from torch.utils.data import Dataset
 
     from slmkit.config import RunConfig
     from slmkit.eval.task import TaskSpec
 
-TOKEN_WINDOWS = "token_windows"  # batches of windows over the prepared token shards: {input_ids, targets}
+TOKEN_WINDOWS = "token_windows"  # batches of windows over the prepared token shards, each made by window_example
 TASK_EXAMPLES = "task_examples"  # batches of a task's encoded records, padded: {input_ids, padding_mask, ...}
 
 Batch = dict[str, torch.Tensor]
 Example = dict[str, Any]
+
+
+def next_token_example(tokens: torch.Tensor, offset: int) -> Example:
+    """A window of window+1 tokens as language modelling reads it: the first window tokens, and the same shifted by one."""
+    return {"input_ids": tokens[:-1], "targets": tokens[1:]}
 
 
 class Objective(nn.Module):
@@ -43,6 +51,11 @@ class Objective(nn.Module):
         self.tokenizer = tokenizer
 
     @classmethod
+    def check(cls, config: "RunConfig") -> None:
+        """Refuses, before any data is prepared or model built, a config this objective cannot train (a teacher that
+        does not fit the student)."""
+
+    @classmethod
     def complete(cls, config: "RunConfig") -> "RunConfig":
         """The config with what the objective derives filled in (labels, pooling), before any model is built.
 
@@ -56,6 +69,32 @@ class Objective(nn.Module):
 
     def loss(self, model: Model, batch: Batch) -> torch.Tensor:
         raise NotImplementedError
+
+    def validation_loss(self, model: Model, batch: Batch) -> torch.Tensor:
+        """The loss validation reports: the training loss, unless the objective has one that compares across runs (a
+        student's loss on the data alone, without its teacher)."""
+        return self.loss(model, batch)
+
+    def validation_metrics(self, model: Model, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The validation loss and any metrics of the batch beside it (logged as val_<name>), from one forward pass
+        (masked-token accuracy)."""
+        return self.validation_loss(model, batch), {}
+
+    def window_example(self, tokens: torch.Tensor, offset: int) -> Example:
+        """Token-window objectives: the example made of the window+1 tokens read at `offset` of a split; by default
+        next-token prediction. Anything random in it must follow from the seed and the offset alone, so that a resumed
+        run sees the examples a straight one would, and every validation the same ones (masked tokens)."""
+        return next_token_example(tokens, offset)
+
+    def init_weights(self, model: Model) -> list[str]:
+        """Sets weights of the freshly built model before training (a student from its teacher's layers) and returns
+        lines that report it; not called when a run resumes."""
+        return []
+
+    def train_windows(self, shards_dir: "Path") -> "Dataset | None":
+        """The training windows of the token shards when they carry more than tokens (a teacher's cached logits);
+        None = plain windows."""
+        return None
 
 
 class TaskObjective(Objective):

@@ -31,7 +31,8 @@ class SequenceClassification(TaskObjective):
 
     @classmethod
     def heads(cls, config) -> list[HeadSpec]:
-        return [HeadSpec(CLASSIFIER_HEAD, tuple(config.objective.labels), config.objective.pooling)]
+        objective = config.objective
+        return [HeadSpec(CLASSIFIER_HEAD, tuple(objective.labels), objective.pooling, objective.head_transform)]
 
     def examples(self, split: str) -> list[Example]:
         return [{"input_ids": sequence_input(self.tokenizer, text, self.max_length, self.prefix_id), "label": label}

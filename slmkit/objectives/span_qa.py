@@ -27,7 +27,7 @@ class SpanQuestionAnswering(TaskObjective):
 
     @classmethod
     def heads(cls, config) -> list[HeadSpec]:
-        return [HeadSpec(SPAN_HEAD)]
+        return [HeadSpec(SPAN_HEAD, transform=config.objective.head_transform)]
 
     def examples(self, split: str) -> list[Example]:
         options = self.spec.options

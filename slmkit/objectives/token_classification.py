@@ -27,7 +27,7 @@ class TokenClassification(TaskObjective):
 
     @classmethod
     def heads(cls, config) -> list[HeadSpec]:
-        return [HeadSpec(TOKEN_HEAD, tuple(config.objective.labels))]
+        return [HeadSpec(TOKEN_HEAD, tuple(config.objective.labels), transform=config.objective.head_transform)]
 
     def examples(self, split: str) -> list[Example]:
         names = list(self.config.objective.labels)

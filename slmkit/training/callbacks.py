@@ -1,24 +1,35 @@
-"""What a run reports while it trains: metrics.jsonl + TensorBoard (loss, lr, grad norm, tokens/s, MFU, memory)
-and a progress bar counted in optimizer steps."""
+"""What a run does beside the steps themselves: reports them (metrics.jsonl + TensorBoard: loss, lr, grad norm,
+tokens/s, MFU, memory; a progress bar counted in optimizer steps), checkpoints them (step-N.ckpt, the newest kept),
+and stops at a step boundary when the process is told to (SIGTERM, Ctrl-C).
+"""
 
 from __future__ import annotations
 
 import json
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 
+from slmkit.atomic import atomic_write_text
+from slmkit.checkpoint.files import remove_checkpoint, step_checkpoints
 from slmkit.training.throughput import peak_flops_per_device, peak_memory_gb
 
 
 class MetricsLogger(L.Callback):
-    """Every `log_every` steps: one JSON object in metrics.jsonl (and the same scalars in TensorBoard).
+    """Every `log_every` steps and at the last one: one JSON object in metrics.jsonl (and the same scalars in
+    TensorBoard).
 
     Validation finishes right after the step it follows, so its val_loss joins that step's record; a record is
-    written when the next one starts or the run ends.
+    written when the next one starts or the run ends. A checkpoint carries the record still waiting, and a resumed run
+    first cuts the file back to the checkpoint's step: the history holds one record per step, as if the run had never
+    stopped.
     """
 
     def __init__(self, path: Path, log_every: int, examples_per_step: int, tokens_per_example: int | None,
@@ -30,6 +41,7 @@ class MetricsLogger(L.Callback):
         self.flops_per_token = flops_per_token
         self.precision = precision
         self.pending: dict[str, Any] | None = None
+        self._restored: dict[str, Any] | None = None  # the record a checkpoint held while it waited
         self._last_time: float | None = None
         self._last_step = 0
 
@@ -41,15 +53,46 @@ class MetricsLogger(L.Callback):
         examples = step * self.examples_per_step
         return {"examples": examples, **({"tokens": examples * self.tokens_per_example} if self.tokens_per_example else {})}
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"pending": self.pending}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restored = state_dict.get("pending")
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._last_time = time.perf_counter()
         self._last_step = trainer.global_step
         self.peak_flops = peak_flops_per_device(self.precision)
+        kept = self._cut_back_to(trainer.global_step) if trainer.is_global_zero else []
+        restored, self._restored = self._restored, None
+        if restored is not None and restored["step"] == trainer.global_step and not any(r["step"] == restored["step"] for r in kept):
+            self.pending = restored  # the checkpoint's step was not written before the run stopped
+
+    def _cut_back_to(self, step: int) -> list[dict[str, Any]]:
+        """Drops the records after `step` (a stopped attempt's, which a resumed run writes again); returns the rest."""
+        if not self.path.is_file():
+            return []
+        kept, dropped = [], 0
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # the last line of a run killed mid-write
+                dropped += 1
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+                kept.append(record)
+            else:
+                dropped += 1
+        if dropped:
+            atomic_write_text(self.path, "".join(json.dumps(record) + "\n" for record in kept))
+        return kept
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         step = trainer.global_step
-        if step == self._last_step or step % self.log_every != 0:
-            return  # mid-accumulation, or not a logging step
+        if step == self._last_step:
+            return  # mid-accumulation
+        if step % self.log_every != 0 and step < trainer.max_steps and not trainer.should_stop:
+            return  # not a logging step, nor the last one
         loss = pl_module.take_train_loss()
         now = time.perf_counter()
         examples_per_s = self.examples_per_step * (step - self._last_step) / max(now - self._last_time, 1e-9)
@@ -83,6 +126,9 @@ class MetricsLogger(L.Callback):
             self._flush(trainer)
             self.pending = {"step": step, **self._counts(step)}
         self.pending["val_loss"] = val_loss
+        # An objective's own validation metrics (masked-token accuracy) join the record beside val_loss.
+        self.pending.update({name: float(value) for name, value in trainer.callback_metrics.items()
+                             if name.startswith("val_") and name != "val_loss"})
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._flush(trainer)
@@ -113,6 +159,82 @@ def _grad_norm(trainer: L.Trainer, pl_module: L.LightningModule) -> float | None
         norm = engine.get_global_grad_norm()
         return float(norm) if norm is not None else None
     return pl_module.last_grad_norm
+
+
+class StepCheckpoints(L.Callback):
+    """Writes checkpoints/step-{N}.ckpt every `every` steps (and, through `save`, at the end) and keeps the newest
+    `keep` of them, whichever run wrote them: the one a run resumed from goes too, once newer ones exist."""
+
+    def __init__(self, folder: Path, every: int, keep: int):
+        self.folder = Path(folder)
+        self.every = every
+        self.keep = keep
+        self._last_step: int | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._last_step = trainer.global_step  # a resumed run does not write its starting checkpoint again
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        step = trainer.global_step
+        if self.every and step != self._last_step and step % self.every == 0:
+            self.save(trainer)
+
+    def save(self, trainer: L.Trainer) -> Path:
+        """The checkpoint of the current step (written unless it exists), then the older ones beyond `keep` removed."""
+        self._last_step = trainer.global_step
+        path = self.folder / f"step-{trainer.global_step}.ckpt"
+        if not path.exists():
+            trainer.save_checkpoint(path, weights_only=False)
+        if trainer.is_global_zero:
+            for _, old in step_checkpoints(self.folder)[: -self.keep]:
+                remove_checkpoint(old)
+        trainer.strategy.barrier("slmkit_checkpoints_pruned")
+        return path
+
+
+class StopOnSignal(L.Callback):
+    """SIGTERM (a scheduler's preemption, `timeout`, `kill`) or SIGINT (Ctrl-C) ends training at the end of the
+    optimizer step under way, on every rank at the same step; the run then saves a checkpoint there and says so. A
+    second Ctrl-C stops at once.
+
+    Lightning's own SIGTERM handling would stop mid-accumulation, without a checkpoint, and exit 0; this handler
+    replaces it while the training loop runs.
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+        self._last_step: int | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._last_step = trainer.global_step
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {signum: signal.signal(signum, self._receive) for signum in (signal.SIGTERM, signal.SIGINT)}
+
+    def _receive(self, signum: int, frame: Any) -> None:
+        if self.received is not None:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt  # the second Ctrl-C: the user does not want to wait for the step
+            return
+        self.received = signum
+        print(f"\nslmkit: {signal.Signals(signum).name} received; stopping after this step, with a checkpoint "
+              f"(Ctrl-C again stops at once)", file=sys.stderr, flush=True)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step == self._last_step:
+            return  # mid-accumulation: only a whole step can be checkpointed
+        self._last_step = trainer.global_step
+        # Any rank may have been signalled; all stop at this step, and all know the signal (the larger, SIGTERM, wins).
+        signum = int(trainer.strategy.reduce(torch.tensor(self.received or 0, device=trainer.strategy.root_device),
+                                             reduce_op="max"))
+        if signum:
+            self.received = signum
+            trainer.should_stop = True
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
 
 
 class StepProgressBar(TQDMProgressBar):

@@ -8,7 +8,7 @@ batches a straight run would have seen, on any number of devices.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import lightning as L
 import numpy as np
@@ -18,21 +18,27 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from slmkit.data import TokenShards
 from slmkit.errors import SlmkitError
 from slmkit.objectives import TaskObjective
+from slmkit.objectives.base import next_token_example
+
+
+Example = Callable[[torch.Tensor, int], dict[str, Any]]
 
 
 class TokenWindows(Dataset):
-    """Item `offset` is {input_ids, targets}: `window` tokens from `offset` and the same shifted by one."""
+    """Item `offset` is example(tokens, offset) of the `window` + 1 tokens from `offset`: by default {input_ids,
+    targets}, the window and the same shifted by one; the objective's own example otherwise (masked tokens)."""
 
-    def __init__(self, shards: TokenShards, window: int):
+    def __init__(self, shards: TokenShards, window: int, example: Example = next_token_example):
         self.shards = shards
         self.window = window
+        self.example = example
 
     def __len__(self) -> int:
         return len(self.shards) - self.window
 
-    def __getitem__(self, offset: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, offset: int) -> dict[str, Any]:
         tokens = torch.from_numpy(self.shards.window(int(offset), self.window + 1).astype(np.int64))
-        return {"input_ids": tokens[:-1], "targets": tokens[1:]}
+        return self.example(tokens, int(offset))
 
 
 class StepSeededOffsets(Sampler[int]):
@@ -96,8 +102,14 @@ class EvenlySpacedOffsets(Sampler[int]):
 
 
 class TokenDataModule(L.LightningDataModule):
-    def __init__(self, shards_dir: Path, block_size: int, micro_batch_size: int, grad_accum: int, val_batches: int, seed: int, num_workers: int = 0):
+    """Windows of the token shards: random ones for training (or the objective's own `train_windows`, e.g. windows
+    with a teacher's cached logits), evenly spaced ones for validation."""
+
+    def __init__(self, shards_dir: Path, block_size: int, micro_batch_size: int, grad_accum: int, val_batches: int, seed: int,
+                 num_workers: int = 0, train_windows: Dataset | None = None, example: Example = next_token_example):
         super().__init__()
+        self.example = example
+        self.given_train_windows = train_windows
         self.shards_dir = Path(shards_dir)
         self.block_size = block_size
         self.micro_batch_size = micro_batch_size
@@ -107,7 +119,7 @@ class TokenDataModule(L.LightningDataModule):
         self.num_workers = num_workers
 
     def setup(self, stage: str | None = None) -> None:
-        self.train_windows = self._windows("train")
+        self.train_windows = self.given_train_windows if self.given_train_windows is not None else self._windows("train")
         self.val_windows = self._windows("val") if self.val_batches > 0 else None
 
     def _windows(self, split: str) -> TokenWindows:
@@ -117,7 +129,7 @@ class TokenDataModule(L.LightningDataModule):
                 f"the {split} split has {len(shards)} tokens, fewer than one window of model.block_size+1="
                 f"{self.block_size + 1}: use a larger corpus, change data.val_fraction, or shrink model.block_size"
             )
-        return TokenWindows(shards, self.block_size)
+        return TokenWindows(shards, self.block_size, self.example)
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer

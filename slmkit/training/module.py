@@ -14,6 +14,7 @@ import torch
 from slmkit.config import RunConfig
 from slmkit.model import Model
 from slmkit.objectives import Objective
+from slmkit.training.optimizers import OPTIMIZERS
 from slmkit.training.schedule import learning_rate
 
 RNG_STATE_KEY = "slmkit_rng_state"
@@ -38,8 +39,11 @@ class TrainingTask(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self.objective.loss(self.model, batch)
-        self.log("val_loss", loss, sync_dist=True, prog_bar=True, batch_size=batch["input_ids"].size(0))
+        loss, metrics = self.objective.validation_metrics(self.model, batch)
+        size = batch["input_ids"].size(0)
+        self.log("val_loss", loss, sync_dist=True, prog_bar=True, batch_size=size)
+        for name, value in metrics.items():
+            self.log(f"val_{name}", value, sync_dist=True, batch_size=size)
         return loss
 
     def take_train_loss(self) -> float | None:
@@ -51,24 +55,20 @@ class TrainingTask(L.LightningModule):
         return mean
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        # Before clipping, and only on logging steps: the norm costs a pass over every gradient.
+        # Before clipping, and only on logging steps (the last one is always logged): the norm costs a pass over every
+        # gradient.
         step = self.trainer.global_step + 1
-        if step % self.config.trainer.log_every:
+        if step % self.config.trainer.log_every and step < self.config.trainer.max_steps:
             return
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         self.last_grad_norm = float(torch.nn.utils.get_total_norm(grads)) if grads else None
 
     def configure_optimizers(self) -> dict[str, Any]:
         optim = self.config.optim
-        own = [p for p in self.objective.parameters() if p.requires_grad]
-        groups = self.model.param_groups(optim.weight_decay) + ([{"params": own, "weight_decay": 0.0}] if own else [])
-        optimizer = torch.optim.AdamW(
-            groups,
-            lr=optim.lr,
-            betas=(optim.beta1, optim.beta2),
-            eps=optim.eps,
-            fused=torch.cuda.is_available() or None,
-        )
+        # The model's trainable weights and the objective's own (a projection it learns), by name for Muon's split.
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        named += [(f"objective.{n}", p) for n, p in self.objective.named_parameters() if p.requires_grad]
+        optimizer = OPTIMIZERS.get(optim.name)(named, optim)
         max_steps = self.config.trainer.max_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: learning_rate(step, optim, max_steps) / optim.lr

@@ -9,6 +9,7 @@ generated from the recipe. The model and the LightningModule never see any of th
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import logging
 import os
 import shutil
@@ -21,12 +22,15 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 
 from slmkit.atomic import atomic_path
+from slmkit.checkpoint.files import save_torch
+from slmkit.checksum import write_checksum
 from slmkit.config import RunConfig, TrainerConfig
 from slmkit.errors import SlmkitError
 from slmkit.model import Model
 
 log = logging.getLogger(__name__)
 
+SMOKE_BLOCK = 256  # tokens per step of a GPU recipe's CPU smoke test
 LIGHTNING_PRECISION = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed", "bf16-true": "bf16-true"}
 
 
@@ -88,22 +92,63 @@ def final_model(config: RunConfig, model: Model, final_checkpoint: Path) -> Mode
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes each checkpoint under a temporary name and renames it into place, so a crash mid-write never
-    leaves a truncated file under a checkpoint's name nor touches the previous good checkpoint."""
+    """Writes each checkpoint under a temporary name, with its checksum, and renames it into place, so a crash
+    mid-write never leaves a truncated file under a checkpoint's name nor touches the previous good checkpoint."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
+            save_torch(checkpoint, tmp)
+            write_checksum(path, tmp)
+
+
+class SafeCheckpointEngine:
+    """DeepSpeed's checkpoint engine, reading and writing through slmkit: DeepSpeed's own reads use
+    torch.load(weights_only=False), which runs whatever code a crafted checkpoint folder carries. Reads here take
+    tensors and the few DeepSpeed objects its files pickle (allow-listed, as the ZeRO consolidation does), nothing
+    else; writes report a full disk as the OSError it is."""
+
+    def __init__(self, engine: Any):
+        self.engine = engine
+
+    def load(self, path: str, map_location: Any = None) -> Any:
+        return load_deepspeed_file(Path(path), map_location)
+
+    def save(self, state_dict: Any, path: str) -> None:
+        save_torch(state_dict, path)
+
+    def __getattr__(self, name: str) -> Any:  # commit, makedirs, is_decoupled, ...: DeepSpeed's own
+        return getattr(self.engine, name)
+
+
+def load_deepspeed_file(path: Path, map_location: Any = None) -> Any:
+    """A file of a DeepSpeed checkpoint, loaded as tensors and allow-listed DeepSpeed objects only."""
+    from slmkit.checkpoint.files import load_problem
+    from slmkit.checkpoint.zero import DEEPSPEED_OBJECTS
+
+    allowed = [getattr(importlib.import_module(module), name)
+               for module, _, name in (spec.rpartition(".") for spec in DEEPSPEED_OBJECTS)]
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # unpickling errors: a foreign object, a truncated or non-DeepSpeed file
+        raise SlmkitError(f"cannot resume from {path} safely ({load_problem(err)}): use a checkpoint this slmkit "
+                          "wrote, or an earlier one") from None
+
+
+def safe_deepspeed_engine(engine: Any) -> Any:
+    """Routes every checkpoint read and write of a DeepSpeed engine through SafeCheckpointEngine; returns the engine."""
+    if not isinstance(engine.checkpoint_engine, SafeCheckpointEngine):
+        engine.checkpoint_engine = SafeCheckpointEngine(engine.checkpoint_engine)
+    return engine
 
 
 class AtomicDeepSpeedStrategy(DeepSpeedStrategy):
     """DeepSpeed writes a checkpoint as a folder of shards from every rank; they go into a temporary folder that
-    rank 0 renames into place once all ranks are done."""
+    rank 0 checksums and renames into place once all ranks are done. Reads and writes go through
+    SafeCheckpointEngine."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None) -> None:
+        safe_deepspeed_engine(self.deepspeed_engine)
         filepath = Path(self.broadcast(str(filepath)))
         tmp = filepath.with_name(f".{filepath.name}.tmp")
         if self.is_global_zero and tmp.exists():
@@ -112,6 +157,7 @@ class AtomicDeepSpeedStrategy(DeepSpeedStrategy):
         super().save_checkpoint(checkpoint, tmp, storage_options)
         self.barrier("slmkit_checkpoint_written")
         if self.is_global_zero:
+            write_checksum(filepath, tmp)
             old = filepath.with_name(f".{filepath.name}.old")
             if filepath.exists():
                 os.replace(filepath, old)
@@ -119,29 +165,42 @@ class AtomicDeepSpeedStrategy(DeepSpeedStrategy):
             shutil.rmtree(old, ignore_errors=True)
         self.barrier("slmkit_checkpoint_renamed")
 
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        safe_deepspeed_engine(self.deepspeed_engine)
+        return super().load_checkpoint(checkpoint_path, weights_only)
+
 
 def apply_cpu_fallback(config: RunConfig) -> tuple[RunConfig, list[str]]:
     """A GPU recipe on a machine without CUDA runs as a CPU smoke test; returns the config and what changed.
 
-    DeepSpeed and mixed precision need GPUs, and a GPU-sized step would take an hour on a laptop: one micro-batch
-    per step, a short validation and a few evaluation examples show that the recipe wires up end to end.
+    DeepSpeed and mixed precision need GPUs, and a GPU-sized step takes minutes on a CPU: one sequence of at most
+    SMOKE_BLOCK tokens per step (a step in seconds), a short validation and a few evaluation examples show that the
+    recipe wires up end to end. The weights keep the recipe's shapes, except a learned position table's length.
     """
     trainer = config.trainer
     if torch.cuda.is_available() or trainer.accelerator == "cpu" or (trainer.strategy == "auto" and trainer.precision == "fp32"):
         return config, []
     changes = {"accelerator": "cpu", "strategy": "auto", "devices": 1, "num_nodes": 1, "precision": "fp32",
-               "grad_accum": 1, "val_batches": min(trainer.val_batches, 2)}
+               "grad_accum": 1, "micro_batch_size": 1, "val_batches": min(trainer.val_batches, 2)}
     changed = [f"trainer.{k}: {getattr(trainer, k)} -> {v}" for k, v in changes.items() if getattr(trainer, k) != v]
+    block_size = min(config.model.block_size, SMOKE_BLOCK)
+    if block_size != config.model.block_size:
+        changed.append(f"model.block_size: {config.model.block_size} -> {block_size}")
     eval_limit = min(config.eval.limit or 5, 5)
     if config.eval.tasks and eval_limit != config.eval.limit:
         changed.append(f"eval.limit: {config.eval.limit} -> {eval_limit}")
     return dataclasses.replace(config, trainer=dataclasses.replace(trainer, **changes),
+                               model=dataclasses.replace(config.model, block_size=block_size),
                                eval=dataclasses.replace(config.eval, limit=eval_limit)), changed
 
 
 def build_trainer(config: RunConfig, out_dir: Path, callbacks: list[L.Callback], loggers: list[Any]) -> L.Trainer:
     trainer = config.trainer
     accelerator = trainer.accelerator
+    if config.optim.name == "muon" and trainer.strategy == "deepspeed":
+        # ZeRO hands the optimizer flat partitions of the parameters; Muon needs each matrix whole.
+        raise SlmkitError("optim.name=muon orthogonalizes whole weight matrices, and DeepSpeed ZeRO partitions them "
+                          "into flat shards: train Muon with trainer.strategy=ddp (or auto), or use optim.name=adamw")
     if trainer.strategy == "deepspeed" and not torch.cuda.is_available():
         raise SlmkitError("trainer.strategy=deepspeed needs CUDA GPUs; on CPU use trainer.strategy=auto or ddp")
     if accelerator == "gpu" and not torch.cuda.is_available():
@@ -185,7 +244,7 @@ def build_trainer(config: RunConfig, out_dir: Path, callbacks: list[L.Callback],
         logger=loggers,
         plugins=plugins or None,
         default_root_dir=str(out_dir),
-        enable_checkpointing=True,
+        enable_checkpointing=False,  # slmkit's StepCheckpoints writes them; no default ModelCheckpoint
         enable_progress_bar=trainer.progress_bar,
         enable_model_summary=False,
         use_distributed_sampler=False,  # the data module shards batches across ranks itself

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from slmkit.config import TrainerConfig
 from slmkit.model import Model, ModelConfig
+from slmkit.training.optimizers import decay_groups
 from slmkit.training.trainer import deepspeed_config
 
 MODEL = ModelConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_kv_heads=1, d_model=32)
@@ -29,7 +30,7 @@ def main(stage: int, out_path: str) -> None:
     torch.manual_seed(0)
     model = Model(MODEL)
     config = deepspeed_config(TrainerConfig(zero_stage=stage, micro_batch_size=2, grad_accum=1, grad_clip=1.0, precision="fp32"))
-    optimizer = torch.optim.AdamW(model.param_groups(0.1), lr=1e-2)
+    optimizer = torch.optim.AdamW(decay_groups(list(model.parameters()), 0.1), lr=1e-2)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
     rank = dist.get_rank()
     losses = []

@@ -1,0 +1,93 @@
+"""Optimizers by name: AdamW everywhere, or Muon on the hidden matrices with AdamW on the rest.
+
+Each entry builds one torch optimizer from the trainable parameters, so the trainer, the lr schedule and the
+checkpoint see a single optimizer whatever is inside it. Matrices (ndim >= 2) take weight decay; biases and norm
+weights do not.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from slmkit.config import OptimConfig
+from slmkit.errors import SlmkitError
+from slmkit.registry import Registry
+
+# (named trainable parameters, optim config) -> optimizer
+OPTIMIZERS: Registry[Callable[[list[tuple[str, nn.Parameter]], OptimConfig], torch.optim.Optimizer]] = Registry(
+    "optimizer", "build(named trainable parameters, optim config) -> one torch optimizer."
+)
+
+
+def decay_groups(params: list[nn.Parameter], weight_decay: float) -> list[dict]:
+    """Decay on matrices and embeddings (ndim >= 2), none on biases and norm weights; empty groups left out."""
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+@OPTIMIZERS.register("adamw")
+def adamw(named: list[tuple[str, nn.Parameter]], optim: OptimConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(decay_groups([p for _, p in named], optim.weight_decay), lr=optim.lr,
+                             betas=(optim.beta1, optim.beta2), eps=optim.eps, fused=torch.cuda.is_available() or None)
+
+
+def is_hidden_matrix(name: str, parameter: nn.Parameter) -> bool:
+    """A weight matrix inside a transformer block: what Muon orthogonalizes. Embeddings, heads, norms and biases are
+    not (their updates are per row or per element, where orthogonalizing has no meaning)."""
+    return parameter.dim() == 2 and name.startswith("body.blocks.")
+
+
+class MuonWithAdamW(torch.optim.Optimizer):
+    """Muon (torch.optim.Muon) on the hidden matrices and AdamW on every other parameter, stepped as one optimizer.
+
+    Both inner optimizers hold the very group dicts listed in `param_groups`, so the lr schedule reaches both, and
+    the state dict holds both states for exact resume.
+    """
+
+    def __init__(self, hidden: list[nn.Parameter], other: list[nn.Parameter], optim: OptimConfig):
+        muon_groups = [{"params": hidden, "weight_decay": optim.weight_decay, "lr": optim.muon_lr or optim.lr}]
+        adamw_groups = decay_groups(other, optim.weight_decay)
+        for group in adamw_groups:
+            group["lr"] = optim.lr
+        super().__init__(muon_groups + adamw_groups, {})
+        # match_rms_adamw (Moonshot) scales each update to AdamW's RMS, so Muon takes AdamW's learning rate as it is.
+        self.muon = torch.optim.Muon(muon_groups, lr=optim.muon_lr or optim.lr, weight_decay=optim.weight_decay,
+                                     momentum=optim.muon_momentum, adjust_lr_fn="match_rms_adamw")
+        self.adamw = torch.optim.AdamW(adamw_groups, lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps)
+        self._rebind()
+
+    def _rebind(self) -> None:
+        self.param_groups = self.muon.param_groups + self.adamw.param_groups
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.muon.step()
+        self.adamw.step()
+        return loss
+
+    def state_dict(self) -> dict:
+        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.muon.load_state_dict(state_dict["muon"])
+        self.adamw.load_state_dict(state_dict["adamw"])
+        self._rebind()  # loading replaces the inner group dicts; the schedule must see the new ones
+
+
+@OPTIMIZERS.register("muon")
+def muon(named: list[tuple[str, nn.Parameter]], optim: OptimConfig) -> torch.optim.Optimizer:
+    if any(".lora_" in name for name, _ in named):
+        raise SlmkitError("optim.name=muon orthogonalizes whole weight matrices, and LoRA trains low-rank factors of "
+                          "them: use optim.name=adamw with LoRA")
+    hidden = [p for name, p in named if is_hidden_matrix(name, p)]
+    if not hidden:
+        raise SlmkitError("optim.name=muon found no trainable matrix inside the transformer blocks; use optim.name=adamw")
+    return MuonWithAdamW(hidden, [p for name, p in named if not is_hidden_matrix(name, p)], optim)
