@@ -1,8 +1,12 @@
 """Benchmark: slmkit generate vs transformers generate on the exported model, fp32 vs int8, same prompt and machine.
 
 Also prints size on disk and held-out bits per byte of fp32 / int8 / GGUF exports. Not a test: figures go to
-docs/benchmarks.md. Usage: python scripts/bench_generate.py [--checkpoint RUN] [--new-tokens 128] [--repeats 3]
-Without --checkpoint it benchmarks a randomly initialised legal-tiny-size model (4 layers, d_model 256).
+docs/benchmarks.md. Usage: python scripts/bench_generate.py [--checkpoint RUN | --shape tiny|125m] [--new-tokens 128]
+[--repeats 3] [--heldout-task legal_heldout]
+Without --checkpoint it benchmarks a randomly initialised model: legal-tiny's shape (4 layers, d_model 256) or
+legal-125m's (12 layers, d_model 768, GQA 12/4, vocab 32000, untied; speed does not depend on the weights).
+Held-out bits per byte are measured on a perplexity task's text (the model's own domain: legal_heldout for a legal
+run, the default when the run's recipe evaluates on it), else on the last 20,000 characters of tiny Shakespeare.
 """
 
 from __future__ import annotations
@@ -34,21 +38,46 @@ def shared_dir() -> Path:
     return Path(os.environ.get("SLMKIT_SHARED", REPO.parent / "shared"))
 
 
-def random_run(folder: Path, text: str) -> Path:
+SHAPES = {
+    "tiny": dict(vocab_size=4096, block_size=512, n_layer=4, n_head=4, d_model=256),
+    "125m": dict(vocab_size=32000, block_size=1024, n_layer=12, n_head=12, n_kv_heads=4, d_model=768, tie_embeddings=False),
+}
+
+
+def random_run(folder: Path, text: str, shape: str) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.train_from_iterator([text], trainers.BpeTrainer(
-        vocab_size=4096, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+        vocab_size=SHAPES[shape]["vocab_size"], special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
     ))
     tokenizer.save(str(folder / "tokenizer.json"))
-    config = RunConfig(name="legal-tiny-size-random")
-    config.model = ModelConfig(vocab_size=4096, block_size=512, n_layer=4, n_head=4, d_model=256)
+    config = RunConfig(name=f"{shape}-shape-random")
+    config.model = ModelConfig(**SHAPES[shape])
     torch.manual_seed(0)
     save_inference_checkpoint(folder / "run", Model(config.model), config, folder / "tokenizer.json")
     return folder / "run"
+
+
+def heldout_text(run: Path, task: str | None, shakespeare: str) -> tuple[str, str]:
+    """(name, text) of held-out text in the model's domain: a perplexity task's documents, up to 60,000 characters."""
+    from slmkit.checkpoint import CONFIG_FILE
+    from slmkit.config import load_run_config
+    from slmkit.eval import resolve_task
+    from slmkit.eval.records import read_records
+
+    if task is None and (run / CONFIG_FILE).is_file():
+        task = next((t for t in load_run_config(run / CONFIG_FILE).eval.tasks if resolve_task(t).type == "perplexity"), None)
+    if task is None:
+        return "last 20,000 chars of tinyshakespeare", shakespeare[-20000:]
+    spec = resolve_task(task)
+    if spec.type != "perplexity":
+        raise SystemExit(f"--heldout-task {task} is a {spec.type} task; give a perplexity task (e.g. legal_heldout)")
+    records = read_records(spec.options.data, task, spec.options.text_field)
+    return f"task {task}", "\n\n".join(r[spec.options.text_field] for r in records)[:60000]
 
 
 def timed(fn, repeats: int) -> float:
@@ -72,19 +101,21 @@ def hf_runner(model, prompt_ids, n):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny", help="shape of the random model without --checkpoint")
+    parser.add_argument("--heldout-task", help="a perplexity task whose text measures bits per byte (default: the run's, if any)")
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     text = (shared_dir() / "corpora/general/tinyshakespeare.txt").read_text(encoding="utf-8")
-    heldout = text[-20000:]
 
     from transformers import AutoModelForCausalLM
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        run = Path(args.checkpoint) if args.checkpoint else random_run(tmp, text[:300000])
+        run = Path(args.checkpoint) if args.checkpoint else random_run(tmp, text[:300000], args.shape)
+        heldout_name, heldout = heldout_text(run, args.heldout_task, text)
         hf_dir = run_export(ExportArgs(checkpoint=str(run), out=str(tmp / "hf")))
         int8_dir = run_export(ExportArgs(checkpoint=str(run), out=str(tmp / "int8"), format="int8"))
         gguf_dirs = {}
@@ -121,7 +152,7 @@ def main() -> None:
                 print(f"{label:<28}{first * 1000:>16.1f}{args.new_tokens / total:>12.1f}")
 
         windows, n_bytes = heldout_windows(heldout, fp32.tokenizer(), 0, c.block_size, 8192)
-        print(f"\nheld-out: last 20,000 chars of tinyshakespeare ({n_bytes} bytes)")
+        print(f"\nheld-out: {heldout_name} ({n_bytes} bytes)")
         print(f"{'format':<22}{'size on disk MiB':>18}{'bits/byte':>12}")
         base = bits_per_byte(fp32.model, windows, n_bytes)
         rows = [("fp32 safetensors (hf)", size_on_disk(hf_dir / "model.safetensors"), base),
