@@ -56,8 +56,12 @@ def results(run: Path, task: str) -> dict[str, float]:
     return {k: v["value"] for k, v in {**report["metrics"], **{f"baseline {b}": m for b, m in report["baselines"].items()}}.items()}
 
 
-def finetune(recipe: str, source: Path, out: Path, random_init: bool, *extra: str) -> tuple[Path, float]:
-    """Fine-tunes `recipe` from `source`, or trains the same architecture and tokenizer from random init."""
+def finetune(recipe: str, source: Path, out: Path, random_init: bool, *extra: str) -> tuple[Path, float | None]:
+    """Fine-tunes `recipe` from `source`, or trains the same architecture and tokenizer from random init. A run that
+    finished and was evaluated in an earlier invocation (--resume) is kept as it is; its wall time is then unknown."""
+    if (out / "eval" / "results.json").is_file():
+        print(f"# reusing the finished run {out}", flush=True)
+        return out, None
     if random_init:
         model = json.loads(subprocess.run([sys.executable, "-c", (
             "import dataclasses, json, sys; from slmkit.config import load_run_config; "
@@ -102,12 +106,13 @@ def main() -> None:
     parser.add_argument("--work", default=str(REPO / "runs" / "bench-finetune"), help="folder for the fine-tuned runs")
     parser.add_argument("--only", nargs="*", help="task names to run (default all)")
     parser.add_argument("--throughput-steps", type=int, default=60, help="steps of each full / LoRA throughput run")
+    parser.add_argument("--resume", help="an earlier invocation's work folder: finished runs in it are reused, the rest run")
     parser.add_argument("--out", default=str(REPO / "runs" / "bench-finetune" / "results.json"))
     args = parser.parse_args()
     tasks = [t for t in TASKS if not args.only or t[1] in args.only]
     given = {"finance-tiny": args.finance, "biomedical-tiny": args.biomedical}
     sources = {base: pretrained(base, given[base]) for base in dict.fromkeys(t[2] for t in tasks)}
-    work = Path(args.work) / time.strftime("%Y%m%d-%H%M%S")
+    work = Path(args.resume) if args.resume else Path(args.work) / time.strftime("%Y%m%d-%H%M%S")
     report: dict = {"pretrained": {k: str(v) for k, v in sources.items()}, "tasks": {}}
     rows = ["| task | metric | from random init | fine-tuned from pretrained | baseline |", "|---|---|---:|---:|---|"]
     for name, recipe, base, task, metrics in tasks:

@@ -91,12 +91,14 @@ def main() -> None:
         for recipe in args.recipes:
             rows[recipe].append(summary(slmkit(recipe, work / f"{recipe}-{r}", [])))
         print(f"round {r + 1}: " + json.dumps({k: v[-1] for k, v in rows.items()}), flush=True)
-    print(f"| run | round | final val loss | train s | ms/iter | val <= {TARGET} at step | at s | time ratio to baseline |")
+    print(f"| run | round | final val loss | train s | ms/iter | val <= {TARGET} at step | at s | time to target / baseline's |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, results in rows.items():
         for r, s in enumerate(results):
-            base = rows[baseline][r]["reach_s"]
-            ratio = f"{s['reach_s'] / base:.2f}" if s["reach_s"] and base else "–"
+            # nanoGPT's published 1.88 is where its full run ends (it may stop a hair above): when the baseline never
+            # gets to the target, its whole training time is the time it takes to get there.
+            base = rows[baseline][r]["reach_s"] or rows[baseline][r]["train_s"]
+            ratio = f"{s['reach_s'] / base:.2f}" if s["reach_s"] else "–"
             reach = f"{s['reach_s']:.1f}" if s["reach_s"] else "–"
             print(f"| {name} | {r + 1} | {s['final_val']:.4f} | {s['train_s']:.1f} | {s['ms_per_iter']:.1f} | "
                   f"{s['reach_step'] or '–'} | {reach} | {ratio} |")

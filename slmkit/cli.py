@@ -71,6 +71,8 @@ def cmd_train(ns: argparse.Namespace) -> None:
             print(describe(config))
             continue
         result = train(config)
+        if not result.is_global_zero:
+            continue
         val = f", final val_loss {result.final_val_loss:.4f}" if result.final_val_loss is not None else ""
         print(f"trained {result.steps} steps{val}; run folder: {result.out_dir}")
 

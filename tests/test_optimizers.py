@@ -9,7 +9,7 @@ import torch
 from slmkit.config import OptimConfig
 from slmkit.errors import SlmkitError
 from slmkit.model import Model, ModelConfig
-from slmkit.training.optimizers import OPTIMIZERS, MuonWithAdamW, decay_groups, is_hidden_matrix
+from slmkit.training.optimizers import OPTIMIZERS, BatchedMuon, MuonWithAdamW, decay_groups, is_hidden_matrix
 from tests.test_training import read_metrics, tiny_config
 from slmkit.training.run import train
 
@@ -40,6 +40,29 @@ def test_muon_takes_the_block_matrices_and_adamw_everything_else():
     assert not is_hidden_matrix("body.blocks.0.attn_norm.weight", torch.nn.Parameter(torch.ones(4)))
 
 
+def test_batched_muon_takes_the_same_steps_as_torch_muon():
+    """Matrices of three shapes, orthogonalized per shape in one batch, land where torch.optim.Muon takes them one
+    by one (up to bf16 rounding of the Newton-Schulz matmuls), and keep the same state for a resume."""
+    torch.manual_seed(0)
+    shapes = [(32, 32), (32, 32), (96, 32), (32, 96), (96, 32)]
+    ours = [torch.nn.Parameter(torch.randn(*s) * 0.1) for s in shapes]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    initial = [p.detach().clone() for p in ours]
+    kwargs = dict(lr=0.02, weight_decay=0.1, momentum=0.95, adjust_lr_fn="match_rms_adamw")
+    batched, reference = BatchedMuon(ours, **kwargs), torch.optim.Muon(theirs, **kwargs)
+    for _ in range(3):
+        grads = [torch.randn(*s) for s in shapes]
+        for params, optimizer in ((ours, batched), (theirs, reference)):
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            optimizer.step()
+    for a, b, before in zip(ours, theirs, initial):
+        assert (b.detach() - before).abs().max() > 0.01  # twenty times the tolerance below
+        torch.testing.assert_close(a.detach(), b.detach(), atol=5e-4, rtol=0)
+    assert batched.state_dict()["state"].keys() == reference.state_dict()["state"].keys()
+    torch.testing.assert_close(batched.state[ours[2]]["momentum_buffer"], reference.state[theirs[2]]["momentum_buffer"])
+
+
 def test_one_schedule_reaches_both_inner_optimizers_before_and_after_loading_state():
     model = tiny_model()
     optimizer = OPTIMIZERS.get("muon")(list(model.named_parameters()), OptimConfig(name="muon", lr=1e-3))
@@ -65,6 +88,28 @@ def test_a_muon_run_resumes_with_identical_losses(shared_dir, tmp_path):
     a = [(r["step"], r["train_loss"]) for r in read_metrics(straight) if "train_loss" in r]
     b = [(r["step"], r["train_loss"]) for r in read_metrics(resumed) if "train_loss" in r]
     assert a == b and a[-1][1] < a[0][1]
+
+
+@pytest.mark.slow
+def test_muon_trains_under_ddp_on_two_cpu_processes(shared_dir, tmp_path):
+    """DDP all-reduces the gradients before the step, so each rank's Muon sees the same whole matrices: the story is
+    "works". Two gloo processes through the CLI; one of them reports."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.test_training import TINY
+
+    run = tmp_path / "run"
+    args = ["recipe=legal-tiny", *TINY, f"data.root={shared_dir / 'corpora'}", f"out_dir={run}", "optim.name=muon",
+            "trainer.strategy=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "trainer.max_steps=4",
+            "trainer.checkpoint_every=0", "trainer.progress_bar=false", "eval.tasks=[]"]
+    result = subprocess.run([sys.executable, "-m", "slmkit.cli", "train", *args], capture_output=True, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("trained 4 steps") == 1
+    losses = [r["train_loss"] for r in read_metrics(run) if "train_loss" in r]
+    assert len(losses) == 4 and all(loss == loss for loss in losses)
 
 
 def test_muon_is_refused_under_deepspeed_and_with_lora(shared_dir, tmp_path):

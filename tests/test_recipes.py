@@ -9,7 +9,7 @@ import pytest
 from slmkit.errors import SlmkitError
 from slmkit.recipe import count_parameters, expand_sweep, list_recipes, recipe_names, resolve_recipe
 
-SHIPPED = ["legal-125m", "legal-tiny", "shakespeare-char", "gpt2-124m"]
+SHIPPED = ["legal-125m", "legal-tiny", "shakespeare-char", "shakespeare-modern", "gpt2-124m"]
 
 
 def test_shipped_recipes_resolve():
@@ -44,6 +44,15 @@ def test_shakespeare_char_matches_nanogpt_cpu_configuration():
     assert (c.trainer.micro_batch_size, c.trainer.max_steps, c.model.dropout) == (12, 2000, 0.0)
     assert (c.optim.lr, c.optim.min_lr, c.optim.decay_steps) == (1e-3, 1e-4, 2000)
     assert (c.data.split, c.data.val_fraction) == ("tail", 0.1)
+
+
+def test_shakespeare_modern_spends_the_replicas_budget():
+    """Same data, split, tokens per step and steps as the replica: only the model's parts and the optimizer differ."""
+    replica, modern = resolve_recipe("shakespeare-char"), resolve_recipe("shakespeare-modern")
+    assert modern.data == replica.data and modern.tokenizer == replica.tokenizer
+    assert (modern.trainer.micro_batch_size, modern.trainer.max_steps, modern.model.block_size) == (12, 2000, 64)
+    assert (modern.model.n_layer, modern.model.d_model) == (replica.model.n_layer, replica.model.d_model)
+    assert modern.optim.name == "muon" and modern.model.positions == "rope"
 
 
 @pytest.mark.parametrize(

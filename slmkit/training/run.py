@@ -49,6 +49,7 @@ class TrainResult:
     out_dir: Path
     steps: int
     final_val_loss: float | None
+    is_global_zero: bool = True  # the one process of a multi-process run that reports to the user
 
 
 def train(config: RunConfig) -> TrainResult:
@@ -125,7 +126,8 @@ def train(config: RunConfig) -> TrainResult:
             _final_evaluation(config, out_dir)
         _point_latest_at(out_dir, config.name)
     val_loss = trainer.callback_metrics.get("val_loss")
-    return TrainResult(out_dir=out_dir, steps=trainer.global_step, final_val_loss=float(val_loss) if val_loss is not None else None)
+    return TrainResult(out_dir=out_dir, steps=trainer.global_step,
+                       final_val_loss=float(val_loss) if val_loss is not None else None, is_global_zero=trainer.is_global_zero)
 
 
 def _task_tokenizer(config: RunConfig) -> Path:
