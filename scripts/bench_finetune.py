@@ -81,8 +81,11 @@ def tfidf_baseline() -> dict[str, float]:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, f1_score
 
+    from slmkit.eval.records import read_records
+
     def load(split: str) -> tuple[list[str], list[int]]:
-        rows = [json.loads(line) for line in (SHARED / "eval/finance/twitter_sentiment" / f"{split}.jsonl").read_text().splitlines()]
+        # slmkit's own reader: the headlines hold Unicode line separators that str.splitlines() would cut at.
+        rows = read_records(str(SHARED / "eval/finance/twitter_sentiment" / f"{split}.jsonl"), "fin_sentiment")
         return [r["text"] for r in rows], [r["label"] for r in rows]
 
     (train_x, train_y), (valid_x, valid_y) = load("train"), load("valid")
