@@ -43,7 +43,8 @@ def is_hidden_matrix(name: str, parameter: nn.Parameter) -> bool:
     return parameter.dim() == 2 and name.startswith("body.blocks.")
 
 
-def newton_schulz(updates: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float) -> torch.Tensor:
+def newton_schulz(updates: torch.Tensor, coefficients: tuple[float, float, float], steps: int,
+                  eps: float) -> torch.Tensor:
     """torch.optim.Muon's quintic Newton-Schulz orthogonalization (bf16, the wide orientation, spectral norm <= 1
     first) over a batch of equal-shape matrices [n, rows, cols]."""
     a, b, c = coefficients
@@ -98,7 +99,8 @@ class BatchedMuon(torch.optim.Muon):
 
 
 class MuonWithAdamW(torch.optim.Optimizer):
-    """Muon (torch.optim.Muon, batched by shape) on the hidden matrices and AdamW on every other parameter, stepped as one optimizer.
+    """Muon (torch.optim.Muon's update, batched by shape) on the hidden matrices and AdamW on every other parameter,
+    stepped as one optimizer.
 
     Both inner optimizers hold the very group dicts listed in `param_groups`, so the lr schedule reaches both, and
     the state dict holds both states for exact resume.
