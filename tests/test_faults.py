@@ -60,6 +60,12 @@ def trained(shared_dir, cache, tmp_path_factory) -> Path:
 
 def copy_run(run: Path, to: Path) -> Path:
     shutil.copytree(run, to, symlinks=True)
+    # The copy stands for an earlier attempt, so its TensorBoard files are dated a second earlier, as a real earlier
+    # attempt's would be. Written by this same process within the same second, the resumed attempt's file could sort
+    # first (".10" before ".9") and TensorBoard would read the two attempts out of order.
+    for path in (to / "tb").glob("events.out.tfevents.*"):
+        prefix, stamp, rest = re.fullmatch(r"(events\.out\.tfevents\.)(\d+)(\..*)", path.name).groups()
+        path.rename(path.with_name(f"{prefix}{int(stamp) - 1:0{len(stamp)}d}{rest}"))
     return to
 
 
