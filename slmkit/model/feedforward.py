@@ -6,6 +6,8 @@ projection names match the Hugging Face Llama MLP.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -51,9 +53,10 @@ class GeluMLP(FeedForward):
         return self.down_proj(F.gelu(self.up_proj(x)))
 
 
-@FEEDFORWARDS.register("swiglu")
-class SwiGLU(GatedFeedForward):
-    """down_proj(silu(gate_proj(x)) * up_proj(x)), as in Llama."""
+class GatedLinearUnit(GatedFeedForward):
+    """down_proj(activation(gate_proj(x)) * up_proj(x)): the gated MLPs below differ only in their activation."""
+
+    activation: Callable[[torch.Tensor], torch.Tensor]
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -62,21 +65,21 @@ class SwiGLU(GatedFeedForward):
         self.down_proj = nn.Linear(config.ffn_hidden_size, config.d_model, bias=config.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(self.activation(self.gate_proj(x)) * self.up_proj(x))
+
+
+@FEEDFORWARDS.register("swiglu")
+class SwiGLU(GatedLinearUnit):
+    """down_proj(silu(gate_proj(x)) * up_proj(x)), as in Llama."""
+
+    activation = staticmethod(F.silu)
 
 
 @FEEDFORWARDS.register("geglu")
-class GeGLU(GatedFeedForward):
+class GeGLU(GatedLinearUnit):
     """down_proj(gelu(gate_proj(x)) * up_proj(x)) with the exact erf GELU, as ModernBERT (Shazeer, 2020)."""
 
-    def __init__(self, config: ModelConfig):
-        super().__init__()
-        self.gate_proj = nn.Linear(config.d_model, config.ffn_hidden_size, bias=config.bias)
-        self.up_proj = nn.Linear(config.d_model, config.ffn_hidden_size, bias=config.bias)
-        self.down_proj = nn.Linear(config.ffn_hidden_size, config.d_model, bias=config.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.gelu(self.gate_proj(x)) * self.up_proj(x))
+    activation = staticmethod(F.gelu)
 
 
 @FEEDFORWARDS.register("relu2")
