@@ -21,21 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SLMKIT_SHARED", REPO.parent / "shared")).resolve()
+from bench_common import REPO, SHARED, slmkit
 LEGAL_SOURCES = [("dc_code", "legal/dc_code_sections.jsonl.gz"), ("dc_session_laws", "legal/dc_session_laws.jsonl.gz"),
                  ("scotus_opinions", "legal/scotus_opinions.jsonl.gz"), ("appellate_opinions", "legal/appellate_opinions.jsonl.gz")]
-
-
-def slmkit(*args: str) -> float:
-    """Runs `slmkit ARGS` from the repo root; returns its wall time; stops the benchmark if it fails."""
-    start = time.perf_counter()
-    env = {**os.environ, "SLMKIT_SHARED": str(SHARED), "SLMKIT_DATA": os.environ.get("SLMKIT_DATA", str(SHARED / "corpora"))}
-    print(f"$ slmkit {' '.join(args)}", flush=True)
-    result = subprocess.run([sys.executable, "-m", "slmkit.cli", *args], cwd=REPO, env=env)
-    if result.returncode:
-        sys.exit(f"slmkit {' '.join(args)} failed with exit code {result.returncode}")
-    return time.perf_counter() - start
 
 
 def eval_metrics(run: Path, task: str) -> dict[str, float]:

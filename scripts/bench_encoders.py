@@ -22,8 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SLMKIT_SHARED", REPO.parent / "shared")).resolve()
+from bench_common import REPO, SHARED, slmkit
 
 # Pretraining pairs: (domain, encoder recipe, decoder recipe of the same size, data, batch and steps).
 DOMAINS = [("biomedical", "biomedical-encoder-tiny", "biomedical-tiny"), ("finance", "finance-encoder-tiny", "finance-tiny"),
@@ -43,16 +42,6 @@ QUICK_SOURCES = {"biomedical": "biomedical/medquad_documents.jsonl.gz", "finance
 QUICK_PRETRAIN = ["trainer.max_steps=20", "trainer.val_every=10", "trainer.checkpoint_every=0", "trainer.log_every=5",
                   "tokenizer.vocab_size=1024", "model.vocab_size=1024", "tokenizer.train_chars=2000000", "eval.tasks=[]"]
 QUICK_FINETUNE = ["trainer.max_steps=10", "trainer.val_every=10", "trainer.checkpoint_every=0", "trainer.log_every=5", "eval.limit=100"]
-
-
-def slmkit(*args: str) -> float:
-    """Runs `slmkit ARGS` from the repo root; returns its wall time; stops the benchmark if it fails."""
-    start = time.perf_counter()
-    env = {**os.environ, "SLMKIT_SHARED": str(SHARED), "SLMKIT_DATA": os.environ.get("SLMKIT_DATA", str(SHARED / "corpora"))}
-    result = subprocess.run([sys.executable, "-m", "slmkit.cli", *args], cwd=REPO, env=env)
-    if result.returncode:
-        sys.exit(f"slmkit {' '.join(args)} failed with exit code {result.returncode}")
-    return time.perf_counter() - start
 
 
 def pretrained(recipe: str, domain: str, work: Path, quick: bool) -> Path:

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SLMKIT_SHARED", REPO.parent / "shared")).resolve()
+from bench_common import REPO, SHARED, slmkit
 
 # (name, fine-tuning recipe, pretrained recipe, eval task, metrics to report)
 TASKS = [
@@ -29,16 +27,6 @@ TASKS = [
     ("PubMedQA classifier", "pubmedqa-classify", "biomedical-tiny", "pubmedqa", ("acc", "macro_f1")),
     ("PubMedQA SFT (decision)", "pubmedqa-sft", "biomedical-tiny", "pubmedqa_answer", ("exact_match",)),
 ]
-
-
-def slmkit(*args: str) -> float:
-    """Runs `slmkit ARGS` from the repo root; returns its wall time; stops the benchmark if it fails."""
-    start = time.perf_counter()
-    env = {**os.environ, "SLMKIT_SHARED": str(SHARED), "SLMKIT_DATA": os.environ.get("SLMKIT_DATA", str(SHARED / "corpora"))}
-    result = subprocess.run([sys.executable, "-m", "slmkit.cli", *args], cwd=REPO, env=env)
-    if result.returncode:
-        sys.exit(f"slmkit {' '.join(args)} failed with exit code {result.returncode}")
-    return time.perf_counter() - start
 
 
 def pretrained(recipe: str, given: str | None) -> Path:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -21,8 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SLMKIT_SHARED", REPO.parent / "shared")).resolve()
+from bench_common import REPO, SHARED, slmkit_env
+
 TARGET = 1.88
 EVERY = 50
 NANOGPT_CPU = ["config/train_shakespeare_char.py", "--device=cpu", "--compile=False", "--eval_iters=20", "--log_interval=1",
@@ -47,10 +46,9 @@ def nanogpt(clone: Path) -> dict:
 
 def slmkit(recipe: str, out: Path, overrides: list[str]) -> dict:
     """An slmkit recipe at the same budget: (step, val loss, training seconds) points and ms per step."""
-    env = {**os.environ, "SLMKIT_SHARED": str(SHARED), "SLMKIT_DATA": os.environ.get("SLMKIT_DATA", str(SHARED / "corpora"))}
     subprocess.run([sys.executable, "-m", "slmkit.cli", "train", f"recipe={recipe}", f"out_dir={out}", "trainer.max_steps=2000",
                     f"trainer.val_every={EVERY}", "trainer.log_every=10", "trainer.progress_bar=false", "eval.tasks=[]",
-                    *overrides], cwd=REPO, env=env, check=True, capture_output=True)
+                    *overrides], cwd=REPO, env=slmkit_env(), check=True, capture_output=True)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     points, elapsed, last, step_ms = [], 0.0, 0, []
     for r in records:
