@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from slmkit.checkpoint import load_checkpoint
 from slmkit.cli import main
@@ -27,13 +26,7 @@ ENCODER = [arg for arg in TINY if not arg.startswith("model.n_kv_heads")] + [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread; more only contend with each other (and with other test processes)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def encoder_config(shared_dir: Path, out_dir: Path, *extra: str):

@@ -48,13 +48,7 @@ CASES = [(family, head) for family in FAMILIES for (kind, head) in HEADS if fami
 QUICK = {("modernbert", "masked_lm"), ("modernbert", "mean"), ("modernbert", "tokens"), ("bert", "masked_lm"), ("bert", "first")}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread; more only contend with each other (and with other test processes)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -16,13 +16,7 @@ from slmkit.model import POSITIONS, Model, ModelConfig
 MODEL_DIR = Path(__file__).resolve().parents[1] / "slmkit" / "model"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread; more only contend with each other (and with other test processes)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**overrides) -> ModelConfig:

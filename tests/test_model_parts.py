@@ -15,13 +15,7 @@ from slmkit.model.attention import AttentionMask, MultiHeadAttention
 from slmkit.model.positions import apply_rotary
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread; more only contend with each other (and with other test processes)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**overrides) -> ModelConfig:

@@ -24,13 +24,7 @@ from export_helpers import tiny_model, train_tokenizer
 ENCODER = dict(causal=False, embedding_norm=True, norm="layernorm", ffn="geglu", n_kv_heads=None)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread; more only contend with each other (and with other test processes)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_ranks_count_ties_against_the_relevant_document():
