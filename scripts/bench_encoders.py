@@ -29,6 +29,11 @@ DOMAINS = [("biomedical", "biomedical-encoder-tiny", "biomedical-tiny"), ("finan
            ("legal", "legal-encoder-tiny", "legal-tiny")]
 ENCODER_OF = {domain: encoder for domain, encoder, _ in DOMAINS}
 DECODER_OF = {domain: decoder for domain, _, decoder in DOMAINS}
+# The shipped decoder recipes train with Muon and QK-norm; the encoders with AdamW (Muon is untested on masked LM here).
+# The decoder of each pair is trained with the encoder's optimizer and schedule, so the pair differs only in objective
+# and architecture.
+DECODER_WITH_ENCODER_OPTIMIZER = ["optim=adamw-cosine", "optim.lr=2e-3", "optim.min_lr=2e-4", "optim.warmup_steps=30",
+                                  "model.qk_norm=false"]
 # Fine-tuning pairs: (name, task, metrics, domain, encoder recipe, decoder recipe); same task, steps, batch, optimizer.
 FINETUNES = [("NCBI disease NER", "ncbi_disease", ("entity_f1",), "biomedical", "ncbi-disease-ner-encoder", "ncbi-disease-ner"),
              ("financial sentiment", "fin_sentiment", ("acc", "macro_f1"), "finance", "finance-sentiment-encoder", "finance-sentiment")]
@@ -45,17 +50,20 @@ QUICK_FINETUNE = ["trainer.max_steps=10", "trainer.val_every=10", "trainer.check
 
 
 def pretrained(recipe: str, domain: str, work: Path, quick: bool) -> Path:
-    """The pretraining run: runs/<recipe>/latest when finished, else trained now (into the work folder with --quick)."""
+    """The pretraining run: an encoder's is runs/<recipe>/latest when finished; a decoder's is trained with the encoder's
+    optimizer into runs/bench-encoders/decoders/<recipe>; either is trained now when missing (into the work folder with
+    --quick)."""
+    matched = [] if recipe in ENCODER_OF.values() else DECODER_WITH_ENCODER_OPTIMIZER
     if quick:
         run = work / recipe
         if not (run / "model.safetensors").is_file():
-            slmkit("train", f"recipe={recipe}", f"out_dir={run}", "trainer.progress_bar=false", *QUICK_PRETRAIN,
+            slmkit("train", f"recipe={recipe}", f"out_dir={run}", "trainer.progress_bar=false", *matched, *QUICK_PRETRAIN,
                    f"data.sources=[{{name: {domain}, path: {QUICK_SOURCES[domain]}, max_documents: 400}}]")
         return run
-    run = REPO / "runs" / recipe / "latest"
+    run = REPO / "runs" / recipe / "latest" if not matched else REPO / "runs" / "bench-encoders" / "decoders" / recipe
     if not (run / "model.safetensors").is_file():
         print(f"# pretraining {recipe} (no finished run at {run})", flush=True)
-        slmkit("train", f"recipe={recipe}", "trainer.progress_bar=false")
+        slmkit("train", f"recipe={recipe}", "trainer.progress_bar=false", *matched, *([f"out_dir={run}"] if matched else []))
     return run.resolve()
 
 
