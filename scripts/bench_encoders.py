@@ -30,10 +30,8 @@ DOMAINS = [("biomedical", "biomedical-encoder-tiny", "biomedical-tiny"), ("finan
 ENCODER_OF = {domain: encoder for domain, encoder, _ in DOMAINS}
 DECODER_OF = {domain: decoder for domain, _, decoder in DOMAINS}
 # The shipped decoder recipes train with Muon and QK-norm; the encoders with AdamW (Muon is untested on masked LM here).
-# The decoder of each pair is trained with the encoder's optimizer and schedule, so the pair differs only in objective
-# and architecture.
-DECODER_WITH_ENCODER_OPTIMIZER = ["optim=adamw-cosine", "optim.lr=2e-3", "optim.min_lr=2e-4", "optim.warmup_steps=30",
-                                  "model.qk_norm=false"]
+# The decoder of each pair is trained with its encoder's optimizer, schedule and QK-norm setting (read from the encoder
+# recipe by `encoder_training`), so the pair differs only in objective and architecture.
 # Fine-tuning pairs: (name, task, metrics, domain, encoder recipe, decoder recipe); same task, steps, batch, optimizer.
 FINETUNES = [("NCBI disease NER", "ncbi_disease", ("entity_f1",), "biomedical", "ncbi-disease-ner-encoder", "ncbi-disease-ner"),
              ("financial sentiment", "fin_sentiment", ("acc", "macro_f1"), "finance", "finance-sentiment-encoder", "finance-sentiment")]
@@ -49,11 +47,22 @@ QUICK_PRETRAIN = ["trainer.max_steps=20", "trainer.val_every=10", "trainer.check
 QUICK_FINETUNE = ["trainer.max_steps=10", "trainer.val_every=10", "trainer.checkpoint_every=0", "trainer.log_every=5", "eval.limit=100"]
 
 
+def encoder_training(domain: str) -> list[str]:
+    """Overrides that give a decoder recipe the optimizer section and QK-norm setting of its domain's encoder recipe."""
+    from dataclasses import asdict
+
+    from slmkit.recipe import resolve_recipe
+
+    encoder = resolve_recipe(ENCODER_OF[domain], follow_init_from=False)
+    optim = [f"optim.{key}={'null' if value is None else value}" for key, value in asdict(encoder.optim).items()]
+    return [*optim, f"model.qk_norm={str(encoder.model.qk_norm).lower()}"]
+
+
 def pretrained(recipe: str, domain: str, work: Path, quick: bool) -> Path:
     """The pretraining run: an encoder's is runs/<recipe>/latest when finished; a decoder's is trained with the encoder's
     optimizer into runs/bench-encoders/decoders/<recipe>; either is trained now when missing (into the work folder with
     --quick)."""
-    matched = [] if recipe in ENCODER_OF.values() else DECODER_WITH_ENCODER_OPTIMIZER
+    matched = [] if recipe in ENCODER_OF.values() else encoder_training(domain)
     if quick:
         run = work / recipe
         if not (run / "model.safetensors").is_file():
