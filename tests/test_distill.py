@@ -115,6 +115,18 @@ def test_kl_terms_match_a_hand_computation():
     assert blend(ce, kl, 0.3, t).item() == pytest.approx(0.7 * 3.0 + 0.3 * 4 * 0.25)
 
 
+def test_a_cached_kl_stays_finite_when_the_student_puts_all_its_mass_on_the_top_k():
+    # The student's tail is log(1 - its top-k mass); here that mass rounds to 1 in fp32 (the other logits are 60 lower).
+    student = torch.tensor([[30.0, 29.0, -30.0, -31.0], [5.0, 4.0, 3.0, 2.0]], requires_grad=True)
+    teacher_top, ids = torch.tensor([[2.0, 1.0], [2.0, 1.0]]), torch.tensor([[0, 1], [0, 1]])
+    teacher_tail = torch.tensor([0.5, 0.5])
+    for direction in ("forward", "reverse"):
+        kl = kl_at_temperature(student, teacher_top, 1.0, direction, ids, teacher_tail)
+        (gradient,) = torch.autograd.grad(kl.sum(), student)
+        assert torch.isfinite(kl).all() and torch.isfinite(gradient).all()
+        assert kl[0] > kl[1] > 0  # the confident student is further from a teacher that keeps mass in its tail
+
+
 def test_student_loss_is_data_cross_entropy_plus_t_squared_kl_to_the_teacher(student, teacher):
     batch = windows_batch(student)
     with torch.no_grad():

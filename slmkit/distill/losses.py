@@ -25,19 +25,35 @@ def kl_at_temperature(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     `teacher_tail` [N], the log-sum-exp of its other logits divided by T (-inf when nothing is left out).
     """
     student = student_logits.float() / temperature
-    log_q = F.log_softmax(student, dim=-1)
     if teacher_ids is None:
+        log_q = F.log_softmax(student, dim=-1)
         log_p = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
     else:
-        left_out = torch.ones_like(student, dtype=torch.bool).scatter_(-1, teacher_ids, False)
-        student_tail = torch.logsumexp(student.masked_fill(~left_out, float("-inf")), dim=-1) - torch.logsumexp(student, dim=-1)
-        log_q = torch.cat([log_q.gather(-1, teacher_ids), student_tail[:, None]], dim=-1)
+        # Only k + 1 columns of the student are needed: its log-probabilities at the teacher's top k, and its tail, log(1 -
+        # their total). Computing the tail from the k instead of masking the vocabulary saves several full [N, V] passes
+        # (cross-entropy + KL of 4096 positions x 8k, forward and backward: 0.90 -> 0.47 s on 2 cores).
+        log_q_top = student.gather(-1, teacher_ids) - torch.logsumexp(student, dim=-1, keepdim=True)
+        student_tail = _log_one_minus_exp(torch.logsumexp(log_q_top, dim=-1))
+        # Where the top k are the whole vocabulary (k = V) there is no tail on either side: -inf, not the held-off one.
+        no_tail = teacher_tail == float("-inf")
+        student_tail = torch.where(no_tail, torch.full_like(student_tail, float("-inf")), student_tail)
+        log_q = torch.cat([log_q_top, student_tail[:, None]], dim=-1)
         log_p = F.log_softmax(torch.cat([teacher_logits.float() / temperature, teacher_tail.float()[:, None]], dim=-1), dim=-1)
     if direction == FORWARD:
         return _relative_entropy(log_p, log_q)
     if direction == REVERSE:
         return _relative_entropy(log_q, log_p)
     raise ValueError(f"unknown KL direction {direction!r}")
+
+
+# The top k's log-mass is a difference of log-sum-exps, exact to about 1e-6 in fp32 near 0; it is held at least that far
+# below 0 so that the tail stays finite (log 1e-6 = -13.8) when the top k hold (nearly) all of the student's mass.
+_TOP_LOG_MASS_MAX = -1e-6
+
+
+def _log_one_minus_exp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 - exp(x)) for x < 0; -expm1 keeps it accurate when exp(x) is close to 1."""
+    return torch.log(-torch.expm1(x.clamp(max=_TOP_LOG_MASS_MAX)))
 
 
 def _relative_entropy(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
