@@ -35,8 +35,7 @@ def kl_at_temperature(student_logits: torch.Tensor, teacher_logits: torch.Tensor
         log_q_top = student.gather(-1, teacher_ids) - torch.logsumexp(student, dim=-1, keepdim=True)
         student_tail = _log_one_minus_exp(torch.logsumexp(log_q_top, dim=-1))
         # Where the top k are the whole vocabulary (k = V) there is no tail on either side: -inf, not the held-off one.
-        no_tail = teacher_tail == float("-inf")
-        student_tail = torch.where(no_tail, torch.full_like(student_tail, float("-inf")), student_tail)
+        student_tail = student_tail.masked_fill(teacher_tail == float("-inf"), float("-inf"))
         log_q = torch.cat([log_q_top, student_tail[:, None]], dim=-1)
         log_p = F.log_softmax(torch.cat([teacher_logits.float() / temperature, teacher_tail.float()[:, None]], dim=-1), dim=-1)
     if direction == FORWARD:
