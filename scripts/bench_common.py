@@ -25,3 +25,8 @@ def slmkit(*args: str) -> float:
     if result.returncode:
         sys.exit(f"slmkit {' '.join(args)} failed with exit code {result.returncode}")
     return time.perf_counter() - start
+
+
+def section_overrides(section: str, values: dict) -> list[str]:
+    """A config section's values as dotted command-line overrides (None as null): every key of it set on another run."""
+    return [f"{section}.{key}={'null' if value is None else value}" for key, value in values.items()]

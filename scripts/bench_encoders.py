@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_common import REPO, SHARED, slmkit
+from bench_common import REPO, SHARED, section_overrides, slmkit
 
 # Pretraining pairs: (domain, encoder recipe, decoder recipe of the same size, data, batch and steps).
 DOMAINS = [("biomedical", "biomedical-encoder-tiny", "biomedical-tiny"), ("finance", "finance-encoder-tiny", "finance-tiny"),
@@ -54,8 +54,7 @@ def encoder_training(domain: str) -> list[str]:
     from slmkit.recipe import resolve_recipe
 
     encoder = resolve_recipe(ENCODER_OF[domain], follow_init_from=False)
-    optim = [f"optim.{key}={'null' if value is None else value}" for key, value in asdict(encoder.optim).items()]
-    return [*optim, f"model.qk_norm={str(encoder.model.qk_norm).lower()}"]
+    return [*section_overrides("optim", asdict(encoder.optim)), *section_overrides("model", {"qk_norm": encoder.model.qk_norm})]
 
 
 def pretrained(recipe: str, domain: str, work: Path, quick: bool) -> Path:

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_common import REPO, SHARED, slmkit
+from bench_common import REPO, SHARED, section_overrides, slmkit
 
 # (name, fine-tuning recipe, pretrained recipe, eval task, metrics to report)
 TASKS = [
@@ -56,7 +56,7 @@ def finetune(recipe: str, source: Path, out: Path, random_init: bool, *extra: st
             f"print(json.dumps(dataclasses.asdict(load_run_config({str(source / 'config.yaml')!r}).model)))")],
             capture_output=True, text=True, check=True, cwd=REPO).stdout)
         overrides = ["init_from=null", f"tokenizer.path={source / 'tokenizer.json'}",
-                     *(f"model.{k}={'null' if v is None else v}" for k, v in model.items())]
+                     *section_overrides("model", model)]
     else:
         overrides = [f"init_from={source}"]
     wall = slmkit("train", f"recipe={recipe}", f"out_dir={out}", "trainer.progress_bar=false", *overrides, *extra)
