@@ -18,6 +18,7 @@ from slmkit.atomic import atomic_write_text
 from slmkit.data_config import DataConfig, TokenizerConfig
 from slmkit.errors import SlmkitError
 from slmkit.model.config import ModelConfig
+from slmkit.model.heads import HeadSpec
 from slmkit.options import FRACTION, SEED, above, at_least, between, check_values, documented_keys, option
 from slmkit.registry import did_you_mean
 
@@ -115,6 +116,21 @@ class DistillConfig:
 
 
 @dataclass
+class HeadConfig:
+    kind: str = option("lm", "The head's kind, by name: what the body's hidden states become.", choices="slmkit.model.heads:HEADS")
+    labels: list[str] = option([], "Label names in output order (classification heads); their number is the head's width.")
+    pooling: str = option("last", "How one vector stands for the sequence (sequence classification, embedding), by name.", choices="slmkit.model.heads:POOLINGS")
+    transform: str = option("none", "What the hidden states pass through before the head's output layer, by name.", choices="slmkit.model.heads:TRANSFORMS")
+
+    def spec(self) -> HeadSpec:
+        return HeadSpec(self.kind, tuple(self.labels), self.pooling, self.transform)
+
+    @classmethod
+    def of(cls, spec: HeadSpec) -> "HeadConfig":
+        return cls(spec.kind, list(spec.labels), spec.pooling, spec.transform)
+
+
+@dataclass
 class RunConfig:
     name: str = option("run", "Name of the recipe / run; the default out_dir is runs/<name>/<timestamp>.")
     out_dir: Optional[str] = option(None, "Run folder: config.yaml, checkpoints/, metrics.jsonl, TensorBoard events.")
@@ -129,6 +145,7 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    heads: list[HeadConfig] = field(default_factory=list, metadata={"doc": "The model's heads, resolved from the objective when the run starts and saved in its config.yaml, so that its checkpoints rebuild the model without the objective; written by slmkit, not set in a recipe."})
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from typing import Iterator, Sequence
 import torch
 
 from slmkit.errors import SlmkitError
+from slmkit.model import LM_HEAD
 
 
 def check_language_model(model) -> None:
@@ -20,7 +21,7 @@ def check_language_model(model) -> None:
     if not model.config.causal:
         raise SlmkitError("this model is a bidirectional encoder (model.causal=false): it reads whole texts and cannot "
                           "generate one token after another; use it for embeddings, classification or spans")
-    if "lm" not in model.heads:
+    if LM_HEAD not in model.heads:
         raise SlmkitError(f"this model has a {model.default_head} head and no language-model head, so it cannot "
                           "generate text; run `slmkit predict` with it instead")
 
@@ -95,7 +96,7 @@ def generate_ids(
     total = min(block_size, len(prompt_ids) + max_new_tokens)
     cache = model.new_cache(1, total, device=device)
     seen = torch.tensor([prompt_ids], device=device)
-    logits = model(seen, cache=cache, head="lm")[:, -1]
+    logits = model(seen, cache=cache, head=LM_HEAD)[:, -1]
     for _ in range(total - len(prompt_ids)):
         token = next_token(logits, seen, sampling, generator)
         yield int(token)
@@ -103,6 +104,6 @@ def generate_ids(
             return
         seen = torch.cat([seen, token[:, None]], dim=1)
         if seen.shape[1] < total:
-            logits = model(token[:, None], cache=cache, head="lm")[:, -1]
+            logits = model(token[:, None], cache=cache, head=LM_HEAD)[:, -1]
 
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from slmkit.config import LoraConfig
 from slmkit.errors import SlmkitError
-from slmkit.model import Model
+from slmkit.model import LM_HEAD, Model
 
 ADAPTER_KEY = re.compile(r"\.lora_(A|B)\.|\.base_layer\.")  # state-dict names that only a model with adapters has
 
@@ -35,7 +35,7 @@ def add_lora(model: Model, lora: LoraConfig) -> Model:
     for name, head in model.heads.items():
         for parameter in head.parameters():
             # A tied language-model head is the frozen embedding matrix: it stays frozen with the body.
-            parameter.requires_grad = name != "lm"
+            parameter.requires_grad = name != LM_HEAD
     return model
 
 

@@ -24,6 +24,7 @@ from slmkit.eval.loglikelihood import Scorer
 from slmkit.eval.records import data_files, read_records
 from slmkit.eval.task import TaskSpec
 from slmkit.eval.templates import render
+from slmkit.model import CLASSIFIER_HEAD, TOKEN_HEAD
 from slmkit.options import option
 from slmkit.registry import Registry
 
@@ -46,11 +47,11 @@ PREDICTORS: Registry[Predictor] = Registry("predictor", "predict(scorer, task or
 
 @PREDICTORS.register("sequence_classification")
 def predict_labels(scorer: Scorer, spec: Optional[TaskSpec], records: list[dict[str, Any]], args: PredictArgs) -> list[dict]:
-    names = list(scorer.model.heads["sequence_classification"].spec.labels)
+    names = list(scorer.model.heads[CLASSIFIER_HEAD].spec.labels)
     texts = [render(spec.options.prompt, r, spec.name) if spec else _text(r) for r in records]
     rows = [sequence_input(scorer.tokenizer, text, scorer.window, scorer.prefix_id) for text in texts]
     out = []
-    for logits in head_outputs(scorer.model, rows, "sequence_classification", scorer.pad_id, scorer.batch_size):
+    for logits in head_outputs(scorer.model, rows, CLASSIFIER_HEAD, scorer.pad_id, scorer.batch_size):
         probabilities = logits.softmax(-1).tolist()
         best = max(range(len(names)), key=probabilities.__getitem__)
         out.append({"label": names[best], "probabilities": dict(zip(names, probabilities))})
@@ -62,7 +63,7 @@ def predict_entities(scorer: Scorer, spec: Optional[TaskSpec], records: list[dic
     from slmkit.eval.metrics import bio_entities
     from slmkit.eval.token_classification import predict_tags, word_spans
 
-    names = list(scorer.model.heads["token_classification"].spec.labels)
+    names = list(scorer.model.heads[TOKEN_HEAD].spec.labels)
     tokens_field = spec.options.tokens_field if spec else "tokens"
     inputs = []
     for record in records:

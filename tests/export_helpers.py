@@ -36,7 +36,7 @@ OBJECTIVE_OF_HEAD = {"lm": "causal_lm", "sequence_classification": "classificati
                      "token_classification": "token_classification", "span": "span_qa"}
 
 
-def tiny_model(seed: int = 0, head: HeadSpec = LM_HEAD, **overrides) -> Model:
+def tiny_model(seed: int = 0, head: HeadSpec = HeadSpec(LM_HEAD), **overrides) -> Model:
     """A random model whose norms and biases are perturbed too, so a mis-mapped norm or bias changes the outputs."""
     settings = dict(vocab_size=320, block_size=32, n_layer=2, n_head=4, d_model=32, init_std=0.2)
     settings.update(overrides)

@@ -10,7 +10,8 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from slmkit.errors import SlmkitError
-from slmkit.objectives.masked_lm import IGNORED, Masking, mask_token_id, word_boundaries
+from slmkit.model import IGNORE_INDEX
+from slmkit.objectives.masked_lm import Masking, mask_token_id, word_boundaries
 
 from export_helpers import EOS, TEXT
 
@@ -46,7 +47,7 @@ def test_the_chosen_fraction_of_ordinary_tokens_is_the_masking_rate(tokenizer, r
     chosen = eligible = 0
     for offset, ids in enumerate(windows(tokenizer)):
         _, targets = m(ids, offset)
-        chosen += int((targets != IGNORED).sum())
+        chosen += int((targets != IGNORE_INDEX).sum())
         eligible += int((ids != 0).sum())
     assert chosen / eligible == pytest.approx(rate, abs=0.015)
 
@@ -56,7 +57,7 @@ def test_chosen_tokens_follow_the_80_10_10_rule_and_separators_are_never_chosen(
     masked = replaced = kept = 0
     for offset, ids in enumerate(windows(tokenizer, n=400)):
         inputs, targets = m(ids, offset)
-        chosen = targets != IGNORED
+        chosen = targets != IGNORE_INDEX
         assert np.array_equal(targets[chosen], ids[chosen]) and not chosen[ids == 0].any()
         assert np.array_equal(inputs[~chosen], ids[~chosen])
         masked += int((inputs[chosen] == m.mask_id).sum())
@@ -81,7 +82,7 @@ def test_masks_depend_only_on_the_seed_and_the_offset(tokenizer):
 def test_every_window_gets_at_least_one_target(tokenizer):
     m = masking(tokenizer, rate=0.001)
     for offset, ids in enumerate(windows(tokenizer, n=50, length=8)):
-        assert (m(ids, offset)[1] != IGNORED).sum() >= 1
+        assert (m(ids, offset)[1] != IGNORE_INDEX).sum() >= 1
 
 
 def test_whole_word_masking_chooses_every_token_of_a_word_or_none(tokenizer):
@@ -89,7 +90,7 @@ def test_whole_word_masking_chooses_every_token_of_a_word_or_none(tokenizer):
     split_words = 0
     for offset, ids in enumerate(windows(tokenizer, n=100)):
         _, targets = m(ids, offset)
-        chosen = targets != IGNORED
+        chosen = targets != IGNORE_INDEX
         words = m.words(ids)
         for word in np.unique(words):
             inside = chosen[(words == word) & (ids != 0)]

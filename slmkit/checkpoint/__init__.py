@@ -22,6 +22,7 @@ from slmkit.checkpoint.files import (
     save_inference_checkpoint,
     with_tied_names,
 )
+from slmkit.checkpoint.heads import run_heads, with_heads
 
 __all__ = [
     "CONFIG_FILE",
@@ -38,6 +39,8 @@ __all__ = [
     "locate_weights",
     "model_from_state",
     "read_state_dict",
+    "run_heads",
     "save_inference_checkpoint",
+    "with_heads",
     "with_tied_names",
 ]

@@ -20,26 +20,26 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_model
 
 from slmkit.atomic import atomic_copy, atomic_path, fsync_file
+from slmkit.checkpoint.heads import run_heads, with_heads
+from slmkit.checkpoint.unpickling import load_problem
 from slmkit.checksum import checksum_file, verify_checksum, write_checksum
 from slmkit.config import RunConfig, load_run_config, save_run_config
 from slmkit.errors import SlmkitError
 from slmkit.lora import add_lora, has_adapters, merge_lora
-from slmkit.model import Model
+from slmkit.model import LM_HEAD, MASKED_LM_HEAD, Model
 from slmkit.tokenizer import TOKENIZER_FILE, load_tokenizer
 
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "model.safetensors"
 LIGHTNING_PREFIX = "model."  # the LightningModule holds the Model as `self.model`
-TIED = ("heads.lm.proj.weight", "body.tok_embeddings.weight")  # one tensor when model.tie_embeddings
-TIED_MASKED_LM = ("heads.masked_lm.decoder.weight", "body.tok_embeddings.weight")  # likewise for an encoder
+TIED = (f"heads.{LM_HEAD}.proj.weight", "body.tok_embeddings.weight")  # one tensor when model.tie_embeddings
+TIED_MASKED_LM = (f"heads.{MASKED_LM_HEAD}.decoder.weight", "body.tok_embeddings.weight")  # likewise for an encoder
 STEP_KEY = "slmkit_step"  # model.safetensors metadata: the optimizer step of the weights
 
 
 def build_model(config: RunConfig) -> Model:
-    """The run's model: its body, and the heads its objective needs (freshly initialized)."""
-    from slmkit.objectives import model_heads
-
-    return Model(config.model, model_heads(config))
+    """The run's model: its body, and the heads its config records (freshly initialized)."""
+    return Model(config.model, run_heads(config))
 
 
 @dataclass
@@ -65,10 +65,10 @@ class LoadedCheckpoint:
 
 def save_inference_checkpoint(out_dir: str | Path, model: Model, config: RunConfig, tokenizer_path: str | Path,
                               step: int | None = None) -> Path:
-    """Writes config.yaml + tokenizer.json + model.safetensors (fp32, with its checksum) into out_dir; returns the
-    weights path. `step`, the optimizer steps the weights were trained for, is recorded in the weights' metadata."""
+    """Writes config.yaml (with the model's heads) + tokenizer.json + model.safetensors (fp32, with its checksum) into
+    out_dir; returns the weights path. `step`, the optimizer steps the weights were trained for, is recorded in the weights' metadata."""
     out_dir = Path(out_dir)
-    save_run_config(config, out_dir / CONFIG_FILE)
+    save_run_config(with_heads(config, list(model.head_specs)), out_dir / CONFIG_FILE)
     if Path(tokenizer_path).resolve() != (out_dir / TOKENIZER_FILE).resolve():
         atomic_copy(tokenizer_path, out_dir / TOKENIZER_FILE)
     fp32 = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
@@ -136,7 +136,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise SlmkitError(f"no {TOKENIZER_FILE} beside the checkpoint in {run_dir}: copy the run's tokenizer there")
     model = model_from_state(config, read_state_dict(weights_path), weights_path)
     model.to(map_location).eval()
-    return LoadedCheckpoint(model=model, config=config, tokenizer_path=tokenizer_path, path=weights_path,
+    return LoadedCheckpoint(model=model, config=with_heads(config, list(model.head_specs)), tokenizer_path=tokenizer_path, path=weights_path,
                             step=weights_step(weights_path))
 
 
@@ -269,16 +269,6 @@ def read_state_dict(weights_path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_problem(err: Exception) -> str:
-    """The first line of a torch.load error, without PyTorch's advice to retry with weights_only=False: for a
-    checkpoint that is not tensors only, that would run whatever code it carries."""
-    text = str(err)
-    if "Weights only load failed" in text:
-        found = re.search(r"(?:unsupported|Unsupported global:) GLOBAL ([\w.]+)", text)
-        return "it holds Python objects other than tensors" + (f", such as {found.group(1)}" if found else "")
-    return text.splitlines()[0] if text else type(err).__name__
-
-
 def with_tied_names(model: Model, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Fills in the other name of a tied embedding / (masked) LM-head pair: safetensors' save_model keeps only one."""
     if not model.config.tie_embeddings:
@@ -334,10 +324,8 @@ class InitReport:
 def init_from_checkpoint(model: Model, path: str | Path) -> InitReport:
     """Loads the body (all of it, or nothing) and every head the checkpoint has into `model`, which keeps the fresh
     init of heads the checkpoint lacks. Any weight whose shape differs is refused, named."""
-    from slmkit.objectives import model_heads
-
     weights_path, run_dir = _locate(Path(path))
-    source_heads = [spec.kind for spec in model_heads(load_run_config(run_dir / CONFIG_FILE))]
+    source_heads = [spec.kind for spec in run_heads(load_run_config(run_dir / CONFIG_FILE))]
     state = with_tied_names(model, read_state_dict(weights_path))
     expected = model.state_dict()
     mismatched = _shape_mismatch(state, expected)

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from slmkit.checkpoint.unpickling import load_problem
 from slmkit.errors import SlmkitError
 
 MODEL_STATES = "*_model_states.pt"
@@ -48,8 +49,6 @@ def _load(path: Path) -> dict[str, Any]:
         with torch.serialization.safe_globals(stand_ins):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling errors: a foreign object, a truncated or non-DeepSpeed file
-        from slmkit.checkpoint.files import load_problem
-
         raise SlmkitError(f"cannot read DeepSpeed shard {path} safely ({load_problem(err)}). Is the checkpoint complete?") from None
 
 

@@ -139,7 +139,7 @@ def build_cache(plan: CachePlan, folder: Path, spec: TeacherSpec, shards: TokenS
     start = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() and config.trainer.accelerator != "cpu" else "cpu")
     weights_dtype, autocast = _precision(plan.precision, device)
-    teacher = spec.load(LM_HEAD.kind)
+    teacher = spec.load(LM_HEAD)
     teacher.follow(device, weights_dtype)
     offsets = aligned_windows(plan.train_tokens, plan.block_size, plan.windows, plan.seed)
     shape = (plan.windows, plan.block_size, plan.k)

@@ -18,8 +18,7 @@ import torch
 from torch import nn
 
 from slmkit.errors import SlmkitError
-from slmkit.eval.classification import CLASSIFIER_HEAD
-from slmkit.model import LM_HEAD
+from slmkit.model import CLASSIFIER_HEAD, LM_HEAD
 from slmkit.tokenizer import TOKENIZER_FILE, load_tokenizer, tokenizer_sha256
 
 if TYPE_CHECKING:
@@ -30,8 +29,8 @@ KEY = "distill.teacher"
 SLMKIT, TRANSFORMERS = "slmkit", "transformers"
 HF_CONFIG = "config.json"
 # The transformers classes a teacher may be, by the slmkit head whose output they give.
-HF_HEADS = {"ForCausalLM": LM_HEAD.kind, "ForSequenceClassification": CLASSIFIER_HEAD}
-HF_AUTO_CLASSES = {LM_HEAD.kind: "AutoModelForCausalLM", CLASSIFIER_HEAD: "AutoModelForSequenceClassification"}
+HF_HEADS = {"ForCausalLM": LM_HEAD, "ForSequenceClassification": CLASSIFIER_HEAD}
+HF_AUTO_CLASSES = {LM_HEAD: "AutoModelForCausalLM", CLASSIFIER_HEAD: "AutoModelForSequenceClassification"}
 
 
 @dataclass
@@ -98,9 +97,8 @@ def describe_teacher(path: str | Path) -> TeacherSpec:
 
 
 def _describe_slmkit(source: Path, given: str | Path) -> TeacherSpec:
-    from slmkit.checkpoint import CONFIG_FILE, locate_run, locate_weights
+    from slmkit.checkpoint import CONFIG_FILE, locate_run, locate_weights, run_heads
     from slmkit.config import load_run_config
-    from slmkit.objectives import model_heads
 
     try:
         weights, run_dir = locate_weights(source, KEY), locate_run(source, KEY)
@@ -110,7 +108,7 @@ def _describe_slmkit(source: Path, given: str | Path) -> TeacherSpec:
             f"or a Hugging Face model folder ({HF_CONFIG} + weights)"
         ) from None
     config = load_run_config(run_dir / CONFIG_FILE)
-    heads = model_heads(config)
+    heads = run_heads(config)
     classifier = next((h for h in heads if h.kind == CLASSIFIER_HEAD), None)
     tokenizer = run_dir / TOKENIZER_FILE
     m = config.model

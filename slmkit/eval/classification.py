@@ -19,6 +19,7 @@ from slmkit.eval.multiple_choice import ChoiceExample, score_choices
 from slmkit.eval.prompting import ContextBuilder, PromptOptions, load_examples
 from slmkit.eval.task import TASK_TYPES, RunSettings, TaskSpec, required
 from slmkit.eval.templates import render
+from slmkit.model import CLASSIFIER_HEAD
 
 
 @dataclass
@@ -43,9 +44,6 @@ def verbalizations(spec: TaskSpec) -> dict[str, str]:
     if len(mapping) < 2:
         raise SlmkitError(f"task {spec.name}: `labels` must list at least two labels (a list or a label: words mapping)")
     return mapping
-
-
-CLASSIFIER_HEAD = "sequence_classification"
 
 
 def gold_index(spec: TaskSpec, record: dict[str, Any], keys: list[str]) -> int:

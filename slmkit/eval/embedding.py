@@ -15,9 +15,8 @@ from tokenizers import Tokenizer
 from slmkit.errors import SlmkitError
 from slmkit.eval.encoding import sequence_input
 from slmkit.eval.head_outputs import batched_outputs
-from slmkit.model import POOLINGS
+from slmkit.model import EMBEDDING_HEAD, POOLINGS, resolve_pooling
 
-EMBEDDING_HEAD = "embedding"
 
 
 def default_pooling(model: torch.nn.Module) -> str:
@@ -25,7 +24,7 @@ def default_pooling(model: torch.nn.Module) -> str:
     the last token for a causal one (the only token that has seen the whole text)."""
     if EMBEDDING_HEAD in getattr(model, "heads", {}):
         return model.heads[EMBEDDING_HEAD].spec.pooling
-    return "last" if model.config.causal else "mean"
+    return resolve_pooling("auto", model.config.causal)
 
 
 def text_rows(tokenizer: Tokenizer, texts: Sequence[str], window: int, prefix_id: int | None) -> list[list[int]]:

@@ -15,6 +15,7 @@ from tokenizers import Tokenizer
 
 from slmkit.errors import SlmkitError
 from slmkit.eval.encoding import Request, check_tokenizer_fits, encode, encode_pair, pad_batch
+from slmkit.model import LM_HEAD
 from slmkit.tokenizer import end_of_document_id
 
 
@@ -53,7 +54,7 @@ class Scorer:
     def _check_language_model(self) -> None:
         if not self.model.config.causal:
             raise SlmkitError("log-likelihood evaluation needs a causal model; this one has model.causal=false")
-        if "lm" not in getattr(self.model, "heads", {"lm": None}):
+        if LM_HEAD not in getattr(self.model, "heads", {LM_HEAD: None}):
             raise SlmkitError(
                 f"this task scores text by its likelihood, which needs a language-model head; this model has "
                 f"{', '.join(self.model.heads)}: evaluate it on the task it was fine-tuned for"
@@ -124,7 +125,7 @@ class Scorer:
                       results: list[Score | None]) -> None:
         """One forward pass of the context into a KV cache, then every continuation at once on copies of it."""
         cache = self.model.new_cache(1, len(context))
-        first = self.model(torch.tensor([context], device=self.device), cache=cache, head="lm")[0, -1].float().log_softmax(-1)
+        first = self.model(torch.tensor([context], device=self.device), cache=cache, head=LM_HEAD)[0, -1].float().log_softmax(-1)
         # Continuation token j is predicted at the position of token j - 1: the first by the context's last position.
         follow = [list(continuation[:-1]) for _, continuation in members]
         width = max(len(f) for f in follow)
@@ -133,7 +134,7 @@ class Scorer:
             ids, mask = pad_batch(follow, self.pad_id)
             keys = torch.cat([torch.ones(len(members), len(context), dtype=torch.bool), mask], dim=1)
             expanded = cache.expanded(len(members), len(context) + width)
-            steps = self.model(ids.to(self.device), cache=expanded, padding_mask=keys.to(self.device), head="lm").float().log_softmax(-1)
+            steps = self.model(ids.to(self.device), cache=expanded, padding_mask=keys.to(self.device), head=LM_HEAD).float().log_softmax(-1)
         for row, (index, continuation) in enumerate(members):
             logprobs = [first] + ([steps[row, j] for j in range(len(continuation) - 1)] if steps is not None else [])
             targets = torch.tensor(continuation, device=first.device)
@@ -175,7 +176,7 @@ class Scorer:
         batch = torch.zeros(len(rows), width, dtype=torch.long)
         for i, row in enumerate(rows):
             batch[i, : len(row.input_ids)] = torch.tensor(row.input_ids)
-        logits = self.model(batch.to(self.device), head="lm")
+        logits = self.model(batch.to(self.device), head=LM_HEAD)
         row_index, positions, targets, spans = [], [], [], []
         for i, row in enumerate(rows):
             for request_index, pos, target in row.entries:

@@ -23,9 +23,9 @@ from slmkit.eval.metrics import TaskResult, answer_scores
 from slmkit.eval.prompting import RecordOptions, load_examples
 from slmkit.eval.task import TASK_TYPES, RunSettings, TaskSpec, required
 from slmkit.eval.templates import render
+from slmkit.model import SPAN_HEAD
 from slmkit.options import option
 
-SPAN_HEAD = "span"
 MIN_CONTEXT_TOKENS = 16  # a question may take at most the rest of the window
 
 

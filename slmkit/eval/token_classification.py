@@ -1,7 +1,7 @@
 """Token classification (named entities in BIO tags): words with one tag each, scored by entity-level F1.
 
 A sentence is tokenized as running text (its words joined by spaces); each word's label sits on its first
-sub-token and the other sub-tokens carry no label (-100), the convention of BERT and transformers' run_ner.
+sub-token and the other sub-tokens carry no label (IGNORE_INDEX), the convention of BERT and transformers' run_ner.
 Fine-tuning (objective token_classification) reads its examples through `encode_words`, so it trains on exactly
 what is scored. The baseline tags every string the training data marks as an entity (a gazetteer).
 """
@@ -21,10 +21,9 @@ from slmkit.eval.metrics import TaskResult, bio_entities, entity_scores
 from slmkit.eval.prompting import RecordOptions, load_examples, task_records
 from slmkit.eval.records import CONLL_TAGS, CONLL_TOKENS
 from slmkit.eval.task import TASK_TYPES, RunSettings, TaskSpec
+from slmkit.model import IGNORE_INDEX, TOKEN_HEAD
 from slmkit.options import option
 
-TOKEN_HEAD = "token_classification"
-IGNORED = -100  # the label of sub-tokens after a word's first, and of the document-start token (cross-entropy skips it)
 _TAG = re.compile(r"^(O|[BI]-\S+)$")
 
 
@@ -102,10 +101,10 @@ def encode_words(tokenizer: Tokenizer, text: str, spans: Sequence[tuple[int, int
 
 def labelled_tokens(tokenizer: Tokenizer, sentence: Sentence, names: list[str], max_length: int,
                     prefix_id: int | None) -> tuple[list[int], list[int]]:
-    """Fine-tuning example: ids and one label per id (the word's tag on its first sub-token, else IGNORED)."""
+    """Fine-tuning example: ids and one label per id (the word's tag on its first sub-token, else IGNORE_INDEX)."""
     text, spans = word_spans(sentence.words)
     ids, first = encode_words(tokenizer, text, spans, max_length, prefix_id)
-    labels = [IGNORED] * len(ids)
+    labels = [IGNORE_INDEX] * len(ids)
     for position, tag in zip(first, sentence.tags):
         if position is not None:
             if tag not in names:

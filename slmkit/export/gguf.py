@@ -20,7 +20,7 @@ from slmkit.export.hf import auto_class, export_head, hf_config, mapped_checkpoi
 from slmkit.export.run import EXPORT_FORMATS, ExportContext
 from slmkit.export.targets import Target
 from slmkit.export.tokenizer_files import SpecialTokens
-from slmkit.model import ModelConfig
+from slmkit.model import LM_HEAD, ModelConfig
 
 GGUF_DTYPES = ("fp32", "fp16", "q8_0")
 # The transformers model types written, with the llama.cpp graph (gguf.MODEL_ARCH member) that computes each.
@@ -41,7 +41,7 @@ def gguf_mismatches(c: ModelConfig, target: Target) -> list[str]:
     found = []
     if target.model_type not in GGUF_ARCHITECTURES:
         found.append(
-            f"the model maps to {target.heads['lm'].model_class}, and llama.cpp runs only the llama and qwen3 graphs exactly "
+            f"the model maps to {target.heads[LM_HEAD].model_class}, and llama.cpp runs only the llama and qwen3 graphs exactly "
             "as slmkit (its gpt2/starcoder2/mpt graphs use the tanh GELU; it has no sliding window for llama)"
         )
     return found + unrepresentable(c, GGUF_ACCEPTS, "llama.cpp")
@@ -193,7 +193,7 @@ def export_gguf(context: ExportContext, folder: Path) -> dict[str, Any]:
     dtype = context.dtype_among(GGUF_DTYPES, "a GGUF type slmkit writes")
     c = context.loaded.config.model
     head = export_head(context.loaded.model).kind
-    if head != "lm":
+    if head != LM_HEAD:
         raise SlmkitError(f"GGUF holds language models for llama.cpp, and this model's head is {head}: export it with format=hf")
     target, _, state = mapped_checkpoint(context)
     name = context.loaded.config.name

@@ -20,9 +20,8 @@ from slmkit.errors import SlmkitError
 from slmkit.export.run import EXPORT_FORMATS, ExportContext
 from slmkit.export.targets import Target, select_target
 from slmkit.export.tokenizer_files import write_tokenizer_files
-from slmkit.model import HeadSpec, Model, ModelConfig
+from slmkit.model import EMBEDDING_HEAD, LM_HEAD, HeadSpec, Model, ModelConfig
 
-EMBEDDING_HEAD = "embedding"  # exported as the bare encoder, pooled by sentence-transformers
 
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 TRANSFORM_WORDS = {"none": "nothing", "prediction": "a prediction head (dense, GELU, norm)", "pooler": "a pooler (dense, tanh)"}
@@ -30,14 +29,14 @@ TRANSFORM_WORDS = {"none": "nothing", "prediction": "a prediction head (dense, G
 VERIFY_TOLERANCE = 1e-4
 
 
-def auto_class(target: Target, head: str = "lm"):
+def auto_class(target: Target, head: str = LM_HEAD):
     """The transformers Auto class that loads the target's `head` class."""
     import transformers
 
     return getattr(transformers, target.heads[head].auto_class)
 
 
-def hf_config(c: ModelConfig, target: Target, special_ids: dict[str, int | None], head: HeadSpec = HeadSpec("lm")):
+def hf_config(c: ModelConfig, target: Target, special_ids: dict[str, int | None], head: HeadSpec = HeadSpec(LM_HEAD)):
     """The transformers config object for `c` as `target`'s class for `head`, with token ids, label names and the
     class name recorded."""
     from transformers import AutoConfig
@@ -61,7 +60,7 @@ def slmkit_state(model: Model) -> dict[str, torch.Tensor]:
     return {k.removeprefix("body."): v.detach() for k, v in model.state_dict().items()}
 
 
-def hf_state_dict(model: Model, target: Target, config, head: str = "lm") -> dict[str, torch.Tensor]:
+def hf_state_dict(model: Model, target: Target, config, head: str = LM_HEAD) -> dict[str, torch.Tensor]:
     """The exported tensors, checked against the names and shapes of the transformers class.
 
     A bias the class has but slmkit lacks becomes zeros, which computes the same function; anything else missing or
@@ -135,7 +134,7 @@ def export_hf(context: ExportContext, folder: Path) -> dict[str, Any]:
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
     model_config = context.loaded.config.model
     block_size = model_config.block_size
-    if kind == "lm":
+    if kind == LM_HEAD:
         _generation_config(context, block_size).save_pretrained(folder)
     # An encoder reads every text after the document-start token (its [CLS]): the exported tokenizer adds it too.
     write_tokenizer_files(context.loaded.tokenizer_path, folder, context.specials, block_size,
@@ -186,7 +185,7 @@ def _generation_config(context: ExportContext, block_size: int):
     return GenerationConfig(**ids, max_length=block_size, do_sample=False)
 
 
-def hf_outputs(folder: Path, target: Target, head: str = "lm"):
+def hf_outputs(folder: Path, target: Target, head: str = LM_HEAD):
     """input_ids -> the exported class's output, shaped as slmkit's `head` returns it."""
     model = auto_class(target, head).from_pretrained(folder, local_files_only=True, dtype=torch.float32).eval()
     read = target.heads[head].output

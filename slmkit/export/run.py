@@ -17,6 +17,7 @@ from slmkit.errors import SlmkitError
 from slmkit.export.measure import bits_per_byte, heldout_windows, size_on_disk
 from slmkit.export.model_card import model_card
 from slmkit.export.tokenizer_files import SpecialTokens, special_tokens
+from slmkit.model import LM_HEAD
 from slmkit.options import at_least, option
 from slmkit.registry import Registry
 
@@ -69,7 +70,7 @@ def run_export(args: ExportArgs) -> Path:
     if loaded.finished is False:
         log.warning("%s holds the weights of step %d of the %d its run planned: the run did not finish (the model "
                     "card says so); exporting them anyway", loaded.path, loaded.step, loaded.planned_steps)
-    if args.heldout and "lm" not in loaded.model.heads:
+    if args.heldout and LM_HEAD not in loaded.model.heads:
         raise SlmkitError(f"heldout= measures the bits per byte of a language model, and {args.checkpoint} has a "
                           f"{loaded.model.default_head} head instead; export it without heldout")
     run_dir = loaded.tokenizer_path.parent

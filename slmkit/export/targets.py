@@ -13,14 +13,15 @@ import torch
 
 from slmkit.errors import SlmkitError
 from slmkit.export.accepts import Accepts, describe, unrepresentable
-from slmkit.model import HeadSpec, ModelConfig
+from slmkit.model import (CLASSIFIER_HEAD, EMBEDDING_HEAD, LM_HEAD, MASKED_LM_HEAD, SPAN_HEAD, TOKEN_HEAD, HeadSpec,
+                          ModelConfig)
 
 State = dict[str, torch.Tensor]
 WeightMap = Callable[[State, ModelConfig], State]  # slmkit's flat state dict -> the class's tensors
 
 
 @dataclass(frozen=True)
-class Head:
+class HeadClass:
     """A head of a family: the transformers class, the Auto class that loads it, where the head's tensors go, and
     what the class needs of it.
 
@@ -51,7 +52,7 @@ class Target:
     accepts: Accepts
     config: Callable[[ModelConfig], dict[str, Any]]  # config-class keywords; the caller adds the special token ids
     body: WeightMap  # embeddings, blocks, final norm; a bias the class has and slmkit lacks is zero-filled later
-    heads: dict[str, Head]  # by slmkit head kind: lm, sequence_classification, token_classification, span
+    heads: dict[str, HeadClass]  # by slmkit head kind: lm, sequence_classification, token_classification, span
 
 
 # Rows in preference order; a row added later is tried last.
@@ -110,34 +111,34 @@ def _renamed(kind: str, ours: str, theirs: str) -> WeightMap:
     return weights
 
 
-def lm_head(model_class: str) -> Head:
-    return Head(model_class, "AutoModelForCausalLM", _lm_head_weights)
+def lm_head(model_class: str) -> HeadClass:
+    return HeadClass(model_class, "AutoModelForCausalLM", _lm_head_weights)
 
 
-def sequence_head(model_class: str) -> Head:
+def sequence_head(model_class: str) -> HeadClass:
     # transformers pools the rightmost token that is not the pad token: slmkit's `last` pooling of right-padded input.
-    return Head(model_class, "AutoModelForSequenceClassification", _renamed("sequence_classification", "score", "score"),
+    return HeadClass(model_class, "AutoModelForSequenceClassification", _renamed(CLASSIFIER_HEAD, "score", "score"),
                 poolings=("last",))
 
 
-def token_head(model_class: str, layer: str = "score") -> Head:
-    return Head(model_class, "AutoModelForTokenClassification", _renamed("token_classification", "score", layer))
+def token_head(model_class: str, layer: str = "score") -> HeadClass:
+    return HeadClass(model_class, "AutoModelForTokenClassification", _renamed(TOKEN_HEAD, "score", layer))
 
 
-def span_head(model_class: str, body_prefix: tuple[str, str] | None = None) -> Head:
-    return Head(model_class, "AutoModelForQuestionAnswering", _renamed("span", "qa_outputs", "qa_outputs"), body_prefix,
+def span_head(model_class: str, body_prefix: tuple[str, str] | None = None) -> HeadClass:
+    return HeadClass(model_class, "AutoModelForQuestionAnswering", _renamed(SPAN_HEAD, "qa_outputs", "qa_outputs"), body_prefix,
                 output=lambda out: torch.stack([out.start_logits, out.end_logits], dim=-1))
 
 
-def task_heads(family: str, qa: bool = True, qa_prefix: tuple[str, str] | None = None, token_layer: str = "score") -> dict[str, Head]:
+def task_heads(family: str, qa: bool = True, qa_prefix: tuple[str, str] | None = None, token_layer: str = "score") -> dict[str, HeadClass]:
     """The causal-LM head and the task heads transformers has for a family named like `Llama` (LlamaForCausalLM, ...)."""
     heads = {
-        "lm": lm_head(f"{family}ForCausalLM"),
-        "sequence_classification": sequence_head(f"{family}ForSequenceClassification"),
-        "token_classification": token_head(f"{family}ForTokenClassification", token_layer),
+        LM_HEAD: lm_head(f"{family}ForCausalLM"),
+        CLASSIFIER_HEAD: sequence_head(f"{family}ForSequenceClassification"),
+        TOKEN_HEAD: token_head(f"{family}ForTokenClassification", token_layer),
     }
     if qa:
-        heads["span"] = span_head(f"{family}ForQuestionAnswering", qa_prefix)
+        heads[SPAN_HEAD] = span_head(f"{family}ForQuestionAnswering", qa_prefix)
     return heads
 
 
@@ -358,7 +359,7 @@ register(Target(
         "tie_word_embeddings": c.tie_embeddings,
     },
     body=_gpt2_weights,
-    heads={**task_heads("GPT2", token_layer="classifier"), "lm": lm_head("GPT2LMHeadModel")},
+    heads={**task_heads("GPT2", token_layer="classifier"), LM_HEAD: lm_head("GPT2LMHeadModel")},
 ))
 
 # ALiBi (MPT's slopes equal the paper's for every head count) + exact GELU MLP of width 4*d + bias-free LayerNorm.
@@ -409,7 +410,7 @@ def _in_head(kind: str, layers: dict[str, str]) -> WeightMap:
 def _masked_lm_weights(transform: dict[str, str], decoder: str, extra_bias: tuple[str, ...] = ()) -> WeightMap:
     """The prediction transform and the decoder (tied or not, the class holds its weight); BERT keeps the decoder's
     bias a second time as `cls.predictions.bias`."""
-    layers = _in_head("masked_lm", {f"transform.{ours}": theirs for ours, theirs in transform.items()})
+    layers = _in_head(MASKED_LM_HEAD, {f"transform.{ours}": theirs for ours, theirs in transform.items()})
 
     def weights(state: State, c: ModelConfig) -> State:
         bias = state["heads.masked_lm.decoder.bias"]
@@ -419,9 +420,9 @@ def _masked_lm_weights(transform: dict[str, str], decoder: str, extra_bias: tupl
     return weights
 
 
-def _bare_body(model_class: str, body_prefix: tuple[str, str]) -> Head:
+def _bare_body(model_class: str, body_prefix: tuple[str, str]) -> HeadClass:
     """The body alone (AutoModel): what an embedding model exports as, its vectors pooled by sentence-transformers."""
-    return Head(model_class, "AutoModel", lambda state, c: {}, body_prefix, output=lambda out: out.last_hidden_state,
+    return HeadClass(model_class, "AutoModel", lambda state, c: {}, body_prefix, output=lambda out: out.last_hidden_state,
                 transforms=None, bare=True)
 
 
@@ -478,22 +479,22 @@ register(Target(
                ("ffn.gate_proj", "ffn.up_proj"): "mlp.Wi", "ffn.down_proj": "mlp.Wo"},
     ),
     heads={
-        "masked_lm": Head("ModernBertForMaskedLM", "AutoModelForMaskedLM", _masked_lm_weights(MODERNBERT_HEAD, "decoder"),
+        MASKED_LM_HEAD: HeadClass("ModernBertForMaskedLM", "AutoModelForMaskedLM", _masked_lm_weights(MODERNBERT_HEAD, "decoder"),
                           transforms=None),
-        "sequence_classification": Head(
+        CLASSIFIER_HEAD: HeadClass(
             "ModernBertForSequenceClassification", "AutoModelForSequenceClassification",
-            _in_head("sequence_classification", {"transform.dense": "head.dense", "transform.norm": "head.norm", "score": "classifier"}),
+            _in_head(CLASSIFIER_HEAD, {"transform.dense": "head.dense", "transform.norm": "head.norm", "score": "classifier"}),
             poolings=tuple(MODERNBERT_POOLING), transforms=("prediction",),
             config=lambda spec: {"classifier_pooling": MODERNBERT_POOLING.get(spec.pooling, spec.pooling)}),
-        "token_classification": Head(
+        TOKEN_HEAD: HeadClass(
             "ModernBertForTokenClassification", "AutoModelForTokenClassification",
-            _in_head("token_classification", {"transform.dense": "head.dense", "transform.norm": "head.norm", "score": "classifier"}),
+            _in_head(TOKEN_HEAD, {"transform.dense": "head.dense", "transform.norm": "head.norm", "score": "classifier"}),
             transforms=("prediction",)),
-        "span": Head(
+        SPAN_HEAD: HeadClass(
             "ModernBertForQuestionAnswering", "AutoModelForQuestionAnswering",
-            _in_head("span", {"transform.dense": "head.dense", "transform.norm": "head.norm", "qa_outputs": "classifier"}),
+            _in_head(SPAN_HEAD, {"transform.dense": "head.dense", "transform.norm": "head.norm", "qa_outputs": "classifier"}),
             output=lambda out: torch.stack([out.start_logits, out.end_logits], dim=-1), transforms=("prediction",)),
-        "embedding": _bare_body("ModernBertModel", ("model.", "")),
+        EMBEDDING_HEAD: _bare_body("ModernBertModel", ("model.", "")),
     },
 ))
 
@@ -540,17 +541,17 @@ register(Target(
     },
     body=_bert_weights,
     heads={
-        "masked_lm": Head("BertForMaskedLM", "AutoModelForMaskedLM",
+        MASKED_LM_HEAD: HeadClass("BertForMaskedLM", "AutoModelForMaskedLM",
                           _masked_lm_weights({"dense": "cls.predictions.transform.dense", "norm": "cls.predictions.transform.LayerNorm"},
                                              "cls.predictions.decoder", extra_bias=("cls.predictions.bias",)),
                           transforms=None),
-        "sequence_classification": Head(
+        CLASSIFIER_HEAD: HeadClass(
             "BertForSequenceClassification", "AutoModelForSequenceClassification",
-            _in_head("sequence_classification", {"transform.dense": "bert.pooler.dense", "score": "classifier"}),
+            _in_head(CLASSIFIER_HEAD, {"transform.dense": "bert.pooler.dense", "score": "classifier"}),
             poolings=("first",), transforms=("pooler",)),
-        "token_classification": Head("BertForTokenClassification", "AutoModelForTokenClassification",
-                                     _renamed("token_classification", "score", "classifier")),
-        "span": span_head("BertForQuestionAnswering"),
+        TOKEN_HEAD: HeadClass("BertForTokenClassification", "AutoModelForTokenClassification",
+                                     _renamed(TOKEN_HEAD, "score", "classifier")),
+        SPAN_HEAD: span_head("BertForQuestionAnswering"),
     },
 ))
 
@@ -558,12 +559,12 @@ register(Target(
 # ---------------------------------------------------------------------------------------------------------------------
 # Choosing a row.
 
-def target_mismatches(c: ModelConfig, target: Target, head: str = "lm") -> list[str]:
+def target_mismatches(c: ModelConfig, target: Target, head: str = LM_HEAD) -> list[str]:
     """Every part of `c` the target's class for `head` cannot represent, each as 'field=value (why)'; empty = exportable."""
     return unrepresentable(c, target.accepts, target.heads[head].model_class)
 
 
-def select_target(c: ModelConfig, head: str = "lm") -> Target:
+def select_target(c: ModelConfig, head: str = LM_HEAD) -> Target:
     """The first row whose `head` class represents `c` exactly; SlmkitError naming the unrepresentable parts otherwise."""
     rows = [t for t in TARGETS.values() if head in t.heads]
     if not rows:
@@ -583,6 +584,6 @@ def select_target(c: ModelConfig, head: str = "lm") -> Target:
     )
 
 
-def exportable_forms(head: str = "lm") -> str:
+def exportable_forms(head: str = LM_HEAD) -> str:
     """What each row's `head` class takes, from the table: 'LlamaForCausalLM (rope, swiglu, rmsnorm, ...); ...'."""
     return "; ".join(f"{t.heads[head].model_class} ({describe(t.accepts)})" for t in TARGETS.values() if head in t.heads)

@@ -7,8 +7,9 @@ from slmkit.model.attention import ATTENTION_KERNELS, ATTENTION_LAYERS, Attentio
 from slmkit.model.cache import KVCache, KVSlot
 from slmkit.model.config import ModelConfig
 from slmkit.model.feedforward import FEEDFORWARDS, FeedForward
-from slmkit.model.heads import HEADS, POOLINGS, TRANSFORMS, Head, HeadSpec
-from slmkit.model.model import LM_HEAD, Model
+from slmkit.model.heads import (CLASSIFIER_HEAD, EMBEDDING_HEAD, HEADS, IGNORE_INDEX, LM_HEAD, MASKED_LM_HEAD, POOLINGS, SPAN_HEAD,
+                                 TOKEN_HEAD, TRANSFORMS, Head, HeadSpec, resolve_pooling)
+from slmkit.model.model import Model
 from slmkit.model.norms import NORMS, RMSNorm
 from slmkit.model.positions import POSITIONS, PositionEncoding, alibi_slopes
 from slmkit.model.transformer import BLOCKS, Block, Transformer
@@ -17,6 +18,8 @@ __all__ = [
     "ATTENTION_KERNELS",
     "ATTENTION_LAYERS",
     "BLOCKS",
+    "CLASSIFIER_HEAD",
+    "EMBEDDING_HEAD",
     "AttentionLayer",
     "AttentionMask",
     "AttentionMasks",
@@ -26,9 +29,11 @@ __all__ = [
     "HEADS",
     "Head",
     "HeadSpec",
+    "IGNORE_INDEX",
     "KVCache",
     "KVSlot",
     "LM_HEAD",
+    "MASKED_LM_HEAD",
     "Model",
     "ModelConfig",
     "NORMS",
@@ -36,7 +41,10 @@ __all__ = [
     "POSITIONS",
     "PositionEncoding",
     "RMSNorm",
+    "SPAN_HEAD",
+    "TOKEN_HEAD",
     "TRANSFORMS",
     "Transformer",
     "alibi_slopes",
+    "resolve_pooling",
 ]

@@ -20,7 +20,7 @@ from slmkit.model.config import ModelConfig
 from slmkit.model.norms import NORMS
 from slmkit.model.part import BlockPart
 from slmkit.model.positions import apply_rotary
-from slmkit.registry import Registry
+from slmkit.model.registries import ATTENTION_KERNELS, ATTENTION_LAYERS
 
 
 @dataclass
@@ -88,9 +88,6 @@ class AttentionMasks:
 
 Kernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, AttentionMask, float], torch.Tensor]
 
-ATTENTION_KERNELS: Registry[Kernel] = Registry(
-    "attention kernel", "kernel(q, k, v, mask, dropout_p) -> out, all [B, n_head, T or S, head_dim]."
-)
 
 
 @ATTENTION_KERNELS.register("sdpa")
@@ -137,9 +134,6 @@ class AttentionLayer(BlockPart):
         raise NotImplementedError(f"{type(self).__name__} must say what it caches per token")
 
 
-ATTENTION_LAYERS: Registry[type[AttentionLayer]] = Registry(
-    "attention layer", "An AttentionLayer subclass, built as cls(config, layer_idx)."
-)
 
 
 @ATTENTION_LAYERS.register("multihead")

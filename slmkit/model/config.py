@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from slmkit.errors import SlmkitError
+from slmkit.model.registries import ATTENTION_LAYERS, BLOCKS, FEEDFORWARDS, NORMS, POSITIONS
 from slmkit.options import above, at_least, between, check_values, option
 
 
@@ -65,8 +66,6 @@ class ModelConfig:
         """ffn_hidden, or the width the chosen feed-forward derives from d_model (its own rule)."""
         if self.ffn_hidden is not None:
             return self.ffn_hidden
-        from slmkit.model.feedforward import FEEDFORWARDS  # the parts import this module: resolved at call time
-
         return FEEDFORWARDS.get(self.ffn).default_hidden_size(self)
 
     def validate(self) -> "ModelConfig":
@@ -91,16 +90,7 @@ class ModelConfig:
 
 
 def chosen_parts(config: ModelConfig) -> list[type]:
-    """The part classes this config names, looked up in their registries (an unknown name raises with the choices).
-
-    Imported here, not at the top: the part modules import ModelConfig.
-    """
-    from slmkit.model.attention import ATTENTION_LAYERS
-    from slmkit.model.feedforward import FEEDFORWARDS
-    from slmkit.model.norms import NORMS
-    from slmkit.model.positions import POSITIONS
-    from slmkit.model.transformer import BLOCKS
-
+    """The part classes this config names, looked up in their registries (an unknown name raises with the choices)."""
     return [
         BLOCKS.get(config.block),
         ATTENTION_LAYERS.get(config.attention),

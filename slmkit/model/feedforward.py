@@ -14,9 +14,8 @@ from torch import nn
 
 from slmkit.model.config import ModelConfig
 from slmkit.model.part import BlockPart
-from slmkit.registry import Registry
+from slmkit.model.registries import FEEDFORWARDS
 
-FEEDFORWARDS: Registry[type["FeedForward"]] = Registry("feed-forward", "Position-wise MLP of a block, built as cls(config).")
 
 
 class FeedForward(BlockPart):

@@ -23,6 +23,19 @@ from slmkit.model.transformer import Transformer
 from slmkit.registry import Registry
 
 
+# The head kinds, by the name a HeadSpec, a config.yaml, Model.heads and every caller use for them.
+LM_HEAD = "lm"
+MASKED_LM_HEAD = "masked_lm"
+CLASSIFIER_HEAD = "sequence_classification"
+TOKEN_HEAD = "token_classification"
+SPAN_HEAD = "span"
+EMBEDDING_HEAD = "embedding"
+
+# The target of a position (or the label of a token) that no loss reads: PyTorch's cross_entropy default, and the
+# convention of transformers' data collators, so encoded tasks mean the same on both sides.
+IGNORE_INDEX = -100
+
+
 @dataclass(frozen=True)
 class HeadSpec:
     """Which head, and what it needs beyond the model config: its label names (in output order), its pooling and the
@@ -40,6 +53,17 @@ class HeadSpec:
 
 Pooling = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 POOLINGS: Registry[Pooling] = Registry("pooling", "pool(hidden [B, T, d], padding_mask [B, T] or None) -> [B, d].")
+
+
+AUTO_POOLING = "auto"
+
+
+def resolve_pooling(pooling: str, causal: bool) -> str:
+    """`auto` as the pooling a body calls for: the last real token of a causal model (the only one that has seen the
+    whole text), the mean over tokens of a bidirectional one; any other name as it is."""
+    if pooling != AUTO_POOLING:
+        return pooling
+    return "last" if causal else "mean"
 
 
 @POOLINGS.register("last")
@@ -129,7 +153,7 @@ def _needs_labels(spec: HeadSpec, at_least: int) -> None:
         raise SlmkitError(f"a {spec.kind} head needs at least {at_least} labels, got {spec.num_labels}")
 
 
-@HEADS.register("lm")
+@HEADS.register(LM_HEAD)
 class LanguageModelHead(Head):
     """Logits over the vocabulary at every position; shares the token embeddings when model.tie_embeddings, and
     with model.logit_softcap squashes them smoothly into (-cap, cap) (Gemma 2, modded-nanogpt)."""
@@ -147,7 +171,7 @@ class LanguageModelHead(Head):
         return logits if self.softcap is None else self.softcap * torch.tanh(logits / self.softcap)
 
 
-@HEADS.register("masked_lm")
+@HEADS.register(MASKED_LM_HEAD)
 class MaskedLanguageModelHead(Head):
     """Logits over the vocabulary for (masked) positions: the prediction transform, then `decoder` with a bias, its
     weight shared with the token embeddings when model.tie_embeddings (BERT's and ModernBERT's masked-LM head).
@@ -167,7 +191,7 @@ class MaskedLanguageModelHead(Head):
         return self.decoder(self.transform(hidden)).float()
 
 
-@HEADS.register("sequence_classification")
+@HEADS.register(CLASSIFIER_HEAD)
 class SequenceClassificationHead(Head):
     """One label per sequence: the pooled hidden state through the transform and `score` (no bias, as the decoder
     families' classes; an encoder class's classifier bias is exported as zeros)."""
@@ -185,7 +209,7 @@ class SequenceClassificationHead(Head):
         return self.score(self.transform(self.pool(hidden, padding_mask))).float()
 
 
-@HEADS.register("token_classification")
+@HEADS.register(TOKEN_HEAD)
 class TokenClassificationHead(Head):
     """One label per token: the transform, dropout (training only) and `score` with a bias, as transformers' token
     classifiers."""
@@ -203,7 +227,7 @@ class TokenClassificationHead(Head):
         return self.score(self.dropout(self.transform(hidden))).float()
 
 
-@HEADS.register("span")
+@HEADS.register(SPAN_HEAD)
 class SpanHead(Head):
     """Extractive question answering: the transform, then a start and an end logit per token (`qa_outputs`, as
     transformers)."""
@@ -219,7 +243,7 @@ class SpanHead(Head):
         return self.qa_outputs(self.transform(hidden)).float()
 
 
-@HEADS.register("embedding")
+@HEADS.register(EMBEDDING_HEAD)
 class EmbeddingHead(Head):
     """One unit-length vector per sequence: the pooled hidden state, L2-normalized, so a dot product is the cosine.
     No weights of its own: what a contrastive objective trains is the body."""

@@ -14,16 +14,13 @@ from torch import nn
 from slmkit.errors import SlmkitError
 from slmkit.model.cache import KVCache
 from slmkit.model.config import ModelConfig
-from slmkit.model.heads import HEADS, HeadSpec
+from slmkit.model.heads import HEADS, LM_HEAD, HeadSpec
 from slmkit.model.transformer import Transformer
-
-LM_HEAD = HeadSpec("lm")
-
 
 class Model(nn.Module):
     """`body` (Transformer) + `heads` (ModuleDict by head kind); the first head is the one `forward` runs by default."""
 
-    def __init__(self, config: ModelConfig, heads: Sequence[HeadSpec] = (LM_HEAD,)):
+    def __init__(self, config: ModelConfig, heads: Sequence[HeadSpec] = (HeadSpec(LM_HEAD),)):
         super().__init__()
         if not heads:
             raise SlmkitError("a model needs at least one head")
@@ -78,6 +75,6 @@ class Model(nn.Module):
         c = self.config
         seq_len = c.block_size if seq_len is None else seq_len
         n_matmul = self.num_parameters(non_embedding=True)
-        if c.tie_embeddings and "lm" in self.heads:
+        if c.tie_embeddings and LM_HEAD in self.heads:
             n_matmul += self.body.tok_embeddings.weight.numel()
         return 6.0 * n_matmul + 12.0 * c.n_layer * c.n_head * c.head_dim * seq_len

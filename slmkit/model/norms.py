@@ -10,9 +10,8 @@ from torch import nn
 
 from slmkit.model.config import ModelConfig
 from slmkit.model.part import Part
-from slmkit.registry import Registry
+from slmkit.model.registries import NORMS
 
-NORMS: Registry[type[nn.Module]] = Registry("norm", "Normalization over the last dimension, built as cls(dim, config).")
 
 
 @NORMS.register("layernorm")

@@ -15,11 +15,8 @@ from torch import nn
 from slmkit.errors import SlmkitError
 from slmkit.model.config import ModelConfig
 from slmkit.model.part import Part
-from slmkit.registry import Registry
+from slmkit.model.registries import POSITIONS
 
-POSITIONS: Registry[type["PositionEncoding"]] = Registry(
-    "position encoding", "How the model knows token order, built as cls(config)."
-)
 
 
 class PositionEncoding(Part):

@@ -15,18 +15,13 @@ import torch
 from torch import nn
 
 from slmkit.errors import SlmkitError
-from slmkit.model.attention import ATTENTION_LAYERS, AttentionMasks
+from slmkit.model.attention import AttentionMasks
 from slmkit.model.cache import KVCache
 from slmkit.model.config import ModelConfig
-from slmkit.model.feedforward import FEEDFORWARDS
-from slmkit.model.norms import NORMS
 from slmkit.model.part import Part
-from slmkit.model.positions import POSITIONS, PositionEncoding
-from slmkit.registry import Registry
+from slmkit.model.positions import PositionEncoding
+from slmkit.model.registries import ATTENTION_LAYERS, BLOCKS, FEEDFORWARDS, NORMS, POSITIONS
 
-BLOCKS: Registry[type["Block"]] = Registry(
-    "block layout", "Where a block's norms sit around attention and feed-forward, built as cls(config, layer_idx)."
-)
 
 
 class Block(Part):

@@ -146,6 +146,7 @@ class TaskObjective(Objective):
 OBJECTIVES: Registry[type[Objective]] = Registry("objective", "An Objective subclass, built as cls(config, tokenizer).")
 
 
-def model_heads(config: "RunConfig") -> list[HeadSpec]:
-    """The heads a run's model has: those of its objective."""
+def objective_heads(config: "RunConfig") -> list[HeadSpec]:
+    """The heads a run's objective puts on the body: what a starting run records in its config (see
+    slmkit.checkpoint.heads for how a checkpoint reads them back)."""
     return OBJECTIVES.get(config.objective.name).heads(config)

@@ -1,8 +1,8 @@
 """Sequence classification: one label per record of a classification task, from a pooled hidden state.
 
 The input is the task's prompt (no demonstrations), cut on the left to the window; the labels are the task's,
-named by their verbalizations and saved with the run. Pooling `auto` takes the last real token of a causal model
-(the only one that sees the whole text) and the mean over tokens of a bidirectional one.
+named by their verbalizations and saved with the run. Pooling `auto` is resolved by
+slmkit.model.resolve_pooling.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from slmkit.eval.classification import CLASSIFIER_HEAD, label_names, labelled_inputs
+from slmkit.eval.classification import label_names, labelled_inputs
 from slmkit.eval.encoding import pad_batch, sequence_input
-from slmkit.model import HeadSpec, Model
+from slmkit.model import CLASSIFIER_HEAD, HeadSpec, Model, resolve_pooling
 from slmkit.objectives.base import OBJECTIVES, Batch, Example, TaskObjective
 
 
@@ -26,7 +26,7 @@ class SequenceClassification(TaskObjective):
     def complete(cls, config):
         objective = config.objective
         labels = objective.labels or label_names(cls.task_spec(config))
-        pooling = objective.pooling if objective.pooling != "auto" else ("last" if config.model.causal else "mean")
+        pooling = resolve_pooling(objective.pooling, config.model.causal)
         return dataclasses.replace(config, objective=dataclasses.replace(objective, labels=list(labels), pooling=pooling))
 
     @classmethod

@@ -15,10 +15,10 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from slmkit.eval.embedding import EMBEDDING_HEAD, text_rows
+from slmkit.eval.embedding import text_rows
 from slmkit.eval.encoding import pad_batch
 from slmkit.eval.retrieval import pairs
-from slmkit.model import HeadSpec, Model
+from slmkit.model import EMBEDDING_HEAD, HeadSpec, Model, resolve_pooling
 from slmkit.objectives.base import OBJECTIVES, Batch, Example, TaskObjective
 
 
@@ -29,7 +29,7 @@ class ContrastiveEmbedding(TaskObjective):
     @classmethod
     def complete(cls, config):
         objective = config.objective
-        pooling = objective.pooling if objective.pooling != "auto" else ("last" if config.model.causal else "mean")
+        pooling = resolve_pooling(objective.pooling, config.model.causal)
         return dataclasses.replace(config, objective=dataclasses.replace(objective, pooling=pooling))
 
     @classmethod

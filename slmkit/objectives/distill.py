@@ -24,8 +24,7 @@ from slmkit.distill.losses import blend, hidden_cosine_loss, kl_at_temperature, 
 from slmkit.distill.student_init import check_student_fits, init_student
 from slmkit.distill.teacher import TeacherSpec, check_teacher_fits, describe_teacher
 from slmkit.errors import SlmkitError
-from slmkit.eval.classification import CLASSIFIER_HEAD
-from slmkit.model import LM_HEAD, HeadSpec, Model
+from slmkit.model import CLASSIFIER_HEAD, IGNORE_INDEX, LM_HEAD, HeadSpec, Model
 from slmkit.objectives.base import OBJECTIVES, Batch, Example, Objective
 from slmkit.objectives.classification import SequenceClassification
 from slmkit.objectives.language_model import next_token_loss
@@ -34,7 +33,6 @@ from slmkit.tokenizer import load_tokenizer
 if TYPE_CHECKING:
     from slmkit.config import RunConfig
 
-UNLABELED = -100  # the label of an input that only the teacher labels: no cross-entropy, the KL only
 
 
 class Distiller(nn.Module):
@@ -102,12 +100,12 @@ class DistillLanguageModeling(Objective):
 
     @classmethod
     def heads(cls, config) -> list[HeadSpec]:
-        return [LM_HEAD]
+        return [HeadSpec(LM_HEAD)]
 
     @classmethod
     def check(cls, config: "RunConfig") -> None:
         spec = teacher_of(config)
-        check_teacher_fits(config, spec, LM_HEAD.kind)
+        check_teacher_fits(config, spec, LM_HEAD)
         check_student_start(config, spec)
         if config.distill.cache == "topk" and config.distill.hidden_weight:
             raise SlmkitError(
@@ -121,7 +119,7 @@ class DistillLanguageModeling(Objective):
         super().__init__(config, tokenizer)
         self.vocabulary = tokenizer.get_vocab_size(with_added_tokens=True)  # rows past it are padding, never distilled
         self.teacher_spec = teacher_of(config)
-        self.distiller = Distiller(config, self.teacher_spec, LM_HEAD.kind, load_teacher=config.distill.cache == "none")
+        self.distiller = Distiller(config, self.teacher_spec, LM_HEAD, load_teacher=config.distill.cache == "none")
 
     def init_weights(self, model: Model) -> list[str]:
         if not self.config.distill.init_from_teacher:
@@ -138,11 +136,11 @@ class DistillLanguageModeling(Objective):
         ids, targets = batch["input_ids"], batch["targets"]
         distiller = self.distiller
         hidden = model.body(ids) if distiller.hidden_weight else None
-        logits = model.heads[LM_HEAD.kind](hidden) if hidden is not None else model(ids, head=LM_HEAD.kind)
+        logits = model.heads[LM_HEAD](hidden) if hidden is not None else model(ids, head=LM_HEAD)
         data = next_token_loss(logits, targets)
         if not distiller.uses_teacher:
             return data
-        real = targets != -100
+        real = targets != IGNORE_INDEX
         vocabulary = self.vocabulary
         student = logits[..., :vocabulary].reshape(-1, vocabulary)
         if "teacher_logits" in batch:
@@ -159,7 +157,7 @@ class DistillLanguageModeling(Objective):
         return loss
 
     def validation_loss(self, model: Model, batch: Batch) -> torch.Tensor:
-        return next_token_loss(model(batch["input_ids"], head=LM_HEAD.kind), batch["targets"])
+        return next_token_loss(model(batch["input_ids"], head=LM_HEAD), batch["targets"])
 
 
 @OBJECTIVES.register("distill_classification")
@@ -199,7 +197,7 @@ class DistillClassification(SequenceClassification):
 
         examples = super().examples(split)
         if split == "train" and self.config.distill.unlabeled:
-            examples += [{"input_ids": sequence_input(self.tokenizer, text, self.max_length, self.prefix_id), "label": UNLABELED}
+            examples += [{"input_ids": sequence_input(self.tokenizer, text, self.max_length, self.prefix_id), "label": IGNORE_INDEX}  # labelled by the teacher alone: the KL only, no cross-entropy
                          for text in unlabeled_inputs(self.config, self.spec.options.prompt)]
         return examples
 
@@ -209,7 +207,7 @@ class DistillClassification(SequenceClassification):
         hidden = model.body(ids, padding_mask=mask) if distiller.hidden_weight else None
         logits = (model.heads[CLASSIFIER_HEAD](hidden, mask) if hidden is not None
                   else model(ids, padding_mask=mask, head=CLASSIFIER_HEAD))
-        labelled = labels != UNLABELED
+        labelled = labels != IGNORE_INDEX
         data = masked_mean(F.cross_entropy(logits, labels.clamp(min=0), reduction="none"), labelled)
         if not distiller.uses_teacher:
             return data

@@ -18,11 +18,9 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 
 from slmkit.errors import SlmkitError
-from slmkit.model import HeadSpec, Model
+from slmkit.model import IGNORE_INDEX, MASKED_LM_HEAD, HeadSpec, Model
 from slmkit.objectives.base import OBJECTIVES, Batch, Example, Objective
 
-MASKED_LM_HEAD = "masked_lm"
-IGNORED = -100  # the target of every token that is not to be predicted
 MASKED, RANDOM = 0.8, 0.9  # of the chosen tokens: below 0.8 the mask token, below 0.9 a random token, else unchanged
 
 
@@ -82,7 +80,7 @@ class Masking:
         return np.cumsum(starts) - 1
 
     def __call__(self, ids: np.ndarray, offset: int) -> tuple[np.ndarray, np.ndarray]:
-        """(masked input ids, targets) for a window of ids read at `offset`; targets are IGNORED where not chosen."""
+        """(masked input ids, targets) for a window of ids read at `offset`; targets are IGNORE_INDEX where not chosen."""
         rng = np.random.default_rng([self.seed, offset])
         eligible = ~self.special[ids]
         if self.begins_word is not None:
@@ -98,7 +96,7 @@ class Masking:
         masked_ids = ids.copy()
         masked_ids[chosen & (action < MASKED)] = self.mask_id
         masked_ids[replaced] = rng.choice(self.ordinary, size=int(replaced.sum()))
-        return masked_ids, np.where(chosen, ids, IGNORED)
+        return masked_ids, np.where(chosen, ids, IGNORE_INDEX)
 
 
 @OBJECTIVES.register("masked_lm")
@@ -137,7 +135,7 @@ class MaskedLanguageModeling(Objective):
 
     def _predictions(self, model: Model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits [chosen, vocab] (fp32) and targets [chosen] of the chosen tokens."""
-        chosen = batch["targets"] != IGNORED
+        chosen = batch["targets"] != IGNORE_INDEX
         hidden = model.body(batch["input_ids"])
         return model.heads[MASKED_LM_HEAD](hidden[chosen]), batch["targets"][chosen]
 

@@ -13,11 +13,10 @@ import torch
 from slmkit.errors import SlmkitError
 from slmkit.eval.encoding import encode, encode_pair, pad_batch
 from slmkit.eval.templates import render
-from slmkit.model import LM_HEAD, HeadSpec, Model
+from slmkit.model import IGNORE_INDEX, LM_HEAD, HeadSpec, Model
 from slmkit.objectives.base import OBJECTIVES, Batch, Example, TaskObjective
 from slmkit.objectives.language_model import next_token_loss
 
-IGNORED = -100
 
 
 @OBJECTIVES.register("sft")
@@ -26,7 +25,7 @@ class SupervisedFineTuning(TaskObjective):
 
     @classmethod
     def heads(cls, config) -> list[HeadSpec]:
-        return [LM_HEAD]
+        return [HeadSpec(LM_HEAD)]
 
     def examples(self, split: str) -> list[Example]:
         options = self.spec.options
@@ -63,17 +62,17 @@ class SupervisedFineTuning(TaskObjective):
         # The model reads ids[:-1] and predicts ids[1:]; the window holds max_length inputs.
         keep = self.max_length + 1
         ids, trained = ids[-keep:], trained[-keep:]
-        targets = [t if learned else IGNORED for t, learned in zip(ids[1:], trained[1:])]
-        if all(t == IGNORED for t in targets):
+        targets = [t if learned else IGNORE_INDEX for t, learned in zip(ids[1:], trained[1:])]
+        if all(t == IGNORE_INDEX for t in targets):
             raise SlmkitError(f"task {self.spec.name}: a completion is longer than the model's window of "
                               f"{self.max_length} tokens; shorten the completions or train with a larger model.block_size")
         return {"input_ids": ids[:-1], "targets": targets}
 
     def collate(self, examples: list[Example]) -> Batch:
         ids, mask = pad_batch([e["input_ids"] for e in examples], self.pad_id)
-        targets, _ = pad_batch([e["targets"] for e in examples], self.pad_id, fill=IGNORED)
+        targets, _ = pad_batch([e["targets"] for e in examples], self.pad_id, fill=IGNORE_INDEX)
         return {"input_ids": ids, "padding_mask": mask, "targets": targets}
 
     def loss(self, model: Model, batch: Batch) -> torch.Tensor:
-        logits = model(batch["input_ids"], padding_mask=batch["padding_mask"], head="lm")
+        logits = model(batch["input_ids"], padding_mask=batch["padding_mask"], head=LM_HEAD)
         return next_token_loss(logits, batch["targets"])

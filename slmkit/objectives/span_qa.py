@@ -14,8 +14,8 @@ import torch.nn.functional as F
 
 from slmkit.errors import SlmkitError
 from slmkit.eval.encoding import pad_batch
-from slmkit.eval.span_qa import SPAN_HEAD, answer_positions, context_stride, locate, questions, windows
-from slmkit.model import HeadSpec, Model
+from slmkit.eval.span_qa import answer_positions, context_stride, locate, questions, windows
+from slmkit.model import SPAN_HEAD, HeadSpec, Model
 from slmkit.objectives.base import OBJECTIVES, Batch, Example, TaskObjective
 
 log = logging.getLogger("slmkit")

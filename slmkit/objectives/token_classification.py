@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from slmkit.eval.encoding import pad_batch
-from slmkit.eval.token_classification import IGNORED, TOKEN_HEAD, labelled_tokens, sentences, tag_set
-from slmkit.model import HeadSpec, Model
+from slmkit.eval.token_classification import labelled_tokens, sentences, tag_set
+from slmkit.model import IGNORE_INDEX, TOKEN_HEAD, HeadSpec, Model
 from slmkit.objectives.base import OBJECTIVES, Batch, Example, TaskObjective
 
 
@@ -39,9 +39,9 @@ class TokenClassification(TaskObjective):
 
     def collate(self, examples: list[Example]) -> Batch:
         ids, mask = pad_batch([e["input_ids"] for e in examples], self.pad_id)
-        labels, _ = pad_batch([e["labels"] for e in examples], self.pad_id, fill=IGNORED)
+        labels, _ = pad_batch([e["labels"] for e in examples], self.pad_id, fill=IGNORE_INDEX)
         return {"input_ids": ids, "padding_mask": mask, "labels": labels}
 
     def loss(self, model: Model, batch: Batch) -> torch.Tensor:
         logits = model(batch["input_ids"], padding_mask=batch["padding_mask"], head=TOKEN_HEAD)
-        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch["labels"].reshape(-1), ignore_index=IGNORED)
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch["labels"].reshape(-1), ignore_index=IGNORE_INDEX)

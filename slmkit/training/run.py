@@ -22,7 +22,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from slmkit.atomic import atomic_copy, remove_temporaries
 from slmkit.checkpoint import (CONFIG_FILE, WEIGHTS_FILE, build_model, checkpoint_step, init_from_checkpoint,
-                               latest_checkpoint, save_inference_checkpoint)
+                               latest_checkpoint, save_inference_checkpoint, with_heads)
 from slmkit.checkpoint.files import checkpoint_problem, remove_checkpoint, step_checkpoints
 from slmkit.checksum import checksum_file
 from slmkit.config import RunConfig, load_run_config, save_run_config
@@ -70,6 +70,7 @@ def train(config: RunConfig) -> TrainResult:
     else:
         tokenizer_path = _task_tokenizer(config)
     config = objective_class.complete(fit_vocabulary(config, tokenizer_path))
+    config = with_heads(config, objective_class.heads(config))  # the checkpoint rebuilds its model from these alone
 
     out_dir.mkdir(parents=True, exist_ok=True)
     if ckpt_path is not None:

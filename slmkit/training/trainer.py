@@ -23,6 +23,7 @@ from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 
 from slmkit.atomic import atomic_path
 from slmkit.checkpoint.files import save_torch
+from slmkit.checkpoint.unpickling import load_problem
 from slmkit.checksum import write_checksum
 from slmkit.config import RunConfig, TrainerConfig
 from slmkit.errors import SlmkitError
@@ -122,7 +123,6 @@ class SafeCheckpointEngine:
 
 def load_deepspeed_file(path: Path, map_location: Any = None) -> Any:
     """A file of a DeepSpeed checkpoint, loaded as tensors and allow-listed DeepSpeed objects only."""
-    from slmkit.checkpoint.files import load_problem
     from slmkit.checkpoint.zero import DEEPSPEED_OBJECTS
 
     allowed = [getattr(importlib.import_module(module), name)
