@@ -151,10 +151,11 @@ class RunConfig:
 # ---------------------------------------------------------------------------------------------------------------------
 # Building a RunConfig from YAML layers and dotted overrides, with errors a user can act on.
 
-def build_config(schema: type, *layers: Any, overrides: Sequence[str] = ()) -> Any:
+def build_config(schema: type, *layers: Any, overrides: Sequence[str] = (), check: bool = True) -> Any:
     """Merges dict/DictConfig layers and `key.sub=value` overrides onto a dataclass schema and returns the dataclass.
 
-    Unknown keys and values of the wrong type raise SlmkitError naming the key, with a did-you-mean.
+    Unknown keys and values of the wrong type raise SlmkitError naming the key, with a did-you-mean; with `check`, so
+    do values outside a key's choices or bounds.
     """
     merged = OmegaConf.structured(schema)
     try:
@@ -179,7 +180,8 @@ def build_config(schema: type, *layers: Any, overrides: Sequence[str] = ()) -> A
         config = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         raise _explain(err, schema) from None
-    check_values(config)
+    if check:
+        check_values(config)
     return config
 
 
@@ -254,4 +256,10 @@ def load_run_config(path: str | Path) -> RunConfig:
         raise SlmkitError(f"{path} holds no mapping of keys: it is not an slmkit run config")
     # Read as plain data: a run folder may come from anyone, and a resolver in it (${oc.env:SECRET}) would put this
     # machine's environment into whatever is made from the run, such as an exported model card.
-    return build_config(RunConfig, literal_text(raw))
+    config = build_config(RunConfig, literal_text(raw), check=False)
+    # What rebuilds the model is checked; the training choices (objective, optimizer, ...) were checked when the run
+    # started, and looking them up would need the code that trained it (a plugin objective) just to load its weights.
+    check_values(config.model, prefix="model.")
+    for i, head in enumerate(config.heads):
+        check_values(head, prefix=f"heads[{i}].")
+    return config

@@ -85,9 +85,9 @@ def verify_checksum(path: Path) -> bool:
 
 
 def weights_step(path: Path) -> int | None:
-    from slmkit.checkpoint.files import weights_step
+    from slmkit.checkpoint import checkpoint_step
 
-    return weights_step(path)
+    return checkpoint_step(path)
 
 
 def checkpoint_names(run: Path) -> list[str]:

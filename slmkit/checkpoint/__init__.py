@@ -1,19 +1,16 @@
-"""Checkpoints: a run folder's files (config.yaml, tokenizer.json, weights), written atomically and loaded as tensors
-only, and DeepSpeed ZeRO checkpoints consolidated without DeepSpeed.
+"""Checkpoints: a run folder's files (config.yaml with the model's heads, tokenizer.json, weights), written atomically
+and loaded as tensors only, and DeepSpeed ZeRO checkpoints consolidated without DeepSpeed.
 
-Eval, generation and export start here, never from a training run's internals.
+A checkpoint describes itself: loading one needs the model and the run config, never the objective, eval or
+distillation code. Eval, generation and export start here, never from a training run's internals.
 """
 
 from slmkit.checkpoint.files import (
-    CONFIG_FILE,
     TIED,
-    WEIGHTS_FILE,
     InitReport,
     LoadedCheckpoint,
     build_model,
-    checkpoint_step,
     init_from_checkpoint,
-    latest_checkpoint,
     load_checkpoint,
     locate_run,
     locate_weights,
@@ -23,17 +20,18 @@ from slmkit.checkpoint.files import (
     with_tied_names,
 )
 from slmkit.checkpoint.heads import run_heads, with_heads
+from slmkit.checkpoint.run_folder import CONFIG_FILE, WEIGHTS_FILE, RunFolder, checkpoint_step
 
 __all__ = [
     "CONFIG_FILE",
     "InitReport",
     "LoadedCheckpoint",
+    "RunFolder",
     "TIED",
     "WEIGHTS_FILE",
     "build_model",
     "checkpoint_step",
     "init_from_checkpoint",
-    "latest_checkpoint",
     "load_checkpoint",
     "locate_run",
     "locate_weights",

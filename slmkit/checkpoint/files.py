@@ -9,32 +9,28 @@ from __future__ import annotations
 import io
 import os
 import re
-import shutil
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_model
 
 from slmkit.atomic import atomic_copy, atomic_path, fsync_file
 from slmkit.checkpoint.heads import run_heads, with_heads
+from slmkit.checkpoint.run_folder import CONFIG_FILE, STEP_KEY, WEIGHTS_FILE, RunFolder, checkpoint_step
 from slmkit.checkpoint.unpickling import load_problem
-from slmkit.checksum import checksum_file, verify_checksum, write_checksum
+from slmkit.checksum import verify_checksum, write_checksum
 from slmkit.config import RunConfig, load_run_config, save_run_config
 from slmkit.errors import SlmkitError
 from slmkit.lora import add_lora, has_adapters, merge_lora
 from slmkit.model import LM_HEAD, MASKED_LM_HEAD, Model
 from slmkit.tokenizer import TOKENIZER_FILE, load_tokenizer
 
-CONFIG_FILE = "config.yaml"
-WEIGHTS_FILE = "model.safetensors"
 LIGHTNING_PREFIX = "model."  # the LightningModule holds the Model as `self.model`
 TIED = (f"heads.{LM_HEAD}.proj.weight", "body.tok_embeddings.weight")  # one tensor when model.tie_embeddings
 TIED_MASKED_LM = (f"heads.{MASKED_LM_HEAD}.decoder.weight", "body.tok_embeddings.weight")  # likewise for an encoder
-STEP_KEY = "slmkit_step"  # model.safetensors metadata: the optimizer step of the weights
 
 
 def build_model(config: RunConfig) -> Model:
@@ -66,16 +62,17 @@ class LoadedCheckpoint:
 def save_inference_checkpoint(out_dir: str | Path, model: Model, config: RunConfig, tokenizer_path: str | Path,
                               step: int | None = None) -> Path:
     """Writes config.yaml (with the model's heads) + tokenizer.json + model.safetensors (fp32, with its checksum) into
-    out_dir; returns the weights path. `step`, the optimizer steps the weights were trained for, is recorded in the weights' metadata."""
-    out_dir = Path(out_dir)
-    save_run_config(with_heads(config, list(model.head_specs)), out_dir / CONFIG_FILE)
-    if Path(tokenizer_path).resolve() != (out_dir / TOKENIZER_FILE).resolve():
-        atomic_copy(tokenizer_path, out_dir / TOKENIZER_FILE)
+    out_dir; returns the weights path. `step`, the optimizer steps the weights were trained for, is recorded in the
+    weights' metadata."""
+    folder = RunFolder(out_dir)
+    save_run_config(with_heads(config, list(model.head_specs)), folder.config)
+    if Path(tokenizer_path).resolve() != folder.tokenizer.resolve():
+        atomic_copy(tokenizer_path, folder.tokenizer)
     fp32 = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
     # save_model drops one name of a tied pair so safetensors does not refuse shared storage.
     shadow = Model(config.model, model.head_specs)
     shadow.load_state_dict(fp32)
-    target = out_dir / WEIGHTS_FILE
+    target = folder.weights
     with atomic_path(target) as tmp:
         try:
             save_model(shadow, str(tmp), metadata={STEP_KEY: str(step)} if step is not None else None)
@@ -115,15 +112,6 @@ def save_torch(obj: Any, path: str | Path) -> None:
         os.fsync(f.fileno())
 
 
-def remove_checkpoint(path: Path) -> None:
-    """Deletes a checkpoint (file or DeepSpeed folder) and its checksum."""
-    if path.is_dir():
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)
-    checksum_file(path).unlink(missing_ok=True)
-
-
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
     """Builds the model of a checkpoint and loads its weights; `path` is a run folder or a checkpoint in one."""
     path = Path(path)
@@ -137,7 +125,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     model = model_from_state(config, read_state_dict(weights_path), weights_path)
     model.to(map_location).eval()
     return LoadedCheckpoint(model=model, config=with_heads(config, list(model.head_specs)), tokenizer_path=tokenizer_path, path=weights_path,
-                            step=weights_step(weights_path))
+                            step=checkpoint_step(weights_path))
 
 
 def locate_run(path: str | Path, key: str) -> Path:
@@ -171,74 +159,18 @@ def model_from_state(config: RunConfig, state: dict[str, torch.Tensor], source: 
 
 def _locate(path: Path) -> tuple[Path, Path]:
     """(weights, run folder) for a run folder, a checkpoint file/folder inside checkpoints/, or a weights file."""
-    if path.is_dir() and (path / CONFIG_FILE).is_file():
-        if (path / WEIGHTS_FILE).is_file():
-            return path / WEIGHTS_FILE, path
-        latest = latest_checkpoint(path / "checkpoints")
-        if latest is None:
+    run = RunFolder(path)
+    if path.is_dir() and run.is_run():
+        if run.weights.is_file():
+            return run.weights, path
+        newest = run.newest_checkpoint()
+        if newest is None:
             raise SlmkitError(f"{path} has no {WEIGHTS_FILE} and no checkpoints/: the run has not saved a checkpoint yet")
-        return latest, path
+        return newest, path
     for parent in [path.parent, path.parent.parent]:
-        if (parent / CONFIG_FILE).is_file():
+        if RunFolder(parent).is_run():
             return path, parent
     raise SlmkitError(f"no {CONFIG_FILE} found beside {path} or in its run folder: slmkit needs the run's config to build the model")
-
-
-def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
-    """The newest checkpoint by step (last.ckpt wins when present); None when there is none."""
-    if not checkpoint_dir.is_dir():
-        return None
-    last = checkpoint_dir / "last.ckpt"
-    if last.exists():
-        return last
-    steps = [(checkpoint_step(p), p) for p in checkpoint_dir.glob("step-*.ckpt")]
-    steps = [(s, p) for s, p in steps if s is not None]
-    return max(steps)[1] if steps else None
-
-
-def checkpoint_step(path: Path) -> int | None:
-    stem = path.name.removesuffix(".ckpt")
-    if stem.startswith("step-") and stem[5:].isdigit():
-        return int(stem[5:])
-    return None
-
-
-def step_checkpoints(checkpoint_dir: Path) -> list[tuple[int, Path]]:
-    """(step, path) of every step-N.ckpt (file or DeepSpeed folder) in the folder, oldest first."""
-    found = [(checkpoint_step(p), p) for p in checkpoint_dir.glob("step-*.ckpt")] if checkpoint_dir.is_dir() else []
-    return sorted((step, p) for step, p in found if step is not None)
-
-
-def weights_step(weights_path: Path) -> int | None:
-    """The optimizer step a checkpoint or weights file holds: from a checkpoint's name, or the metadata that
-    save_inference_checkpoint writes; None when neither says."""
-    if weights_path.suffix == ".safetensors":
-        try:
-            with safe_open(str(weights_path), framework="pt") as f:
-                step = (f.metadata() or {}).get(STEP_KEY)
-        except SafetensorError:
-            return None
-        return int(step) if step is not None and step.isdigit() else None
-    return checkpoint_step(weights_path)
-
-
-def checkpoint_problem(path: Path) -> str | None:
-    """Why the checkpoint cannot be resumed from (a checksum mismatch, a truncated file), or None when it looks whole.
-
-    A checkpoint without a checksum (slmkit before checksums, another tool) is checked as far as its format allows:
-    a truncated zip file lacks the directory at its end."""
-    try:
-        if verify_checksum(path):
-            return None
-    except SlmkitError as err:
-        return str(err)
-    if path.is_file():
-        try:
-            with zipfile.ZipFile(path):
-                return None
-        except (zipfile.BadZipFile, OSError) as err:
-            return f"{path} is not a whole checkpoint file ({err})"
-    return None
 
 
 def read_state_dict(weights_path: Path) -> dict[str, torch.Tensor]:

@@ -77,7 +77,7 @@ def evaluate(
 
 def run_eval(args: EvalArgs) -> dict:
     """Evaluates a checkpoint, writes results.json + results.md, prints the table; returns the JSON payload."""
-    from slmkit.checkpoint import checkpoint_step, load_checkpoint
+    from slmkit.checkpoint import RunFolder, load_checkpoint
 
     if not args.checkpoint:
         raise SlmkitError("which model? pass checkpoint=PATH (a run folder or a checkpoint file in one)")
@@ -95,12 +95,12 @@ def run_eval(args: EvalArgs) -> dict:
     run_dir = loaded.tokenizer_path.parent  # tokenizer.json sits in the run folder, beside config.yaml
     meta = {
         "checkpoint": str(loaded.path),
-        "step": checkpoint_step(loaded.path),
+        "step": loaded.step,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "parameters": loaded.model.num_parameters(),
         "args": asdict(args),
     }
-    json_path, md_path = write_report(Path(args.out) if args.out else run_dir / "eval", results, meta)
+    json_path, md_path = write_report(Path(args.out) if args.out else RunFolder(run_dir).eval_reports, results, meta)
     print(markdown_table(results), end="")
     tables = label_tables(results)
     if tables:

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from slmkit.checkpoint.run_folder import RunFolder
 from slmkit.config import RunConfig
 from slmkit.data import RUN_MANIFEST
 
@@ -60,7 +61,7 @@ def _size(parameters: int | None) -> str:
 def _data_section(config: RunConfig, run_dir: Path) -> list[str]:
     sources = [s.name or s.path or s.hf_dataset or "?" for s in config.data.sources]
     lines = [f"Sources in the recipe: {', '.join(f'`{s}`' for s in sources) if sources else 'none recorded'}."]
-    manifest_path = run_dir / RUN_MANIFEST  # training copies the manifest of its token shards there
+    manifest_path = RunFolder(run_dir).data_manifest  # training copies the manifest of its token shards there
     if not manifest_path.is_file():
         return lines + ["", f"The run folder has no {RUN_MANIFEST}, so token counts are not reported."]
     try:
@@ -115,7 +116,7 @@ def _training_section(config: RunConfig, run_dir: Path, step: int | None) -> lis
         f"{steps}, micro-batch {t.micro_batch_size} x accumulation {t.grad_accum}, precision {t.precision}, "
         f"AdamW lr {o.lr:g} ({o.schedule}, warmup {o.warmup_steps}), weight decay {o.weight_decay:g}."
     )
-    last_val = _last_metric(run_dir / "metrics.jsonl", "val_loss")
+    last_val = _last_metric(RunFolder(run_dir).metrics, "val_loss")
     if last_val is not None:
         lines.append(f"Final validation loss: {last_val:.4f}.")
     return lines

@@ -18,7 +18,7 @@ import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 
 from slmkit.atomic import atomic_write_text
-from slmkit.checkpoint.files import remove_checkpoint, step_checkpoints
+from slmkit.checkpoint.run_folder import RunFolder
 from slmkit.training.throughput import peak_flops_per_device, peak_memory_gb
 
 
@@ -162,11 +162,11 @@ def _grad_norm(trainer: L.Trainer, pl_module: L.LightningModule) -> float | None
 
 
 class StepCheckpoints(L.Callback):
-    """Writes checkpoints/step-{N}.ckpt every `every` steps (and, through `save`, at the end) and keeps the newest
-    `keep` of them, whichever run wrote them: the one a run resumed from goes too, once newer ones exist."""
+    """Writes the run folder's checkpoint of a step every `every` steps (and, through `save`, at the end) and keeps
+    the newest `keep` of them, whichever run wrote them: the one a run resumed from goes too, once newer ones exist."""
 
-    def __init__(self, folder: Path, every: int, keep: int):
-        self.folder = Path(folder)
+    def __init__(self, folder: RunFolder, every: int, keep: int):
+        self.folder = folder
         self.every = every
         self.keep = keep
         self._last_step: int | None = None
@@ -182,12 +182,11 @@ class StepCheckpoints(L.Callback):
     def save(self, trainer: L.Trainer) -> Path:
         """The checkpoint of the current step (written unless it exists), then the older ones beyond `keep` removed."""
         self._last_step = trainer.global_step
-        path = self.folder / f"step-{trainer.global_step}.ckpt"
+        path = self.folder.checkpoint(trainer.global_step)
         if not path.exists():
             trainer.save_checkpoint(path, weights_only=False)
         if trainer.is_global_zero:
-            for _, old in step_checkpoints(self.folder)[: -self.keep]:
-                remove_checkpoint(old)
+            self.folder.prune(self.keep)
         trainer.strategy.barrier("slmkit_checkpoints_pruned")
         return path
 

@@ -10,7 +10,6 @@ import dataclasses
 import logging
 import os
 import signal
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,29 +19,23 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from slmkit.atomic import atomic_copy, remove_temporaries
-from slmkit.checkpoint import (CONFIG_FILE, WEIGHTS_FILE, build_model, checkpoint_step, init_from_checkpoint,
-                               latest_checkpoint, save_inference_checkpoint, with_heads)
-from slmkit.checkpoint.files import checkpoint_problem, remove_checkpoint, step_checkpoints
-from slmkit.checksum import checksum_file
+from slmkit.atomic import atomic_copy
+from slmkit.checkpoint import build_model, init_from_checkpoint, save_inference_checkpoint, with_heads
+from slmkit.checkpoint.run_folder import TENSORBOARD, RunFolder, checkpoint_problem, checkpoint_step
 from slmkit.config import RunConfig, load_run_config, save_run_config
-from slmkit.data import MANIFEST, RUN_MANIFEST, data_preparer
+from slmkit.data import MANIFEST, data_preparer
 from slmkit.errors import SlmkitError, Stopped
 from slmkit.eval.run import run_tasks_of
 from slmkit.lora import add_lora, merge_lora
+from slmkit.model import Model
 from slmkit.objectives import OBJECTIVES, TOKEN_WINDOWS, Objective
-from slmkit.tokenizer import TOKENIZER_FILE, load_tokenizer
+from slmkit.tokenizer import load_tokenizer
 from slmkit.training.callbacks import MetricsLogger, PeriodicEvaluation, StepCheckpoints, StepProgressBar, StopOnSignal
 from slmkit.training.datamodule import TaskDataModule, TokenDataModule
 from slmkit.training.module import TrainingTask
 from slmkit.training.trainer import apply_cpu_fallback, build_trainer, final_model, parallelize
 
 log = logging.getLogger("slmkit")
-
-RUNS_ROOT = Path("runs")
-LATEST = "latest"  # runs/<recipe>/latest links to the newest finished run of the recipe
-METRICS_FILE = "metrics.jsonl"
-
 
 @dataclass
 class TrainResult:
@@ -52,83 +45,122 @@ class TrainResult:
     is_global_zero: bool = True  # the one process of a multi-process run that reports to the user
 
 
+@dataclass
+class RunInputs:
+    """What the run reads, once data and tokenizer are ready: its completed config (vocabulary, labels, heads), its
+    tokenizer, and the token shards (None for an objective that reads a task's records)."""
+
+    config: RunConfig
+    tokenizer_path: Path
+    shards_dir: Path | None
+
+
 def train(config: RunConfig) -> TrainResult:
     config, fallback = apply_cpu_fallback(config)
     for change in fallback:
         log.warning("no CUDA device: running as a CPU smoke test, %s", change)
-
-    out_dir, ckpt_path = _resolve_out_dir_and_resume(config)
-    _check_writable(out_dir)
-    start_step = _step_of(ckpt_path) if ckpt_path is not None else 0
-    config = dataclasses.replace(config, out_dir=str(out_dir), resume=None)
+    folder, resume_from = _run_folder_and_resume_point(config)
+    _check_writable(folder.root)
+    start_step = checkpoint_step(resume_from) if resume_from is not None else 0
+    config = dataclasses.replace(config, out_dir=str(folder.root), resume=None)
     objective_class = OBJECTIVES.get(config.objective.name)
     objective_class.check(config)  # before any data is prepared: a teacher that cannot teach this student
-    manifest = None
-    if objective_class.reads == TOKEN_WINDOWS:
-        prepared = data_preparer().prepare(config.data, config.tokenizer)
-        tokenizer_path, manifest = prepared.tokenizer_path, prepared.shards_dir / MANIFEST
-    else:
-        tokenizer_path = _task_tokenizer(config)
-    config = objective_class.complete(fit_vocabulary(config, tokenizer_path))
-    config = with_heads(config, objective_class.heads(config))  # the checkpoint rebuilds its model from these alone
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if ckpt_path is not None:
-        _check_same_architecture(config, ckpt_path)
-    if rank_zero_only.rank == 0:
-        _begin_attempt(out_dir, start_step)
-    save_run_config(config, out_dir / CONFIG_FILE)
-    atomic_copy(tokenizer_path, out_dir / TOKENIZER_FILE)
-    if manifest is not None:
-        atomic_copy(manifest, out_dir / RUN_MANIFEST)  # what the run trained on, for its model card
+    inputs = _prepare_inputs(config, objective_class)
+    config = inputs.config
+    _record_run(folder, inputs, resume_from, start_step)
 
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
-    model = build_model(config)
-    objective = objective_class(config, load_tokenizer(out_dir / TOKENIZER_FILE))
-    if config.init_from and ckpt_path is None:
-        for line in init_from_checkpoint(model, config.init_from).lines():
-            log.warning("init_from %s: %s", config.init_from, line)
-    for line in objective.init_weights(model) if ckpt_path is None else []:
-        log.warning("%s: %s", config.objective.name, line)
-    if config.lora.rank:
-        add_lora(model, config.lora)
-    task = TrainingTask(config, parallelize(model, config.trainer), objective)
-    data = _data_module(config, objective, prepared.shards_dir if manifest is not None else None)
+    objective = objective_class(config, load_tokenizer(folder.tokenizer))
+    task = TrainingTask(config, parallelize(_starting_model(config, objective, resume_from), config.trainer), objective)
     stop = StopOnSignal()
-    checkpoints = StepCheckpoints(out_dir / "checkpoints", config.trainer.checkpoint_every, config.trainer.keep_checkpoints)
-    callbacks, metrics = _callbacks(config, out_dir, task, [stop, checkpoints])
+    checkpoints = StepCheckpoints(folder, config.trainer.checkpoint_every, config.trainer.keep_checkpoints)
+    callbacks, metrics = _callbacks(config, folder, task, [stop, checkpoints])
     # TensorBoard forgets what a stopped attempt logged after the step this one starts from (as metrics.jsonl does).
-    loggers = [TensorBoardLogger(save_dir=str(out_dir), name="tb", version="", default_hp_metric=False,
+    loggers = [TensorBoardLogger(save_dir=str(folder.root), name=TENSORBOARD, version="", default_hp_metric=False,
                                  purge_step=start_step + 1 if start_step is not None else None)]
-    trainer = build_trainer(config, out_dir, callbacks, loggers)
+    trainer = build_trainer(config, folder.root, callbacks, loggers)
     metrics.scale_to_world(trainer.world_size)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*infinite.*")
-        try:
-            trainer.fit(task, datamodule=data, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True)
-        except SystemExit:  # Lightning exits on a second Ctrl-C (and on SIGTERM before StopOnSignal took over)
-            signum = stop.received or signal.SIGTERM
-            raise Stopped(f"training stopped at once by {signal.Signals(signum).name} at step {trainer.global_step}, "
-                          f"without a checkpoint of that step; resume=true out_dir={out_dir} continues from the newest one "
-                          f"in {out_dir / 'checkpoints'}", signum) from None
+    _fit(trainer, task, _data_module(config, objective, inputs.shards_dir), resume_from, stop, folder)
 
     final = checkpoints.save(trainer)
     if stop.received is not None:
         # A stopped run leaves no model.safetensors: a run folder has one exactly when its run went the whole way.
         raise Stopped(f"training stopped by {signal.Signals(stop.received).name} at step {trainer.global_step} of "
                       f"{config.trainer.max_steps}; saved the checkpoint {final}. Continue with resume=true "
-                      f"out_dir={out_dir}", stop.received)
+                      f"out_dir={folder.root}", stop.received)
     if trainer.is_global_zero:
-        whole = final_model(config, task.model, final)
-        save_inference_checkpoint(out_dir, merge_lora(whole) if config.lora.rank else whole, config,
-                                  out_dir / TOKENIZER_FILE, step=trainer.global_step)
-        if run_tasks_of(config):
-            _final_evaluation(config, out_dir)
-        _point_latest_at(out_dir, config.name)
+        _finish(config, folder, task, final, trainer.global_step)
     val_loss = trainer.callback_metrics.get("val_loss")
-    return TrainResult(out_dir=out_dir, steps=trainer.global_step,
+    return TrainResult(out_dir=folder.root, steps=trainer.global_step,
                        final_val_loss=float(val_loss) if val_loss is not None else None, is_global_zero=trainer.is_global_zero)
+
+
+def _prepare_inputs(config: RunConfig, objective_class: type[Objective]) -> RunInputs:
+    """Prepares the shards and tokenizer (reused when unchanged) or checks a task's tokenizer, then completes the
+    config: vocabulary from the tokenizer, what the objective derives, and the heads the checkpoint will record."""
+    shards_dir = None
+    if objective_class.reads == TOKEN_WINDOWS:
+        prepared = data_preparer().prepare(config.data, config.tokenizer)
+        tokenizer_path, shards_dir = prepared.tokenizer_path, prepared.shards_dir
+    else:
+        tokenizer_path = _task_tokenizer(config)
+    config = objective_class.complete(fit_vocabulary(config, tokenizer_path))
+    config = with_heads(config, objective_class.heads(config))  # the checkpoint rebuilds its model from these alone
+    return RunInputs(config, tokenizer_path, shards_dir)
+
+
+def _record_run(folder: RunFolder, inputs: RunInputs, resume_from: Path | None, start_step: int | None) -> None:
+    """The run folder as this attempt starts: checked against the checkpoint it resumes, cut back to that step, and
+    holding the run's config, tokenizer and data manifest."""
+    folder.root.mkdir(parents=True, exist_ok=True)
+    if resume_from is not None:
+        _check_same_architecture(inputs.config, resume_from)
+    if rank_zero_only.rank == 0:
+        folder.begin_attempt(start_step)
+    save_run_config(inputs.config, folder.config)
+    atomic_copy(inputs.tokenizer_path, folder.tokenizer)
+    if inputs.shards_dir is not None:
+        atomic_copy(inputs.shards_dir / MANIFEST, folder.data_manifest)  # what the run trained on, for its model card
+
+
+def _starting_model(config: RunConfig, objective: Objective, resume_from: Path | None) -> Model:
+    """The model training starts from: freshly built, then (a new run only) the init_from weights and what the
+    objective sets itself (a student from its teacher), then LoRA adapters; a resumed run gets its weights from the
+    checkpoint when fitting starts."""
+    model = build_model(config)
+    if resume_from is None:
+        if config.init_from:
+            for line in init_from_checkpoint(model, config.init_from).lines():
+                log.warning("init_from %s: %s", config.init_from, line)
+        for line in objective.init_weights(model):
+            log.warning("%s: %s", config.objective.name, line)
+    if config.lora.rank:
+        add_lora(model, config.lora)
+    return model
+
+
+def _fit(trainer: L.Trainer, task: TrainingTask, data: L.LightningDataModule, resume_from: Path | None,
+         stop: StopOnSignal, folder: RunFolder) -> None:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*infinite.*")
+        try:
+            trainer.fit(task, datamodule=data, ckpt_path=str(resume_from) if resume_from else None, weights_only=True)
+        except SystemExit:  # Lightning exits on a second Ctrl-C (and on SIGTERM before StopOnSignal took over)
+            signum = stop.received or signal.SIGTERM
+            raise Stopped(f"training stopped at once by {signal.Signals(signum).name} at step {trainer.global_step}, "
+                          f"without a checkpoint of that step; resume=true out_dir={folder.root} continues from the "
+                          f"newest one in {folder.checkpoints_dir}", signum) from None
+
+
+def _finish(config: RunConfig, folder: RunFolder, task: TrainingTask, final: Path, step: int) -> None:
+    """The finished run's final weights, its tasks scored on them, and runs/<recipe>/latest pointed at it."""
+    whole = final_model(config, task.model, final)
+    save_inference_checkpoint(folder.root, merge_lora(whole) if config.lora.rank else whole, config, folder.tokenizer,
+                              step=step)
+    if run_tasks_of(config):
+        _final_evaluation(config, folder.root)
+    folder.point_latest_at(config.name)
 
 
 def _task_tokenizer(config: RunConfig) -> Path:
@@ -154,17 +186,6 @@ def _data_module(config: RunConfig, objective: Objective, shards_dir: Path | Non
                           val_batches=trainer.val_batches, seed=trainer.seed, num_workers=trainer.num_workers)
 
 
-def _point_latest_at(out_dir: Path, name: str) -> None:
-    """runs/<recipe>/latest -> the run that just finished, so later commands (init_from, eval, export) can name it."""
-    if out_dir.resolve().parent != (RUNS_ROOT / name).resolve():
-        return
-    link = out_dir.parent / LATEST
-    tmp = out_dir.parent / f".{LATEST}.{os.getpid()}.tmp"
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(out_dir.name)
-    os.replace(tmp, link)
-
-
 def fit_vocabulary(config: RunConfig, tokenizer_path: Path) -> RunConfig:
     """Sets model.vocab_size from the tokenizer when the recipe leaves it at 0; refuses a tokenizer that does not fit."""
     from tokenizers import Tokenizer
@@ -180,24 +201,24 @@ def fit_vocabulary(config: RunConfig, tokenizer_path: Path) -> RunConfig:
     return config
 
 
-def _resolve_out_dir_and_resume(config: RunConfig) -> tuple[Path, Path | None]:
+def _run_folder_and_resume_point(config: RunConfig) -> tuple[RunFolder, Path | None]:
+    """The run's folder, and the checkpoint it continues from (None for a new run)."""
     resume = (config.resume or "").strip()
     if resume.lower() in ("", "false", "none", "null"):
-        out_dir = Path(config.out_dir) if config.out_dir else RUNS_ROOT / config.name / time.strftime("%Y%m%d-%H%M%S")
-        if (out_dir / "checkpoints").is_dir() and latest_checkpoint(out_dir / "checkpoints") is not None:
-            raise SlmkitError(f"{out_dir} already holds checkpoints: pass resume=true to continue it, or another out_dir")
-        return out_dir, None
+        folder = RunFolder(config.out_dir) if config.out_dir else RunFolder.new(config.name)
+        if folder.newest_checkpoint() is not None:
+            raise SlmkitError(f"{folder.root} already holds checkpoints: pass resume=true to continue it, or another out_dir")
+        return folder, None
     if resume.lower() in ("true", "latest"):
-        out_dir = Path(config.out_dir) if config.out_dir else _latest_run(config.name)
-        return out_dir, _newest_intact_checkpoint(out_dir / "checkpoints")
+        folder = RunFolder(config.out_dir) if config.out_dir else RunFolder.newest_of(config.name)
+        return folder, folder.resume_point()
     ckpt = Path(resume)
     if not ckpt.exists():
         raise SlmkitError(f"resume={resume}: no checkpoint there; pass resume=true for the latest in out_dir, or a path to a .ckpt")
     problem = checkpoint_problem(ckpt)
     if problem is not None:
         raise SlmkitError(f"resume={resume}: {problem}")
-    out_dir = Path(config.out_dir) if config.out_dir else ckpt.resolve().parent.parent
-    return out_dir, ckpt
+    return RunFolder(config.out_dir if config.out_dir else ckpt.resolve().parent.parent), ckpt
 
 
 def _check_writable(out_dir: Path) -> None:
@@ -210,76 +231,24 @@ def _check_writable(out_dir: Path) -> None:
                           "choose another out_dir")
 
 
-def _newest_intact_checkpoint(folder: Path) -> Path:
-    """The newest checkpoint in the folder that is whole; a damaged newer one is named in a warning (it is removed
-    when the run starts: a run continues from one history)."""
-    candidates = ([folder / "last.ckpt"] if (folder / "last.ckpt").exists() else []) + \
-        [path for _, path in reversed(step_checkpoints(folder))]
-    if not candidates:
-        raise SlmkitError(f"resume=true but {folder} holds no checkpoint to continue from")
-    damaged = []
-    for path in candidates:
-        problem = checkpoint_problem(path)
-        if problem is None:
-            for bad, why in damaged:
-                log.warning("the checkpoint %s is damaged (%s); resuming from %s, the newest intact one", bad.name, why, path.name)
-            return path
-        damaged.append((path, problem))
-    raise SlmkitError(f"resume=true but no checkpoint in {folder} is intact ({'; '.join(why for _, why in damaged)}): "
-                      "start the run again with another out_dir")
-
-
-def _step_of(ckpt_path: Path) -> int | None:
-    """The optimizer step a checkpoint was written at: from its name, else from the file (tensors not read)."""
-    step = checkpoint_step(ckpt_path)
-    if step is None and ckpt_path.is_file():
-        step = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True).get("global_step")
-    return step
-
-
-def _begin_attempt(out_dir: Path, start_step: int | None) -> None:
-    """The run folder as of `start_step`: what a stopped attempt wrote after it (checkpoints of later steps, the
-    final weights of an earlier finish) and what killed writers left (hidden temporaries) go; metrics.jsonl is cut
-    back by the MetricsLogger when training starts."""
-    folder = out_dir / "checkpoints"
-    remove_temporaries(folder)
-    remove_temporaries(out_dir, of=[WEIGHTS_FILE])
-    if start_step is None:
-        return
-    for step, path in step_checkpoints(folder):
-        if step > start_step:
-            log.warning("removing %s: it comes after step %d, where this run continues", path, start_step)
-            remove_checkpoint(path)
-    for path in (out_dir / WEIGHTS_FILE, checksum_file(out_dir / WEIGHTS_FILE)):
-        path.unlink(missing_ok=True)
-
-
-def _latest_run(name: str) -> Path:
-    runs = sorted(p for p in (RUNS_ROOT / name).glob("*") if (p / "checkpoints").is_dir() and not p.is_symlink()) \
-        if (RUNS_ROOT / name).is_dir() else []
-    if not runs:
-        raise SlmkitError(f"resume=true: no earlier run of {name!r} under {RUNS_ROOT / name}; pass out_dir=PATH of the run to continue")
-    return runs[-1]
-
-
 def _check_same_architecture(config: RunConfig, ckpt_path: Path) -> None:
-    run_dir = ckpt_path.resolve().parent.parent
-    if not (run_dir / CONFIG_FILE).is_file():
+    run = RunFolder(ckpt_path.resolve().parent.parent)
+    if not run.is_run():
         return
-    saved = load_run_config(run_dir / CONFIG_FILE).model
+    saved = load_run_config(run.config).model
     if saved != config.model:
         diffs = [f"model.{f.name}: {getattr(saved, f.name)} in the checkpoint, {getattr(config.model, f.name)} now"
                  for f in dataclasses.fields(saved) if getattr(saved, f.name) != getattr(config.model, f.name)]
         raise SlmkitError(f"cannot resume {ckpt_path}: it comes from a different architecture ({'; '.join(diffs)})")
 
 
-def _callbacks(config: RunConfig, out_dir: Path, task: TrainingTask,
+def _callbacks(config: RunConfig, folder: RunFolder, task: TrainingTask,
                run_control: list[L.Callback]) -> tuple[list[L.Callback], MetricsLogger]:
     trainer = config.trainer
     examples_per_step = trainer.micro_batch_size * trainer.grad_accum
     # Windows are full; padded task examples vary in length, so their tokens (and MFU) are not counted.
     windows = task.objective.reads == TOKEN_WINDOWS
-    metrics = MetricsLogger(out_dir / METRICS_FILE, trainer.log_every, examples_per_step,
+    metrics = MetricsLogger(folder.metrics, trainer.log_every, examples_per_step,
                             config.model.block_size if windows else None,
                             task.model.flops_per_token(config.model.block_size), trainer.precision)
     # In this order at each step's end: a stop request is known before the step is logged (a stopped run logs its
@@ -287,7 +256,7 @@ def _callbacks(config: RunConfig, out_dir: Path, task: TrainingTask,
     stop, checkpoints = run_control
     callbacks: list[L.Callback] = [stop, metrics, checkpoints]
     if run_tasks_of(config) and config.eval.every > 0:
-        callbacks.append(PeriodicEvaluation(run_tasks_of(config), config.eval.every, out_dir / TOKENIZER_FILE, metrics,
+        callbacks.append(PeriodicEvaluation(run_tasks_of(config), config.eval.every, folder.tokenizer, metrics,
                                             config.eval.limit, config.eval.batch_size))
     if trainer.progress_bar:
         callbacks.append(StepProgressBar())
