@@ -17,7 +17,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
 from tqdm import tqdm
@@ -30,7 +30,9 @@ from data_prep.dedup import DedupStats, Deduplicator, Fingerprint, fingerprint
 from data_prep.filters import FilterStats, filter_document
 from data_prep.pack import STREAM, encode_texts, split_of
 from data_prep.pii import PiiStats, redact_pii
+from data_prep.plan import Plan
 from data_prep.sources import SourceStats, iter_documents, mixture_copies, source_name
+from slmkit.atomic import atomic_path, remove_temporaries
 from slmkit.data import token_dtype
 from slmkit.data_config import DataConfig
 from slmkit.errors import SlmkitError
@@ -380,10 +382,11 @@ def corpus_is_complete(folder: Path, corpus_sha256: str) -> Optional[dict[str, A
     return summary
 
 
-def build_corpus(data: DataConfig, plan: Any, pool: ChunkPool, tokens: Optional[TokenSpec], progress: bool) -> dict[str, Any]:
+def build_corpus(data: DataConfig, plan: Plan, pool: ChunkPool, tokens: Optional[TokenSpec], progress: bool) -> dict[str, Any]:
     """Curates the corpus into `curated/` (one gzip JSON-lines part per chunk and split) and returns its summary.
 
-    `plan` gives root, folder, work and corpus_sha256; with `tokens`, chunks are encoded on the way.
+    With `tokens`, chunks are encoded on the way. Intermediate chunk files stay in the plan's work folder until the
+    run is done, so a crash at any point resumes at the last finished chunk.
     """
     folder = plan.folder / CORPUS_DIR
     summary = corpus_is_complete(folder, plan.corpus_sha256)
@@ -391,13 +394,46 @@ def build_corpus(data: DataConfig, plan: Any, pool: ChunkPool, tokens: Optional[
         return summary
     job = ChunkJob(data=data, work=str(plan.work), eval_files=tuple(plan.eval_files), tokens=tokens)
     timings: dict[str, float] = {}
+    first = _curate_chunks(job, plan.root, pool, progress, timings)
+    if deduplicates(data):
+        dedup, finals = _finish_chunks(first.job, plan, pool, len(first.curated), progress, timings)
+    else:
+        dedup, finals = no_dedup(data), [result["final"] for result in first.curated]
 
+    def summarize(split_documents: dict[str, int], parts: list[dict[str, str]]) -> dict[str, Any]:
+        summary = corpus_summary(data, plan.corpus_sha256, first.ingest.summary, first.curated, dedup, finals,
+                                 split_documents)
+        summary.update(timings=timings, boilerplate=first.boilerplate_report, chunks=len(first.curated), parts=parts,
+                       workers=worker_count(data), peak_buffered_chars=first.memory.peak,
+                       memory_limit_chars=int(data.memory_limit_mb * 1e6))
+        return summary
+
+    return _write_corpus(folder, first.job, finals, summarize)
+
+
+@dataclass
+class CuratedChunks:
+    """The first phase's outcome: the job (with the corpus's boilerplate lines), the reader (its summary of the
+    sources), the boilerplate report, each chunk's result, and the account of memory held."""
+
+    job: ChunkJob
+    ingest: Ingest
+    boilerplate_report: list[Any]
+    curated: list[dict[str, Any]]
+    memory: MemoryAccount
+
+
+def _curate_chunks(job: ChunkJob, root: Path, pool: ChunkPool, progress: bool,
+                   timings: dict[str, float]) -> CuratedChunks:
+    """The first phase over every chunk: read, clean, filter, then fingerprint (deduplicating corpora) or split (and
+    tokenize)."""
+    data, tokens = job.data, job.tokens
     # the steps each phase runs name its progress bar and its timing
     first_phase = ["read", "clean", "filter"]
     first_phase += ["fingerprint"] if deduplicates(data) else ["split"] + (["tokenize"] if tokens else [])
     start = time.perf_counter()
     read_bar = stage_bar(progress, " + ".join(first_phase))
-    ingest = Ingest(data, plan.root, read_bar)
+    ingest = Ingest(data, root, read_bar)
     boilerplate_report: list[Any] = []
     if data.clean.enabled and data.clean.boilerplate:
         # boilerplate lines are known only after counting the whole corpus: a first reading pass counts them
@@ -407,7 +443,7 @@ def build_corpus(data: DataConfig, plan: Any, pool: ChunkPool, tokens: Optional[
         job = dataclasses.replace(job, boilerplate=detector.boilerplate())
         boilerplate_report = detector.report()
     memory = MemoryAccount(ingest)
-    curated = []
+    curated: list[dict[str, Any]] = []
     processed = 0
     try:
         tasks = ((job, index, records) for index, records in
@@ -420,50 +456,52 @@ def build_corpus(data: DataConfig, plan: Any, pool: ChunkPool, tokens: Optional[
     finally:
         read_bar.close()
     timings["+".join(first_phase)] = time.perf_counter() - start
+    return CuratedChunks(job, ingest, boilerplate_report, curated, memory)
 
-    if deduplicates(data):
-        start = time.perf_counter()
-        dedup = deduplicate(data, plan.work, len(curated), progress)
-        timings["dedup index"] = time.perf_counter() - start
-        start = time.perf_counter()
-        finals = []
-        last_phase = ["pii", "decontaminate", "split"] + (["tokenize"] if tokens else [])
-        final_bar = stage_bar(progress, " + ".join(last_phase), total=len(curated), unit="chunk")
-        try:
-            tasks = ((job, i, dedup["drops"].get(str(i), [])) for i in range(len(curated)))
-            for result in pool.map(finish_chunk, tasks):
-                finals.append(result)
-                final_bar.update(1)
-        finally:
-            final_bar.close()
-        timings["+".join(last_phase)] = time.perf_counter() - start
-    else:
-        dedup = no_dedup(data)
-        finals = [result["final"] for result in curated]
 
-    # the parts are linked into a fresh folder that then replaces curated/ whole: the folder never mixes two
-    # corpora, and the chunk files stay in work/ until the run is done, so a crash here loses nothing
-    partial = plan.folder / f"{CORPUS_DIR}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    parts: list[dict[str, str]] = []
-    split_documents = {split: 0 for split in corpus_splits(data)}
-    for index, result in enumerate(finals):
-        parts.append({})
-        for split, count in sorted(result["splits"].items()):
-            name = f"{split}-{index:05d}.jsonl.gz"
-            link_or_copy(chunk_file(job, "final", index, f".{split}.jsonl.gz"), partial / name)
-            parts[-1][split] = name
-            split_documents[split] += count
-    summary = corpus_summary(data, plan.corpus_sha256, ingest.summary, curated, dedup, finals, split_documents)
-    summary.update(timings=timings, boilerplate=boilerplate_report, chunks=len(curated), parts=parts,
-                   workers=worker_count(data), peak_buffered_chars=memory.peak,
-                   memory_limit_chars=int(data.memory_limit_mb * 1e6))
-    if sum(split_documents.values()) == 0:
-        raise SlmkitError(empty_corpus_message(summary))
-    write_json(partial / CORPUS_DONE, summary)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(partial, folder)
+def _finish_chunks(job: ChunkJob, plan: Plan, pool: ChunkPool, chunks: int, progress: bool,
+                   timings: dict[str, float]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A deduplicating corpus's second phase: the dedup index over every chunk's fingerprints, then each chunk's
+    duplicates dropped, personal data redacted, eval text removed, and the rest split (and tokenized)."""
+    start = time.perf_counter()
+    dedup = deduplicate(job.data, plan.work, chunks, progress)
+    timings["dedup index"] = time.perf_counter() - start
+    start = time.perf_counter()
+    finals = []
+    last_phase = ["pii", "decontaminate", "split"] + (["tokenize"] if job.tokens else [])
+    final_bar = stage_bar(progress, " + ".join(last_phase), total=chunks, unit="chunk")
+    try:
+        tasks = ((job, i, dedup["drops"].get(str(i), [])) for i in range(chunks))
+        for result in pool.map(finish_chunk, tasks):
+            finals.append(result)
+            final_bar.update(1)
+    finally:
+        final_bar.close()
+    timings["+".join(last_phase)] = time.perf_counter() - start
+    return dedup, finals
+
+
+def _write_corpus(folder: Path, job: ChunkJob, finals: list[dict[str, Any]],
+                  summarize: Callable[[dict[str, int], list[dict[str, str]]], dict[str, Any]]) -> dict[str, Any]:
+    """Links the finished parts into a new folder that replaces `folder` whole, in one step (slmkit.atomic): the
+    folder never mixes two corpora and is never missing, and the chunk files stay in work/ until the run is done, so
+    a crash here loses nothing. Refuses a corpus left empty."""
+    remove_temporaries(folder.parent, of=[folder.name])
+    with atomic_path(folder) as partial:
+        partial.mkdir()
+        parts: list[dict[str, str]] = []
+        split_documents = {split: 0 for split in corpus_splits(job.data)}
+        for index, result in enumerate(finals):
+            parts.append({})
+            for split, count in sorted(result["splits"].items()):
+                name = f"{split}-{index:05d}.jsonl.gz"
+                link_or_copy(chunk_file(job, "final", index, f".{split}.jsonl.gz"), partial / name)
+                parts[-1][split] = name
+                split_documents[split] += count
+        summary = summarize(split_documents, parts)
+        if sum(split_documents.values()) == 0:
+            raise SlmkitError(empty_corpus_message(summary))
+        write_json(partial / CORPUS_DONE, summary)
     return summary
 
 

@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
@@ -22,6 +21,7 @@ from data_prep.chunks import ChunkPool, load_npz, read_json, stage_bar, write_js
 from data_prep.curate import (CORPUS_DIR, TokenSpec, build_corpus, chunks_in_flight, corpus_records, corpus_splits,
                               tokenize_part, worker_count)
 from data_prep.pack import STREAM, ShardPacker, write_manifest
+from data_prep.plan import Plan
 from data_prep.report import REPORT_MARKDOWN, write_report
 from data_prep.sources import resolve_data_root, resolve_source_files, source_name
 from data_prep.tokenizer import tokenizer_sha256, train_tokenizer
@@ -38,24 +38,6 @@ PACK_ONLY_FIELDS = ("shard_tokens",)
 HELDOUT_CHARS = 2_000_000  # held-out text for the tokenizer's bytes-per-token figure
 TOKENIZER_REPORT = "tokenizer_report.json"
 REPORT_DIR = "report"
-
-
-@dataclass
-class Plan:
-    """Where a prepare run writes, and the hashes that decide what can be reused."""
-
-    root: Path
-    folder: Path
-    fingerprints: list[dict[str, Any]]
-    corpus_sha256: str
-    tokenizer_key: str
-    inputs_sha256: str
-    eval_files: list[str]  # the evaluation sets to decontaminate against, resolved
-
-    @property
-    def work(self) -> Path:
-        """Intermediate chunk files of this corpus; kept so that a crashed run resumes instead of restarting."""
-        return self.folder / "work" / self.corpus_sha256[:16]
 
 
 def cache_root() -> Path:

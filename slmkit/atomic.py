@@ -9,6 +9,8 @@ temporary.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import os
 import shutil
 import tempfile
@@ -35,12 +37,14 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     try:
         yield tmp
         if tmp.is_dir() and target.is_dir():
-            # A folder cannot be renamed over a non-empty folder: move the old one aside first, drop it after.
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
+            # A folder cannot be renamed over a non-empty folder: swap the two in one step where the system can (the
+            # old one, now at tmp, is dropped below), else move the old one aside first and drop it after.
+            if not _exchange(tmp, target):
+                old = target.with_name(f".{target.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(target, old)
+                os.replace(tmp, target)
+                shutil.rmtree(old, ignore_errors=True)
         else:
             if tmp.is_file():
                 os.chmod(tmp, FILE_MODE)
@@ -53,6 +57,25 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+
+
+_AT_FDCWD = -100  # renameat2's "relative to the working directory" (Linux)
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swaps two existing paths in one step (Linux renameat2 RENAME_EXCHANGE), so neither name is ever missing;
+    False where the system or file system cannot, for the caller's two-rename fallback."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
 
 
 def naming(err: OSError, target: Path) -> OSError:

@@ -86,43 +86,22 @@ def resolve_recipe(name: str, overrides: Sequence[str] = (), follow_init_from: b
         # What the run starts from lies under the recipe: the teacher's tokenizer (and its model section, when the
         # student starts from the teacher's layers), then the init_from run's model and tokenizer. The distillation
         # objective refuses a student whose tokenizer then differs from its teacher's.
+        from slmkit.checkpoint.starting_point import starting_point
+
         lowest = []
         if config.distill.teacher:
             from slmkit.distill.teacher import teacher_layer
 
             lowest.append(teacher_layer(config))
-        if config.init_from:
-            lowest.append(init_from_layer(config))
+        source = starting_point(config.init_from, "init_from") if config.init_from else None
+        if source is not None:
+            lowest.append(source.layer(model=True))
         config = build_config(RunConfig, *lowest, raw, overrides=values)
-        if config.init_from:
-            check_init_tokenizer(config)
+        if source is not None:
+            source.check_same_tokenizer(Path(config.tokenizer.path))
     # vocab_size 0 means "the tokenizer's size", resolved when the tokenizer exists; check everything else now.
     dataclasses.replace(config.model, vocab_size=max(config.model.vocab_size, 1)).validate()
     return config
-
-
-def init_from_layer(config: RunConfig) -> dict:
-    """The source run's model section and tokenizer file, as the lowest layer of a run that starts from its weights."""
-    from slmkit.checkpoint import CONFIG_FILE, locate_run
-    from slmkit.tokenizer import TOKENIZER_FILE
-
-    run_dir = locate_run(config.init_from, "init_from")
-    source = load_run_config(run_dir / CONFIG_FILE)
-    return {"model": dataclasses.asdict(source.model), "tokenizer": {"path": str(run_dir / TOKENIZER_FILE)}}
-
-
-def check_init_tokenizer(config: RunConfig) -> None:
-    """A run from trained weights must read text as they were trained: with the source run's tokenizer."""
-    from slmkit.checkpoint import locate_run
-    from slmkit.tokenizer import TOKENIZER_FILE
-
-    own = locate_run(config.init_from, "init_from") / TOKENIZER_FILE
-    chosen = Path(config.tokenizer.path)
-    if chosen.resolve() != own.resolve() and (not chosen.is_file() or chosen.read_bytes() != own.read_bytes()):
-        raise SlmkitError(
-            f"tokenizer.path={chosen} is not the tokenizer of init_from={config.init_from} ({own}): a model can only "
-            "continue with the tokenizer it was trained with; drop the tokenizer.path override"
-        )
 
 
 def expand_sweep(overrides: Sequence[str]) -> Iterator[list[str]]:

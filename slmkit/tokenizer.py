@@ -7,6 +7,7 @@ writes it between documents, eval, generation and export. Tokenizer kinds are tr
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -45,6 +46,37 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
 def tokenizer_sha256(path: str | Path) -> str:
     """The tokenizer file's identity: the sha256 of its bytes, as shard manifests record it."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def tokenizer_differences(first: str | Path, second: str | Path, names: tuple[str, str]) -> list[str]:
+    """What differs between two tokenizer files, in words, naming them by `names` ("teacher", "student"); empty when
+    they are the same tokenizer (the same bytes, or the same JSON written with other formatting)."""
+    if not Path(second).is_file():
+        return [f"{second} does not exist"]
+    if tokenizer_sha256(first) == tokenizer_sha256(second):
+        return []
+    ours, theirs = (json.loads(Path(p).read_text(encoding="utf-8")) for p in (first, second))
+    if json.dumps(ours, sort_keys=True) == json.dumps(theirs, sort_keys=True):
+        return []
+    a, b = names
+    ids_a, ids_b = ({i: t for t, i in load_tokenizer(p).get_vocab(with_added_tokens=True).items()} for p in (first, second))
+    found = []
+    if len(ids_a) != len(ids_b):
+        found.append(f"the {a}'s has {len(ids_a)} tokens, the {b}'s {len(ids_b)}")
+    differing = [i for i in sorted(set(ids_a) | set(ids_b)) if ids_a.get(i) != ids_b.get(i)]
+    if differing:
+        i = differing[0]
+        found.append(f"{len(differing)} token ids stand for other tokens (first: id {i} is {ids_a.get(i)!r} in the "
+                     f"{a}'s and {ids_b.get(i)!r} in the {b}'s)")
+    model_a, model_b = ours.get("model") or {}, theirs.get("model") or {}
+    if model_a.get("type") != model_b.get("type"):
+        found.append(f"the {a}'s is a {model_a.get('type')} tokenizer, the {b}'s a {model_b.get('type')}")
+    elif model_a.get("merges") != model_b.get("merges"):
+        found.append("their merge rules differ")
+    for part in ("normalizer", "pre_tokenizer", "post_processor", "decoder"):
+        if ours.get(part) != theirs.get(part):
+            found.append(f"their {part.replace('_', '-')}s differ")
+    return found or ["their files differ in settings beyond the vocabulary"]
 
 
 def end_of_document_id(tokenizer: Tokenizer) -> int:

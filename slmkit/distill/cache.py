@@ -12,7 +12,6 @@ precision — and is compared on every use: a cache of another teacher or other 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -31,6 +30,7 @@ from slmkit.data import TokenShards, read_manifest
 from slmkit.distill.teacher import TeacherSpec
 from slmkit.errors import SlmkitError
 from slmkit.model import LM_HEAD
+from slmkit.training.precision import training_device, weights_and_autocast
 
 if TYPE_CHECKING:
     from slmkit.config import RunConfig
@@ -137,8 +137,8 @@ def build_cache(plan: CachePlan, folder: Path, spec: TeacherSpec, shards: TokenS
                 progress: bool) -> None:
     """Runs the teacher over the planned windows, a batch at a time, and writes their top-k logits."""
     start = time.perf_counter()
-    device = torch.device("cuda" if torch.cuda.is_available() and config.trainer.accelerator != "cpu" else "cpu")
-    weights_dtype, autocast = _precision(plan.precision, device)
+    device = training_device(config.trainer.accelerator)
+    weights_dtype, autocast = weights_and_autocast(plan.precision, device)
     teacher = spec.load(LM_HEAD)
     teacher.follow(device, weights_dtype)
     offsets = aligned_windows(plan.train_tokens, plan.block_size, plan.windows, plan.seed)
@@ -174,16 +174,6 @@ def build_cache(plan: CachePlan, folder: Path, spec: TeacherSpec, shards: TokenS
     log.warning("teacher logits: top-%d cache of %d windows (%d tokens) built in %.1f s in %s; the top %d hold %.1f%% "
                 "of the teacher's probability", plan.k, plan.windows, plan.windows * plan.block_size, seconds, folder,
                 plan.k, 100 * manifest["top_k_mass"])
-
-
-def _precision(precision: str, device: torch.device) -> tuple[torch.dtype, contextlib.AbstractContextManager]:
-    """The teacher's weight dtype and autocast context in the run's training precision."""
-    if precision == "bf16-true":
-        return torch.bfloat16, contextlib.nullcontext()
-    if precision in ("bf16", "fp16"):
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-        return torch.float32, torch.autocast(device.type, dtype=dtype)
-    return torch.float32, contextlib.nullcontext()
 
 
 def _progress(steps: range, enabled: bool, windows: int) -> Iterator[int]:

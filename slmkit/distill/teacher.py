@@ -7,9 +7,7 @@ lacks the head the objective learns from or names its labels differently is refu
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
@@ -17,9 +15,11 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 import torch
 from torch import nn
 
+from slmkit.checkpoint import locate_weights, run_heads
+from slmkit.checkpoint.starting_point import HF_CONFIG, starting_point
 from slmkit.errors import SlmkitError
 from slmkit.model import CLASSIFIER_HEAD, LM_HEAD
-from slmkit.tokenizer import TOKENIZER_FILE, load_tokenizer, tokenizer_sha256
+from slmkit.tokenizer import TOKENIZER_FILE, load_tokenizer, tokenizer_differences
 
 if TYPE_CHECKING:
     from slmkit.config import RunConfig
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 
 KEY = "distill.teacher"
 SLMKIT, TRANSFORMERS = "slmkit", "transformers"
-HF_CONFIG = "config.json"
 # The transformers classes a teacher may be, by the slmkit head whose output they give.
 HF_HEADS = {"ForCausalLM": LM_HEAD, "ForSequenceClassification": CLASSIFIER_HEAD}
 HF_AUTO_CLASSES = {LM_HEAD: "AutoModelForCausalLM", CLASSIFIER_HEAD: "AutoModelForSequenceClassification"}
@@ -83,38 +82,27 @@ class TeacherSpec:
 
 def describe_teacher(path: str | Path) -> TeacherSpec:
     """The teacher at `path`, from its config files; SlmkitError when nothing there is a model."""
-    source = Path(path).expanduser()
-    if not source.exists():
+    if not Path(path).expanduser().exists():
         raise SlmkitError(
             f"{KEY}={path}: nothing there; give an slmkit run folder (runs/<recipe>/latest) or checkpoint, or a local "
             "Hugging Face model folder (config.json + weights, as `slmkit export` writes)"
         )
-    from slmkit.checkpoint import CONFIG_FILE
-
-    if source.is_dir() and (source / HF_CONFIG).is_file() and not (source / CONFIG_FILE).is_file():
-        return _describe_transformers(source)
-    return _describe_slmkit(source, path)
-
-
-def _describe_slmkit(source: Path, given: str | Path) -> TeacherSpec:
-    from slmkit.checkpoint import CONFIG_FILE, locate_run, locate_weights, run_heads
-    from slmkit.config import load_run_config
-
     try:
-        weights, run_dir = locate_weights(source, KEY), locate_run(source, KEY)
+        source = starting_point(path, KEY)
+        weights = None if source.is_transformers else locate_weights(source.path, KEY)
     except SlmkitError as err:
         raise SlmkitError(
-            f"{KEY}={given} is not a model: {err}. Give an slmkit run folder or checkpoint (config.yaml beside it), "
+            f"{KEY}={path} is not a model: {err}. Give an slmkit run folder or checkpoint (config.yaml beside it), "
             f"or a Hugging Face model folder ({HF_CONFIG} + weights)"
         ) from None
-    config = load_run_config(run_dir / CONFIG_FILE)
-    heads = run_heads(config)
+    if weights is None:
+        return _describe_transformers(source.path)
+    heads = run_heads(source.config)
     classifier = next((h for h in heads if h.kind == CLASSIFIER_HEAD), None)
-    tokenizer = run_dir / TOKENIZER_FILE
-    m = config.model
-    return TeacherSpec(source, SLMKIT, tuple(h.kind for h in heads), tuple(classifier.labels) if classifier else (),
-                       m.block_size, m.vocab_size, m.d_model, m.n_layer, tokenizer if tokenizer.is_file() else None,
-                       (run_dir / CONFIG_FILE, weights), model_config=m)
+    m = source.config.model
+    return TeacherSpec(source.path, SLMKIT, tuple(h.kind for h in heads), tuple(classifier.labels) if classifier else (),
+                       m.block_size, m.vocab_size, m.d_model, m.n_layer, source.tokenizer_path,
+                       (source.run.config, weights), model_config=m)
 
 
 def _describe_transformers(folder: Path) -> TeacherSpec:
@@ -148,13 +136,10 @@ def _describe_transformers(folder: Path) -> TeacherSpec:
 def teacher_layer(config: "RunConfig") -> dict[str, Any]:
     """What a run takes from its teacher below its recipe: the tokenizer file (logit distillation compares the two
     models token by token) and, when it starts from the teacher's layers, the teacher's model section."""
-    spec = describe_teacher(config.distill.teacher)
-    layer: dict[str, Any] = {}
-    if spec.tokenizer_path is not None:
-        layer["tokenizer"] = {"path": str(spec.tokenizer_path)}
-    if config.distill.init_from_teacher and spec.model_config is not None:
-        layer["model"] = dataclasses.asdict(spec.model_config)
-    return layer
+    describe_teacher(config.distill.teacher)  # refuses, in a teacher's terms, what is no model
+    source = starting_point(config.distill.teacher, KEY)
+    # A transformers teacher has no slmkit layers to start from: check_student_fits says so when the run starts.
+    return source.layer(model=config.distill.init_from_teacher and not source.is_transformers)
 
 
 def check_teacher_fits(config: "RunConfig", spec: TeacherSpec, head: str, labels: Sequence[str] = ()) -> None:
@@ -187,7 +172,7 @@ def check_teacher_fits(config: "RunConfig", spec: TeacherSpec, head: str, labels
             f"this run trains its own tokenizer, and distillation needs the teacher's: set "
             f"tokenizer.path={spec.tokenizer_path} (a recipe resolved with {KEY} does so itself)"
         )
-    differences = tokenizer_differences(spec.tokenizer_path, Path(config.tokenizer.path))
+    differences = tokenizer_differences(spec.tokenizer_path, Path(config.tokenizer.path), ("teacher", "student"))
     if differences:
         raise SlmkitError(
             f"{KEY}={spec.path} reads text with another tokenizer than this run's tokenizer.path="
@@ -200,36 +185,6 @@ def check_teacher_fits(config: "RunConfig", spec: TeacherSpec, head: str, labels
     if spec.vocab_size < size:
         raise SlmkitError(f"{KEY}={spec.path} has {spec.vocab_size} output rows for a tokenizer of {size} tokens: "
                           "its weights do not belong to its tokenizer.json")
-
-
-def tokenizer_differences(teacher: Path, student: Path) -> list[str]:
-    """What differs between two tokenizer files, in words; empty when they are the same tokenizer (the same bytes,
-    or the same JSON written with other formatting)."""
-    if not Path(student).is_file():
-        return [f"{student} does not exist"]
-    if tokenizer_sha256(teacher) == tokenizer_sha256(student):
-        return []
-    ours, theirs = (json.loads(Path(p).read_text(encoding="utf-8")) for p in (teacher, student))
-    if json.dumps(ours, sort_keys=True) == json.dumps(theirs, sort_keys=True):
-        return []
-    ids_a, ids_b = ({i: t for t, i in load_tokenizer(p).get_vocab(with_added_tokens=True).items()} for p in (teacher, student))
-    found = []
-    if len(ids_a) != len(ids_b):
-        found.append(f"the teacher's has {len(ids_a)} tokens, the student's {len(ids_b)}")
-    differing = [i for i in sorted(set(ids_a) | set(ids_b)) if ids_a.get(i) != ids_b.get(i)]
-    if differing:
-        i = differing[0]
-        found.append(f"{len(differing)} token ids stand for other tokens (first: id {i} is {ids_a.get(i)!r} in the "
-                     f"teacher's and {ids_b.get(i)!r} in the student's)")
-    model_a, model_b = ours.get("model") or {}, theirs.get("model") or {}
-    if model_a.get("type") != model_b.get("type"):
-        found.append(f"the teacher's is a {model_a.get('type')} tokenizer, the student's a {model_b.get('type')}")
-    elif model_a.get("merges") != model_b.get("merges"):
-        found.append("their merge rules differ")
-    for part in ("normalizer", "pre_tokenizer", "post_processor", "decoder"):
-        if ours.get(part) != theirs.get(part):
-            found.append(f"their {part.replace('_', '-')}s differ")
-    return found or ["their files differ in settings beyond the vocabulary"]
 
 
 class FrozenTeacher:

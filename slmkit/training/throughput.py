@@ -8,17 +8,17 @@ from __future__ import annotations
 import torch
 from lightning.fabric.utilities.throughput import get_available_flops
 
+from slmkit.training.precision import compute_dtype
+
 # H200 has the H100 SXM's tensor cores and clocks: the same dense peaks (989.4 TFLOP/s bf16/fp16, 494.7 tf32).
 _H200_DENSE = {torch.bfloat16: 989.4e12, torch.float16: 989.4e12, "tfloat32": 494.7e12, torch.float32: 66.9e12}
-
-PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "bf16-true": torch.bfloat16, "fp16": torch.float16}
 
 
 def peak_flops_per_device(precision: str) -> float | None:
     """Dense peak FLOP/s of one visible CUDA device for the run's compute dtype; None on CPU or unknown GPUs."""
     if not torch.cuda.is_available():
         return None
-    dtype = PRECISION_DTYPES[precision]
+    dtype = compute_dtype(precision)
     device = torch.device("cuda", torch.cuda.current_device())
     if "h200" in torch.cuda.get_device_name(device).lower():
         if dtype is torch.float32 and torch.get_float32_matmul_precision() != "highest":

@@ -28,11 +28,11 @@ from slmkit.checksum import write_checksum
 from slmkit.config import RunConfig, TrainerConfig
 from slmkit.errors import SlmkitError
 from slmkit.model import Model
+from slmkit.training.precision import LIGHTNING_PRECISION, compute_dtype
 
 log = logging.getLogger(__name__)
 
 SMOKE_BLOCK = 256  # tokens per step of a GPU recipe's CPU smoke test
-LIGHTNING_PRECISION = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed", "bf16-true": "bf16-true"}
 
 
 def deepspeed_config(trainer: TrainerConfig) -> dict[str, Any]:
@@ -61,8 +61,8 @@ def deepspeed_config(trainer: TrainerConfig) -> dict[str, Any]:
         # Our AdamW is torch's (decay on matrices only); DeepSpeed accepts it with this flag.
         "zero_allow_untested_optimizer": True,
         "zero_force_ds_cpu_optimizer": False,
-        "bf16": {"enabled": trainer.precision in ("bf16", "bf16-true")},
-        "fp16": {"enabled": trainer.precision == "fp16", "loss_scale": 0, "initial_scale_power": 16,
+        "bf16": {"enabled": compute_dtype(trainer.precision) is torch.bfloat16},
+        "fp16": {"enabled": compute_dtype(trainer.precision) is torch.float16, "loss_scale": 0, "initial_scale_power": 16,
                  "loss_scale_window": 1000, "hysteresis": 2, "min_loss_scale": 1},
         "wall_clock_breakdown": False,
     }
