@@ -36,6 +36,11 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     tmp.unlink()  # callers create a file or a folder here themselves
     try:
         yield tmp
+        if tmp.is_dir():
+            # Files keep the user's umask whoever wrote them (safetensors creates its files private, 0600).
+            for path in tmp.rglob("*"):
+                if path.is_file() and not path.is_symlink():
+                    os.chmod(path, FILE_MODE)
         if tmp.is_dir() and target.is_dir():
             # A folder cannot be renamed over a non-empty folder: swap the two in one step where the system can (the
             # old one, now at tmp, is dropped below), else move the old one aside first and drop it after.

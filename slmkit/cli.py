@@ -52,6 +52,7 @@ def _recipe_and_overrides(args: Sequence[str]) -> tuple[str, list[str]]:
 
 def cmd_train(ns: argparse.Namespace) -> None:
     from slmkit.recipe import expand_sweep, resolve_recipe
+    from slmkit.training.resume import recorded_config
 
     # Flags may come after the key=value pairs, where argparse's remainder has already swallowed them.
     ns.dry_run = ns.dry_run or "--dry-run" in ns.args
@@ -60,7 +61,8 @@ def cmd_train(ns: argparse.Namespace) -> None:
     recipe, overrides = _recipe_and_overrides(args)
     combinations = list(expand_sweep(overrides)) if ns.multirun else [overrides]
     # Every run of a sweep is checked before the first one trains: a bad value must not wait an hour to be reported.
-    configs = [resolve_recipe(recipe, combination) for combination in combinations]
+    # A resumed run continues from its own record (config.yaml), with the command line's keys on top.
+    configs = [recorded_config(recipe, combination) or resolve_recipe(recipe, combination) for combination in combinations]
     _check_distinct_out_dirs(configs, combinations)
     from slmkit.training.run import describe, train
 
@@ -215,6 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if ns.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not ns.verbose:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # its notices on token ids during export and checks
     signal.signal(signal.SIGTERM, _terminate)
     try:
         ns.fn(ns)

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 import torch
 
 from slmkit.checkpoint import LoadedCheckpoint, load_checkpoint
-from slmkit.decoding import Sampling, cut_at_stop, generate_ids
+from slmkit.decoding import Sampling, check_language_model, cut_at_stop, generate_ids
 from slmkit.errors import SlmkitError
 from slmkit.options import SEED, above, at_least, between, option
 from slmkit.tokenizer import end_of_document_id
@@ -99,6 +99,7 @@ def run_generate(args: GenerateArgs) -> list[str]:
         raise SlmkitError("give exactly one of prompt='...' or prompts_file=FILE")
     sampling = Sampling(args.temperature, args.top_k, args.top_p, args.repetition_penalty).check()
     loaded = load_for_generation(args.checkpoint, args.device)
+    check_language_model(loaded.model)  # before anything is printed: an encoder's error must not follow the prompt
     loaded.model.eval()
     if args.prompt is not None:
         on_text = None

@@ -194,21 +194,29 @@ def checkpoint_step(path: Path) -> int | None:
 
 
 def checkpoint_problem(path: Path) -> str | None:
-    """Why the checkpoint cannot be resumed from (a checksum mismatch, a truncated file), or None when it looks whole.
+    """Why the checkpoint cannot be resumed from (a checksum mismatch, a truncated file, objects other than tensors),
+    or None when it looks whole and safe.
 
     A checkpoint without a checksum (slmkit before checksums, another tool) is checked as far as its format allows:
-    a truncated zip file lacks the directory at its end."""
+    a truncated zip file lacks the directory at its end. A checkpoint file is also read as tensors only (memory-mapped,
+    so its tensors are not loaded): one that pickles anything else is refused here, before the run folder is touched,
+    and never loaded."""
     try:
-        if verify_checksum(path):
-            return None
+        checked = verify_checksum(path)
     except SlmkitError as err:
         return str(err)
-    if path.is_file():
+    if not path.is_file():
+        return None
+    if not checked:
         try:
             with zipfile.ZipFile(path):
-                return None
+                pass
         except (zipfile.BadZipFile, OSError) as err:
             return f"{path} is not a whole checkpoint file ({err})"
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # unpickling errors: reported in slmkit's words, never torch's advice
+        return f"{path} cannot be read as tensors only ({load_problem(err)}); it may be unsafe, and slmkit will not load it"
     return None
 
 

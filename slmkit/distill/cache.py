@@ -109,7 +109,7 @@ def teacher_topk_cache(config: "RunConfig", spec: TeacherSpec, shards_dir: Path,
     if manifest is not None:
         found = differences(manifest.get("built_from", {}), plan)
         if not found and _intact(folder, plan):
-            log.warning("teacher logits: reusing the top-%d cache of %d windows in %s", plan.k, plan.windows, folder)
+            log.info("teacher logits: reusing the top-%d cache of %d windows in %s", plan.k, plan.windows, folder)
             return TopkCache(folder)
         if found and explicit:
             raise SlmkitError(
@@ -171,7 +171,7 @@ def build_cache(plan: CachePlan, folder: Path, spec: TeacherSpec, shards: TokenS
         manifest = {"format": FORMAT, "teacher": str(spec.path), "built_from": dataclasses.asdict(plan),
                     "top_k_mass": mass / (plan.windows * plan.block_size), "build_seconds": round(seconds, 2)}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    log.warning("teacher logits: top-%d cache of %d windows (%d tokens) built in %.1f s in %s; the top %d hold %.1f%% "
+    log.info("teacher logits: top-%d cache of %d windows (%d tokens) built in %.1f s in %s; the top %d hold %.1f%% "
                 "of the teacher's probability", plan.k, plan.windows, plan.windows * plan.block_size, seconds, folder,
                 plan.k, 100 * manifest["top_k_mass"])
 

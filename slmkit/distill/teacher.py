@@ -17,6 +17,7 @@ from torch import nn
 
 from slmkit.checkpoint import locate_weights, run_heads
 from slmkit.checkpoint.starting_point import HF_CONFIG, starting_point
+from slmkit.checkpoint.unpickling import load_problem
 from slmkit.errors import SlmkitError
 from slmkit.model import CLASSIFIER_HEAD, LM_HEAD
 from slmkit.tokenizer import TOKENIZER_FILE, load_tokenizer, tokenizer_differences
@@ -74,9 +75,10 @@ class TeacherSpec:
         auto = getattr(transformers, HF_AUTO_CLASSES[head])
         try:
             model = auto.from_pretrained(self.path, local_files_only=True, dtype=torch.float32)
-        except (OSError, ValueError, KeyError) as err:
+        except Exception as err:  # transformers raises many types; a pickled weights file's refusal among them
             raise SlmkitError(f"{KEY}={self.path}: transformers cannot load it as {HF_AUTO_CLASSES[head]} "
-                              f"({str(err).splitlines()[0]}); point it at a complete model folder") from None
+                              f"({load_problem(err)}); point it at a complete model folder, with model.safetensors "
+                              "weights (a pickled pytorch_model.bin that is not tensors only may be unsafe)") from None
         return FrozenTeacher(model, _transformers_outputs, head)
 
 

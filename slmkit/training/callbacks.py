@@ -191,6 +191,15 @@ class StepCheckpoints(L.Callback):
         return path
 
 
+class ValidateTheLastStep(L.Callback):
+    """Validation at the last step whatever val_every is, so the run's final figures are the final model's (a resumed
+    run's too): asking Lightning to stop there makes it validate before it stops, as it does for early stopping."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step >= trainer.max_steps:  # the optimizer step that completes the run, not a micro-batch before
+            trainer.should_stop = True
+
+
 class StopOnSignal(L.Callback):
     """SIGTERM (a scheduler's preemption, `timeout`, `kill`) or SIGINT (Ctrl-C) ends training at the end of the
     optimizer step under way, on every rank at the same step; the run then saves a checkpoint there and says so. A

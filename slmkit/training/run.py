@@ -20,8 +20,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from slmkit.atomic import atomic_copy
-from slmkit.checkpoint import build_model, init_from_checkpoint, save_inference_checkpoint, with_heads
-from slmkit.checkpoint.run_folder import TENSORBOARD, RunFolder, checkpoint_problem, checkpoint_step
+from slmkit.checkpoint import build_model, init_from_checkpoint, run_heads, save_inference_checkpoint, with_heads
+from slmkit.checkpoint.run_folder import TENSORBOARD, RunFolder, checkpoint_step
 from slmkit.config import RunConfig, load_run_config, save_run_config
 from slmkit.data import MANIFEST, data_preparer
 from slmkit.errors import SlmkitError, Stopped
@@ -30,9 +30,11 @@ from slmkit.lora import add_lora, merge_lora
 from slmkit.model import Model
 from slmkit.objectives import OBJECTIVES, TOKEN_WINDOWS, Objective
 from slmkit.tokenizer import load_tokenizer
-from slmkit.training.callbacks import MetricsLogger, PeriodicEvaluation, StepCheckpoints, StepProgressBar, StopOnSignal
+from slmkit.training.callbacks import (MetricsLogger, PeriodicEvaluation, StepCheckpoints, StepProgressBar, StopOnSignal,
+                                      ValidateTheLastStep)
 from slmkit.training.datamodule import TaskDataModule, TokenDataModule
 from slmkit.training.module import TrainingTask
+from slmkit.training.resume import check_resume, check_same_tokenizer, continue_command, run_folder_and_resume_point
 from slmkit.training.trainer import apply_cpu_fallback, build_trainer, final_model, parallelize
 
 log = logging.getLogger("slmkit")
@@ -59,15 +61,21 @@ def train(config: RunConfig) -> TrainResult:
     config, fallback = apply_cpu_fallback(config)
     for change in fallback:
         log.warning("no CUDA device: running as a CPU smoke test, %s", change)
-    folder, resume_from = _run_folder_and_resume_point(config)
+    folder, resume_from = run_folder_and_resume_point(config)
     _check_writable(folder.root)
     start_step = checkpoint_step(resume_from) if resume_from is not None else 0
     config = dataclasses.replace(config, out_dir=str(folder.root), resume=None)
+    # Everything that can refuse the run does so before the run folder is touched.
+    for note in check_resume(folder, config) if resume_from is not None else []:
+        log.warning("resuming %s: %s", folder.root, note)
     objective_class = OBJECTIVES.get(config.objective.name)
     objective_class.check(config)  # before any data is prepared: a teacher that cannot teach this student
     inputs = _prepare_inputs(config, objective_class)
     config = inputs.config
-    _record_run(folder, inputs, resume_from, start_step)
+    if resume_from is not None:
+        check_same_tokenizer(folder, inputs.tokenizer_path, config.tokenizer.path)
+        _check_same_architecture(config, resume_from)
+    _record_run(folder, inputs, start_step)
 
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
     objective = objective_class(config, load_tokenizer(folder.tokenizer))
@@ -86,10 +94,16 @@ def train(config: RunConfig) -> TrainResult:
     if stop.received is not None:
         # A stopped run leaves no model.safetensors: a run folder has one exactly when its run went the whole way.
         raise Stopped(f"training stopped by {signal.Signals(stop.received).name} at step {trainer.global_step} of "
-                      f"{config.trainer.max_steps}; saved the checkpoint {final}. Continue with resume=true "
-                      f"out_dir={folder.root}", stop.received)
+                      f"{config.trainer.max_steps}; saved the checkpoint {final}. Continue with: "
+                      f"{continue_command(config)}", stop.received)
     if trainer.is_global_zero:
-        _finish(config, folder, task, final, trainer.global_step)
+        try:
+            _finish(config, folder, task, final, trainer.global_step)
+        except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (Terminated), while the final weights or scores are written
+            signum = getattr(err, "signum", signal.SIGINT)
+            raise Stopped(f"stopped by {signal.Signals(signum).name} after the last step, while the final weights and "
+                          f"evaluation were written; the final checkpoint {final} is saved. Finish with: "
+                          f"{continue_command(config)}", signum) from None
     val_loss = trainer.callback_metrics.get("val_loss")
     return TrainResult(out_dir=folder.root, steps=trainer.global_step,
                        final_val_loss=float(val_loss) if val_loss is not None else None, is_global_zero=trainer.is_global_zero)
@@ -109,12 +123,10 @@ def _prepare_inputs(config: RunConfig, objective_class: type[Objective]) -> RunI
     return RunInputs(config, tokenizer_path, shards_dir)
 
 
-def _record_run(folder: RunFolder, inputs: RunInputs, resume_from: Path | None, start_step: int | None) -> None:
-    """The run folder as this attempt starts: checked against the checkpoint it resumes, cut back to that step, and
-    holding the run's config, tokenizer and data manifest."""
+def _record_run(folder: RunFolder, inputs: RunInputs, start_step: int | None) -> None:
+    """The run folder as this attempt starts: cut back to the step it continues from, and holding the run's config,
+    tokenizer and data manifest."""
     folder.root.mkdir(parents=True, exist_ok=True)
-    if resume_from is not None:
-        _check_same_architecture(inputs.config, resume_from)
     if rank_zero_only.rank == 0:
         folder.begin_attempt(start_step)
     save_run_config(inputs.config, folder.config)
@@ -131,9 +143,9 @@ def _starting_model(config: RunConfig, objective: Objective, resume_from: Path |
     if resume_from is None:
         if config.init_from:
             for line in init_from_checkpoint(model, config.init_from).lines():
-                log.warning("init_from %s: %s", config.init_from, line)
+                log.info("init_from %s: %s", config.init_from, line)
         for line in objective.init_weights(model):
-            log.warning("%s: %s", config.objective.name, line)
+            log.info("%s: %s", config.objective.name, line)
     if config.lora.rank:
         add_lora(model, config.lora)
     return model
@@ -149,7 +161,7 @@ def _fit(trainer: L.Trainer, task: TrainingTask, data: L.LightningDataModule, re
         except SystemExit:  # Lightning exits on a second Ctrl-C (and on SIGTERM before StopOnSignal took over)
             signum = stop.received or signal.SIGTERM
             raise Stopped(f"training stopped at once by {signal.Signals(signum).name} at step {trainer.global_step}, "
-                          f"without a checkpoint of that step; resume=true out_dir={folder.root} continues from the "
+                          f"without a checkpoint of that step; `{continue_command(task.config)}` continues from the "
                           f"newest one in {folder.checkpoints_dir}", signum) from None
 
 
@@ -201,26 +213,6 @@ def fit_vocabulary(config: RunConfig, tokenizer_path: Path) -> RunConfig:
     return config
 
 
-def _run_folder_and_resume_point(config: RunConfig) -> tuple[RunFolder, Path | None]:
-    """The run's folder, and the checkpoint it continues from (None for a new run)."""
-    resume = (config.resume or "").strip()
-    if resume.lower() in ("", "false", "none", "null"):
-        folder = RunFolder(config.out_dir) if config.out_dir else RunFolder.new(config.name)
-        if folder.newest_checkpoint() is not None:
-            raise SlmkitError(f"{folder.root} already holds checkpoints: pass resume=true to continue it, or another out_dir")
-        return folder, None
-    if resume.lower() in ("true", "latest"):
-        folder = RunFolder(config.out_dir) if config.out_dir else RunFolder.newest_of(config.name)
-        return folder, folder.resume_point()
-    ckpt = Path(resume)
-    if not ckpt.exists():
-        raise SlmkitError(f"resume={resume}: no checkpoint there; pass resume=true for the latest in out_dir, or a path to a .ckpt")
-    problem = checkpoint_problem(ckpt)
-    if problem is not None:
-        raise SlmkitError(f"resume={resume}: {problem}")
-    return RunFolder(config.out_dir if config.out_dir else ckpt.resolve().parent.parent), ckpt
-
-
 def _check_writable(out_dir: Path) -> None:
     """Refuses a run folder that cannot be written before any data work: a file in the way, a read-only place."""
     existing = next(path for path in (out_dir, *out_dir.absolute().parents) if path.exists())
@@ -235,11 +227,17 @@ def _check_same_architecture(config: RunConfig, ckpt_path: Path) -> None:
     run = RunFolder(ckpt_path.resolve().parent.parent)
     if not run.is_run():
         return
-    saved = load_run_config(run.config).model
+    recorded = load_run_config(run.config)
+    saved = recorded.model
     if saved != config.model:
         diffs = [f"model.{f.name}: {getattr(saved, f.name)} in the checkpoint, {getattr(config.model, f.name)} now"
                  for f in dataclasses.fields(saved) if getattr(saved, f.name) != getattr(config.model, f.name)]
         raise SlmkitError(f"cannot resume {ckpt_path}: it comes from a different architecture ({'; '.join(diffs)})")
+    saved_heads, heads = run_heads(recorded), run_heads(config)
+    if saved_heads != heads:
+        raise SlmkitError(f"cannot resume {ckpt_path}: its model has the heads {[h.kind for h in saved_heads]} "
+                          f"({saved_heads}), and this run's objective makes {heads}; continue it with the objective and "
+                          "labels it was started with")
 
 
 def _callbacks(config: RunConfig, folder: RunFolder, task: TrainingTask,
@@ -254,7 +252,7 @@ def _callbacks(config: RunConfig, folder: RunFolder, task: TrainingTask,
     # In this order at each step's end: a stop request is known before the step is logged (a stopped run logs its
     # last step) and before it is checkpointed.
     stop, checkpoints = run_control
-    callbacks: list[L.Callback] = [stop, metrics, checkpoints]
+    callbacks: list[L.Callback] = [stop, metrics, checkpoints, ValidateTheLastStep()]
     if run_tasks_of(config) and config.eval.every > 0:
         callbacks.append(PeriodicEvaluation(run_tasks_of(config), config.eval.every, folder.tokenizer, metrics,
                                             config.eval.limit, config.eval.batch_size))

@@ -26,6 +26,7 @@ from slmkit.checkpoint.files import save_torch
 from slmkit.checkpoint.unpickling import load_problem
 from slmkit.checksum import write_checksum
 from slmkit.config import RunConfig, TrainerConfig
+from slmkit.console import route_library_logs
 from slmkit.errors import SlmkitError
 from slmkit.model import Model
 from slmkit.training.precision import LIGHTNING_PRECISION, compute_dtype
@@ -195,6 +196,7 @@ def apply_cpu_fallback(config: RunConfig) -> tuple[RunConfig, list[str]]:
 
 
 def build_trainer(config: RunConfig, out_dir: Path, callbacks: list[L.Callback], loggers: list[Any]) -> L.Trainer:
+    route_library_logs()
     trainer = config.trainer
     accelerator = trainer.accelerator
     if config.optim.name == "muon" and trainer.strategy == "deepspeed":

@@ -1,0 +1,169 @@
+"""Resuming a run from its own record: which folder and checkpoint a run continues from, the config it continues
+with (the run's config.yaml, with the command line's changes on top), and the refusal, before any file is touched, of
+every change that would alter what the checkpoint means.
+
+Safe on resume (they change how the run is watched or how long it goes, not what its weights are): trainer.max_steps
+(the learning-rate schedule then decays over the new length unless optim.decay_steps fixes it), trainer.log_every,
+val_every, val_batches, checkpoint_every, keep_checkpoints, progress_bar, num_workers, compile,
+activation_checkpointing, and the eval section. Everything else (objective, heads, tokenizer, model, data, batch
+geometry, devices, precision, optimizer and schedule) is refused, naming the recorded and the requested value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from slmkit.checkpoint.run_folder import RunFolder, checkpoint_problem
+from slmkit.config import RunConfig, build_config, literal_text, load_run_config, yaml_problem
+from slmkit.errors import SlmkitError
+from slmkit.model import resolve_pooling
+from slmkit.tokenizer import tokenizer_differences
+
+SAFE_ON_RESUME = (
+    "trainer.max_steps", "trainer.log_every", "trainer.val_every", "trainer.val_batches", "trainer.checkpoint_every",
+    "trainer.keep_checkpoints", "trainer.progress_bar", "trainer.num_workers", "trainer.compile",
+    "trainer.activation_checkpointing", "eval.tasks", "eval.every", "eval.limit", "eval.batch_size",
+)
+# Where the run is, and what the run derives when it starts (compared once derived, or by content).
+NOT_COMPARED = ("out_dir", "resume", "heads", "init_from", "tokenizer.path")
+_OFF = ("", "false", "none", "null")
+
+
+def is_resume(resume: str | None) -> bool:
+    return (resume or "").strip().lower() not in _OFF
+
+
+def resume_folder(resume: str, out_dir: str | None, name: str) -> RunFolder:
+    """The folder a resumed run continues in: out_dir, else the newest run of the recipe (resume=true), else the run
+    the checkpoint given as resume=PATH lies in."""
+    if out_dir:
+        return RunFolder(out_dir)
+    if resume.strip().lower() in ("true", "latest"):
+        return RunFolder.newest_of(name)
+    return RunFolder(Path(resume).resolve().parent.parent)
+
+
+def run_folder_and_resume_point(config: RunConfig) -> tuple[RunFolder, Path | None]:
+    """The run's folder, and the checkpoint it continues from (None for a new run)."""
+    resume = (config.resume or "").strip()
+    if not is_resume(resume):
+        folder = RunFolder(config.out_dir) if config.out_dir else RunFolder.new(config.name)
+        if folder.newest_checkpoint() is not None:
+            raise SlmkitError(f"{folder.root} already holds checkpoints: pass resume=true to continue it, or another out_dir")
+        return folder, None
+    folder = resume_folder(resume, config.out_dir, config.name)
+    if resume.lower() in ("true", "latest"):
+        return folder, folder.resume_point()
+    ckpt = Path(resume)
+    if not ckpt.exists():
+        raise SlmkitError(f"resume={resume}: no checkpoint there; pass resume=true for the latest in out_dir, or a path to a .ckpt")
+    problem = checkpoint_problem(ckpt)
+    if problem is not None:
+        raise SlmkitError(f"resume={resume}: {problem}")
+    return folder, ckpt
+
+
+def continue_command(config: RunConfig) -> str:
+    """The command that continues a stopped run as recorded, printed when it stops; it works as printed."""
+    return shlex.join(["slmkit", "train", f"recipe={config.name}", "resume=true", f"out_dir={config.out_dir}"])
+
+
+def recorded_config(name: str, overrides: Sequence[str]) -> RunConfig | None:
+    """The config of `slmkit train recipe=NAME resume=... [key=value ...]`: the run's own config.yaml with the command
+    line's keys on top, so a run continues as it was started (its init_from, its batch, its data), not as the recipe
+    reads today. None when the command starts a run, picks config groups, or the folder holds no record."""
+    values = [o for o in overrides if "=" in o]
+    if any(o.split("=", 1)[0].lstrip("+~") in ("model", "tokenizer", "data", "optim", "trainer") for o in values):
+        return None  # a config group: the recipe path resolves it, and train() compares the outcome with the record
+    given = dict(o.split("=", 1) for o in values)
+    if not is_resume(given.get("resume")):
+        return None
+    folder = resume_folder(given["resume"], given.get("out_dir"), name)
+    if not folder.is_run():
+        return None
+    raw = _read_record(folder)
+    if raw.get("name", name) != name:
+        raise SlmkitError(f"out_dir={folder.root} is a run of recipe {raw['name']!r}, not {name!r}: a resumed run "
+                          f"continues as recorded; pass recipe={raw['name']}, or start a new run in another out_dir")
+    return build_config(RunConfig, raw, overrides=values)
+
+
+def _read_record(folder: RunFolder) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(folder.config.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        problem = yaml_problem(err) if isinstance(err, yaml.YAMLError) else str(err)
+        raise SlmkitError(f"{folder.config} is not a readable YAML config ({problem}): it is not the config the run wrote") from None
+    if not isinstance(raw, dict):
+        raise SlmkitError(f"{folder.config} holds no mapping of keys: it is not an slmkit run config")
+    return literal_text(raw)  # read as plain data, as load_run_config does: no resolvers from a run folder
+
+
+def check_resume(folder: RunFolder, requested: RunConfig) -> list[str]:
+    """Refuses, naming each key with its recorded and requested value, every change to the run's record that would
+    alter what its checkpoint means; returns notes on the safe changes (a longer or shorter schedule)."""
+    if not folder.is_run():
+        return []
+    recorded = load_run_config(folder.config)
+    was, now = _leaves(recorded), _leaves(requested)
+    changed = [key for key in sorted(now) if was.get(key) != now[key] and not key.startswith(NOT_COMPARED)]
+    refused = [f"{key}: recorded {was.get(key)!r}, requested {now[key]!r}" for key in changed
+               if key not in SAFE_ON_RESUME and not _derived_later(key, now[key], was.get(key), recorded)]
+    if refused:
+        raise SlmkitError(
+            f"cannot resume {folder.root}: the run's record differs from this request in what its checkpoint means "
+            f"({'; '.join(refused)}). Drop those settings to continue the run as recorded "
+            f"(`slmkit train recipe={recorded.name} resume=true out_dir={folder.root}`), or start a new run in "
+            f"another out_dir (init_from={folder.root} starts from its weights)"
+        )
+    notes = []
+    if "trainer.max_steps" in changed:
+        was_steps, now_steps = recorded.trainer.max_steps, requested.trainer.max_steps
+        schedule = (f"the schedule is unchanged (optim.decay_steps={requested.optim.decay_steps})"
+                    if requested.optim.decay_steps is not None else
+                    f"the learning rate now decays to optim.min_lr over {now_steps} steps instead of {was_steps}, "
+                    "from the step the run continues at")
+        notes.append(f"trainer.max_steps: recorded {was_steps}, now {now_steps}; {schedule}")
+    return notes
+
+
+def check_same_tokenizer(folder: RunFolder, tokenizer_path: Path, given: str | None) -> None:
+    """Refuses to continue a run with a tokenizer other than the copy in its folder, the one its weights learned;
+    `given` is the tokenizer.path the user named (None: the tokenizer the data config trains)."""
+    if not folder.tokenizer.is_file():
+        return
+    differences = tokenizer_differences(folder.tokenizer, tokenizer_path, ("run", "requested"))
+    if differences:
+        which = f"tokenizer.path={given}" if given else f"the tokenizer this data and tokenizer config make ({tokenizer_path})"
+        raise SlmkitError(
+            f"cannot resume {folder.root} with {which}: {'; '.join(differences)}. The run's "
+            f"weights were learned with its own {folder.tokenizer.name}; drop the tokenizer (or init_from) override to "
+            "continue it as recorded"
+        )
+
+
+def _derived_later(key: str, requested: Any, recorded: Any, record: RunConfig) -> bool:
+    """Whether `requested` is the not-yet-derived form of `recorded`: the vocabulary taken from the tokenizer (0), the
+    labels taken from the task ([]), the pooling chosen for the body (auto)."""
+    if key == "model.vocab_size":
+        return requested == 0
+    if key == "objective.labels":
+        return requested == []
+    if key == "objective.pooling":
+        return resolve_pooling(requested, record.model.causal) == recorded
+    return False
+
+
+def _leaves(config: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted key -> value of every leaf of a config tree (lists compared whole)."""
+    if not dataclasses.is_dataclass(config):
+        return {prefix[:-1]: config}
+    found: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        found.update(_leaves(getattr(config, f.name), f"{prefix}{f.name}."))
+    return found
