@@ -17,6 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from slmkit.errors import SlmkitError
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 FILE_MODE = 0o666 & ~_UMASK  # what open() gives a new file; some writers (safetensors) create theirs private
@@ -112,6 +114,22 @@ def remove_temporaries(folder: str | os.PathLike, of: Iterable[str] | None = Non
         else:
             path.unlink(missing_ok=True)
     return removed
+
+
+def check_writable(target: str | os.PathLike, key: str, folder: bool = False) -> None:
+    """Refuses, before any work, a target that cannot be written: a folder where a file goes (or a file where a folder
+    goes), or a place that is read-only or not ours; `key` names the setting (out=, out_dir=)."""
+    target = Path(target)
+    if target.exists() and target.is_dir() != folder:
+        raise SlmkitError(f"{key}={target} is a {'file' if folder else 'folder'}, and a {'folder' if folder else 'file'} "
+                          f"is written there; choose another {key}")
+    existing = next(path for path in target.absolute().parents if path.exists()) if not target.exists() else target
+    if not existing.is_dir() and existing != target:
+        raise SlmkitError(f"{key}={target}: {existing} is a file, and a folder is needed there; choose another {key}")
+    place = existing if existing.is_dir() else existing.parent
+    if not os.access(place, os.W_OK):
+        raise SlmkitError(f"{key}={target}: {place} is not writable (a read-only file system, or no permission); "
+                          f"choose another {key}")
 
 
 def atomic_write_text(target: str | os.PathLike, text: str) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from slmkit.atomic import check_writable
 from slmkit.errors import SlmkitError
 from slmkit.options import at_least, option
 
@@ -63,6 +64,7 @@ def run_embed(args: EmbedArgs) -> Path:
         raise SlmkitError(f"out={out}: write .npy (a float32 matrix) or .parquet (a table with an embedding column)")
     if args.pooling != "auto" and args.pooling not in POOLINGS:
         raise SlmkitError(f"bad value {args.pooling!r} for pooling{POOLINGS.choices_hint(args.pooling)}; or auto")
+    check_writable(out, "out")  # before the work, not after it
     texts, records = read_texts(args.input, args.text_field)
     loaded = load_checkpoint(args.checkpoint, map_location=device_of(args.device))
     model, tokenizer = loaded.model, loaded.tokenizer()

@@ -12,6 +12,7 @@ from typing import Callable, Optional
 
 import torch
 
+from slmkit.atomic import atomic_write_text, check_writable
 from slmkit.checkpoint import LoadedCheckpoint, load_checkpoint
 from slmkit.decoding import Sampling, check_language_model, cut_at_stop, generate_ids
 from slmkit.errors import SlmkitError
@@ -98,6 +99,8 @@ def run_generate(args: GenerateArgs) -> list[str]:
     if (args.prompt is None) == (args.prompts_file is None):
         raise SlmkitError("give exactly one of prompt='...' or prompts_file=FILE")
     sampling = Sampling(args.temperature, args.top_k, args.top_p, args.repetition_penalty).check()
+    if args.out:
+        check_writable(args.out, "out")  # before the work, not after it
     loaded = load_for_generation(args.checkpoint, args.device)
     check_language_model(loaded.model)  # before anything is printed: an encoder's error must not follow the prompt
     loaded.model.eval()
@@ -113,8 +116,6 @@ def run_generate(args: GenerateArgs) -> list[str]:
     # One prompt at a time: the model has no padding mask, and prompts of different lengths cannot share a batch exactly.
     completions = [generate_text(loaded, p, args.max_new_tokens, sampling, args.stop, args.seed + i) for i, p in enumerate(prompts)]
     if args.out:
-        from slmkit.atomic import atomic_write_text
-
         atomic_write_text(args.out, "".join(json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in zip(prompts, completions)))
     else:
         for prompt, completion in zip(prompts, completions):

@@ -26,6 +26,10 @@ def add_lora(model: Model, lora: LoraConfig) -> Model:
     if lora.rank < 1 or lora.alpha <= 0 or not 0 <= lora.dropout < 1:
         raise SlmkitError(f"lora.rank={lora.rank} must be >= 1, lora.alpha={lora.alpha} positive and lora.dropout={lora.dropout} in [0, 1)")
     linear = [name for name, module in model.body.named_modules() if isinstance(module, nn.Linear)]
+    if not lora.targets:
+        names = sorted({name.rsplit(".", 1)[-1] for name in linear})
+        raise SlmkitError(f"lora.targets is empty, so LoRA would adapt nothing: name the linear layers that get adapters "
+                          f"(this model's are: {', '.join(names)}), or set lora.rank=0 to train every weight")
     for target in lora.targets:
         if not any(name == target or name.endswith("." + target) for name in linear):
             names = sorted({name.rsplit(".", 1)[-1] for name in linear})

@@ -9,6 +9,7 @@ model sees in production exactly what it was trained and scored on. Each output 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sys
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from slmkit.atomic import atomic_write_text, check_writable
 from slmkit.checkpoint import LoadedCheckpoint, load_checkpoint
 from slmkit.errors import SlmkitError
 from slmkit.eval.encoding import sequence_input
@@ -24,9 +26,11 @@ from slmkit.eval.loglikelihood import Scorer
 from slmkit.eval.records import data_files, read_records
 from slmkit.eval.task import TaskSpec
 from slmkit.eval.templates import render
-from slmkit.model import CLASSIFIER_HEAD, TOKEN_HEAD
+from slmkit.model import CLASSIFIER_HEAD, LM_HEAD, SPAN_HEAD, TOKEN_HEAD
 from slmkit.options import option
 from slmkit.registry import Registry
+
+log = logging.getLogger("slmkit")
 
 WORD = re.compile(r"\w+|[^\w\s]")  # words and punctuation marks, as NER corpora split them
 
@@ -45,7 +49,7 @@ Predictor = Callable[[Scorer, Optional[TaskSpec], list[dict[str, Any]], PredictA
 PREDICTORS: Registry[Predictor] = Registry("predictor", "predict(scorer, task or None, records, args) -> one prediction per record.")
 
 
-@PREDICTORS.register("sequence_classification")
+@PREDICTORS.register(CLASSIFIER_HEAD)
 def predict_labels(scorer: Scorer, spec: Optional[TaskSpec], records: list[dict[str, Any]], args: PredictArgs) -> list[dict]:
     names = list(scorer.model.heads[CLASSIFIER_HEAD].spec.labels)
     texts = [render(spec.options.prompt, r, spec.name) if spec else _text(r) for r in records]
@@ -58,7 +62,7 @@ def predict_labels(scorer: Scorer, spec: Optional[TaskSpec], records: list[dict[
     return out
 
 
-@PREDICTORS.register("token_classification")
+@PREDICTORS.register(TOKEN_HEAD)
 def predict_entities(scorer: Scorer, spec: Optional[TaskSpec], records: list[dict[str, Any]], args: PredictArgs) -> list[dict]:
     from slmkit.eval.metrics import bio_entities
     from slmkit.eval.token_classification import predict_tags, word_spans
@@ -81,7 +85,7 @@ def predict_entities(scorer: Scorer, spec: Optional[TaskSpec], records: list[dic
     return out
 
 
-@PREDICTORS.register("span")
+@PREDICTORS.register(SPAN_HEAD)
 def predict_spans(scorer: Scorer, spec: Optional[TaskSpec], records: list[dict[str, Any]], args: PredictArgs) -> list[dict]:
     from slmkit.eval.span_qa import Question, context_stride, predict_answers
 
@@ -93,7 +97,7 @@ def predict_spans(scorer: Scorer, spec: Optional[TaskSpec], records: list[dict[s
     return [{"answer": a.text, "start": a.start, "end": a.end, "score": a.score} for a in answers]
 
 
-@PREDICTORS.register("lm")
+@PREDICTORS.register(LM_HEAD)
 def predict_completions(scorer: Scorer, spec: Optional[TaskSpec], records: list[dict[str, Any]], args: PredictArgs) -> list[dict]:
     from slmkit.eval.decode import greedy_until
 
@@ -117,9 +121,9 @@ def _text(record: dict[str, Any]) -> str:
 def read_inputs(path: str, command: str = "predict") -> list[dict[str, Any]]:
     """Records of a data file; a .txt file is one record {text} per non-empty line. `command` names the reader in
     messages."""
-    files = data_files(path, command)
+    files = data_files(path, f"input={path}")
     one_per_line = all(f.suffix in (".txt", ".md") or f.name.endswith(".txt.gz") for f in files)
-    records = read_records(path, command, split_documents="^" if one_per_line else None)
+    records = read_records(path, f"input={path}", split_documents="^" if one_per_line else None)
     records = [{"text": r["text"].strip()} if one_per_line else r for r in records]
     records = [r for r in records if not one_per_line or r["text"]]
     if not records:
@@ -134,6 +138,8 @@ def run_predict(args: PredictArgs) -> list[dict[str, Any]]:
 
     if not args.checkpoint or not args.input:
         raise SlmkitError("predict needs checkpoint=PATH (a fine-tuned run) and input=FILE (.jsonl, .csv or .txt)")
+    if args.out:
+        check_writable(args.out, "out")  # before the work, not after it
     records = read_inputs(args.input)
     loaded: LoadedCheckpoint = load_checkpoint(args.checkpoint, map_location=device_of(args.device))
     head = loaded.model.default_head
@@ -141,14 +147,17 @@ def run_predict(args: PredictArgs) -> list[dict[str, Any]]:
         raise SlmkitError(f"slmkit predict serves the heads {', '.join(PREDICTORS.names())}, and this model's head is {head}: "
                           "turn texts into vectors with `slmkit embed`, or fine-tune the model for a task first")
     spec = resolve_task(loaded.config.objective.task) if loaded.config.objective.task else None
+    extra = sorted({field for record in records for field in record} - {"text"})
+    if head == LM_HEAD and spec is None and extra:
+        log.warning("this model is a language model with no task head: predict continues each record's `text` and "
+                    "reads none of %s; to predict labels, answers or tags, fine-tune it for the task first "
+                    "(objective.name and objective.task)", ", ".join(extra))
     scorer = Scorer(loaded.model, loaded.tokenizer(), batch_size=args.batch_size)
     with torch.inference_mode():
         predictions = PREDICTORS.get(head)(scorer, spec, records, args)
     results = [{**record, "prediction": prediction} for record, prediction in zip(records, predictions)]
     lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results)
     if args.out:
-        from slmkit.atomic import atomic_write_text
-
         atomic_write_text(args.out, lines)
         print(f"{len(results)} predictions written to {args.out}")
     else:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import re
 import subprocess
@@ -218,6 +219,7 @@ def test_a_topk_cache_of_the_whole_vocabulary_gives_the_on_the_fly_loss(student,
 
 
 def test_a_cache_of_another_teacher_or_other_data_is_never_read(student, teacher, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="slmkit")  # reusing a cache is information (shown with -v)
     explicit = tmp_path / "cache"
     first, _, _, shards = cached_objective(student, cache_dir=str(explicit))
     first.train_windows(shards)
@@ -298,6 +300,7 @@ def small_sentiment_task(shared_dir: Path, folder: Path) -> Path:
 
 
 def test_a_classifier_learns_from_a_classifier_teacher_and_unlabeled_text(shared_dir, teacher, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="slmkit")  # the student's start from its teacher is information (-v)
     fast = ["trainer.max_steps=3", "trainer.micro_batch_size=4", "trainer.log_every=1", "trainer.val_every=3",
             "trainer.val_batches=1", "trainer.checkpoint_every=0", "trainer.progress_bar=false", "optim.warmup_steps=1",
             f"objective.task={small_sentiment_task(shared_dir, tmp_path)}"]

@@ -4,6 +4,7 @@ LoRA, exact resume, and the mistakes a user can make on the way."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,7 @@ def eval_results(run: Path) -> dict:
 
 
 def test_classification_finetune_keeps_the_body_adds_a_head_and_reports_the_task(pretrained, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="slmkit")  # the init_from report is information (shown with -v)
     result, _ = finetune("finance-sentiment", pretrained, tmp_path / "run")
     run = result.out_dir
     config = load_checkpoint(run).config

@@ -15,5 +15,8 @@ def load_problem(err: Exception) -> str:
     text = str(err)
     if "Weights only load failed" in text:
         found = re.search(r"(?:unsupported|Unsupported global:) GLOBAL ([\w.]+)", text)
-        return "it holds Python objects other than tensors" + (f", such as {found.group(1)}" if found else "")
+        if found or re.search(r"[Uu]nsupported (?:global|class)", text):
+            return "it holds Python objects other than tensors" + (f", such as {found.group(1)}" if found else "")
+        # Anything else the restricted unpickler stumbled on: bytes that are no pickle at all (random or damaged data).
+        return "it is not a PyTorch checkpoint: its bytes do not read as tensors"
     return text.splitlines()[0] if text else type(err).__name__

@@ -19,11 +19,21 @@ from typing import Any
 from slmkit.errors import SlmkitError
 
 
+def named(task: str) -> str:
+    """Where records come from, as messages name it: `task NAME`, or a setting as the user gave it (input=PATH)."""
+    return task if "=" in task else f"task {task}"
+
+
 def data_files(pattern: str, task: str) -> list[Path]:
+    """The files a path or glob names; `task` is a task's name, or a setting as given (`input=PATH`)."""
+    if Path(pattern).is_dir():
+        raise SlmkitError(f"{named(task)}: {pattern} is a folder; give a file of records in it (.jsonl, .json, .csv, "
+                          f".tsv, .txt), or a glob such as {Path(pattern) / '*.jsonl'}")
     files = sorted(Path(p) for p in glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [Path(pattern)]
     files = [f for f in files if f.is_file()]
     if not files:
-        raise SlmkitError(f"task {task}: no data file matches {pattern}; check the task's `data` path")
+        where = "check the task's `data` path" if "=" not in task else "give an existing file, or a glob that matches one"
+        raise SlmkitError(f"{named(task)}: no data file matches {pattern}; {where}")
     return files
 
 
@@ -50,7 +60,7 @@ def select(records: list[dict[str, Any]], where: dict[str, Any] | None, task: st
         return records
     missing = [field for field in where if records and field not in records[0]]
     if missing:
-        raise SlmkitError(f"task {task}: `where` names {', '.join(missing)}, which the records lack; they have: "
+        raise SlmkitError(f"{named(task)}: `where` names {', '.join(missing)}, which the records lack; they have: "
                           f"{', '.join(sorted(records[0]))}")
     wanted = {field: value if isinstance(value, list) else [value] for field, value in where.items()}
     return [r for r in records if all(r.get(field) in values for field, values in wanted.items())]
@@ -73,7 +83,7 @@ def _read_file(path: Path, task: str, text_field: str, split_documents: str | No
             if kind == "json":
                 data = json.load(f)
                 if not isinstance(data, list):
-                    raise SlmkitError(f"task {task}: {path} must hold a JSON list of records")
+                    raise SlmkitError(f"{named(task)}: {path} must hold a JSON list of records")
                 return data
             if kind in ("csv", "tsv"):
                 return list(csv.DictReader(f, delimiter="\t" if kind == "tsv" else ","))
@@ -81,10 +91,10 @@ def _read_file(path: Path, task: str, text_field: str, split_documents: str | No
                 return _conll_sentences(f, path, task)
             text = f.read()
     except UnicodeDecodeError as err:
-        raise SlmkitError(f"task {task}: {path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
+        raise SlmkitError(f"{named(task)}: {path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
                           f"{err.start}); convert it to UTF-8 first, e.g. iconv -f latin1 -t utf-8") from None
     except (OSError, json.JSONDecodeError, csv.Error) as err:
-        raise SlmkitError(f"task {task}: cannot read {path}: {err}") from None
+        raise SlmkitError(f"{named(task)}: cannot read {path}: {err}") from None
     if split_documents is None:
         return [{text_field: text}]
     # Each match of the pattern starts a new document (e.g. a Wikipedia article heading).
@@ -103,7 +113,7 @@ def _conll_sentences(f: io.TextIOBase, path: Path, task: str) -> list[dict[str, 
             tokens, tags = [], []
             continue
         if len(parts) < 2:
-            raise SlmkitError(f"task {task}: {path}:{number} is not 'token tag' (CoNLL format): {line.strip()!r}")
+            raise SlmkitError(f"{named(task)}: {path}:{number} is not 'token tag' (CoNLL format): {line.strip()!r}")
         tokens.append(parts[0])
         tags.append(parts[-1])
     if tokens:
@@ -115,9 +125,9 @@ def _json_line(line: str, path: Path, number: int, task: str) -> dict[str, Any]:
     try:
         record = json.loads(line)
     except json.JSONDecodeError as err:
-        raise SlmkitError(f"task {task}: {path}:{number} is not valid JSON ({err.msg})") from None
+        raise SlmkitError(f"{named(task)}: {path}:{number} is not valid JSON ({err.msg})") from None
     if not isinstance(record, dict):
-        raise SlmkitError(f"task {task}: {path}:{number} is not a JSON object")
+        raise SlmkitError(f"{named(task)}: {path}:{number} is not a JSON object")
     return record
 
 

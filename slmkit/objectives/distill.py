@@ -229,7 +229,7 @@ def unlabeled_files(config: "RunConfig") -> str:
     if not os.path.isabs(pattern) and not Path(pattern).exists():
         pattern = str(Path(config.data.root or os.environ.get("SLMKIT_DATA") or "data") / pattern)
     try:
-        data_files(pattern, "distill.unlabeled")
+        data_files(pattern, f"distill.unlabeled={config.distill.unlabeled}")
     except SlmkitError:
         raise SlmkitError(f"distill.unlabeled={config.distill.unlabeled}: no file matches it (as given, or under "
                           f"data.root / $SLMKIT_DATA: {pattern}); point it at records of in-domain text") from None
@@ -245,7 +245,8 @@ def unlabeled_inputs(config: "RunConfig", prompt: str) -> list[str]:
     settings = config.distill
     field = settings.unlabeled_field
     # "^" makes each line of a plain text file a record; record formats (jsonl, csv, ...) ignore it.
-    records = read_records(unlabeled_files(config), "distill.unlabeled", text_field=field, split_documents="^")
+    records = read_records(unlabeled_files(config), f"distill.unlabeled={settings.unlabeled}", text_field=field,
+                           split_documents="^")
     try:
         splitter = re.compile(settings.unlabeled_split) if settings.unlabeled_split else None
     except re.error as err:

@@ -115,9 +115,10 @@ def check_resume(folder: RunFolder, requested: RunConfig) -> list[str]:
     refused = [f"{key}: recorded {was.get(key)!r}, requested {now[key]!r}" for key in changed
                if key not in SAFE_ON_RESUME and not _derived_later(key, now[key], was.get(key), recorded)]
     if refused:
+        architecture = " (a different architecture)" if any(item.startswith("model.") for item in refused) else ""
         raise SlmkitError(
-            f"cannot resume {folder.root}: the run's record differs from this request in what its checkpoint means "
-            f"({'; '.join(refused)}). Drop those settings to continue the run as recorded "
+            f"cannot resume {folder.root}: the run's record differs from this request in what its checkpoint means"
+            f"{architecture} ({'; '.join(refused)}). Drop those settings to continue the run as recorded "
             f"(`slmkit train recipe={recorded.name} resume=true out_dir={folder.root}`), or start a new run in "
             f"another out_dir (init_from={folder.root} starts from its weights)"
         )

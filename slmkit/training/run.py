@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import signal
 import warnings
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from slmkit.atomic import atomic_copy
+from slmkit.atomic import atomic_copy, check_writable
 from slmkit.checkpoint import build_model, init_from_checkpoint, run_heads, save_inference_checkpoint, with_heads
 from slmkit.checkpoint.run_folder import TENSORBOARD, RunFolder, checkpoint_step
 from slmkit.config import RunConfig, load_run_config, save_run_config
@@ -62,7 +61,7 @@ def train(config: RunConfig) -> TrainResult:
     for change in fallback:
         log.warning("no CUDA device: running as a CPU smoke test, %s", change)
     folder, resume_from = run_folder_and_resume_point(config)
-    _check_writable(folder.root)
+    check_writable(folder.root, "out_dir", folder=True)  # before any data work
     start_step = checkpoint_step(resume_from) if resume_from is not None else 0
     config = dataclasses.replace(config, out_dir=str(folder.root), resume=None)
     # Everything that can refuse the run does so before the run folder is touched.
@@ -75,11 +74,13 @@ def train(config: RunConfig) -> TrainResult:
     if resume_from is not None:
         check_same_tokenizer(folder, inputs.tokenizer_path, config.tokenizer.path)
         _check_same_architecture(config, resume_from)
-    _record_run(folder, inputs, start_step)
 
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
-    objective = objective_class(config, load_tokenizer(folder.tokenizer))
-    task = TrainingTask(config, parallelize(_starting_model(config, objective, resume_from), config.trainer), objective)
+    model = build_model(config)
+    objective = objective_class(config, load_tokenizer(inputs.tokenizer_path))
+    _start_weights(config, model, objective, resume_from)  # its refusals (LoRA targets, init_from shapes) come first
+    _record_run(folder, inputs, start_step)
+    task = TrainingTask(config, parallelize(model, config.trainer), objective)
     stop = StopOnSignal()
     checkpoints = StepCheckpoints(folder, config.trainer.checkpoint_every, config.trainer.keep_checkpoints)
     callbacks, metrics = _callbacks(config, folder, task, [stop, checkpoints])
@@ -135,11 +136,10 @@ def _record_run(folder: RunFolder, inputs: RunInputs, start_step: int | None) ->
         atomic_copy(inputs.shards_dir / MANIFEST, folder.data_manifest)  # what the run trained on, for its model card
 
 
-def _starting_model(config: RunConfig, objective: Objective, resume_from: Path | None) -> Model:
-    """The model training starts from: freshly built, then (a new run only) the init_from weights and what the
-    objective sets itself (a student from its teacher), then LoRA adapters; a resumed run gets its weights from the
-    checkpoint when fitting starts."""
-    model = build_model(config)
+def _start_weights(config: RunConfig, model: Model, objective: Objective, resume_from: Path | None) -> None:
+    """The weights training starts from, set in the freshly built model: (a new run only) the init_from weights and
+    what the objective sets itself (a student from its teacher), then LoRA adapters; a resumed run gets its weights
+    from the checkpoint when fitting starts."""
     if resume_from is None:
         if config.init_from:
             for line in init_from_checkpoint(model, config.init_from).lines():
@@ -148,7 +148,6 @@ def _starting_model(config: RunConfig, objective: Objective, resume_from: Path |
             log.info("%s: %s", config.objective.name, line)
     if config.lora.rank:
         add_lora(model, config.lora)
-    return model
 
 
 def _fit(trainer: L.Trainer, task: TrainingTask, data: L.LightningDataModule, resume_from: Path | None,
@@ -211,16 +210,6 @@ def fit_vocabulary(config: RunConfig, tokenizer_path: Path) -> RunConfig:
             f"set model.vocab_size to at least {size} (or 0 to take the tokenizer's size), or use a smaller tokenizer.vocab_size"
         )
     return config
-
-
-def _check_writable(out_dir: Path) -> None:
-    """Refuses a run folder that cannot be written before any data work: a file in the way, a read-only place."""
-    existing = next(path for path in (out_dir, *out_dir.absolute().parents) if path.exists())
-    if not existing.is_dir():
-        raise SlmkitError(f"out_dir={out_dir}: {existing} is a file, and the run needs a folder there; choose another out_dir")
-    if not os.access(existing, os.W_OK):
-        raise SlmkitError(f"out_dir={out_dir}: {existing} is not writable (a read-only file system, or no permission); "
-                          "choose another out_dir")
 
 
 def _check_same_architecture(config: RunConfig, ckpt_path: Path) -> None:

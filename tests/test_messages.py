@@ -1,0 +1,84 @@
+"""Messages in the user's terms: what was given (input=, out=, init_from=) and what to do, checked before the work;
+no traceback, no misleading words (a task where there is none, Python objects in random bytes), nothing printed
+before an error."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import pytest
+
+from export_helpers import tiny_model, train_tokenizer, write_run
+from slmkit.checkpoint import read_state_dict, save_inference_checkpoint
+from slmkit.checkpoint.starting_point import starting_point
+from slmkit.config import LoraConfig, RunConfig
+from slmkit.errors import SlmkitError
+from slmkit.generate import GenerateArgs, run_generate
+from slmkit.lora import add_lora
+from slmkit.model import MASKED_LM_HEAD, HeadSpec
+from slmkit.predict import PredictArgs, run_predict
+
+
+@pytest.fixture(scope="module")
+def tokenizer_path(tmp_path_factory):
+    return train_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer.json")
+
+
+def test_a_folder_given_as_input_is_named_as_a_folder_not_a_task(tmp_path):
+    with pytest.raises(SlmkitError) as refused:
+        run_predict(PredictArgs(checkpoint="runs/any", input=str(tmp_path)))
+    message = str(refused.value)
+    assert message.startswith(f"input={tmp_path}: {tmp_path} is a folder") and "*.jsonl" in message
+    assert "task" not in message
+
+
+def test_a_missing_input_is_named_as_given(tmp_path):
+    with pytest.raises(SlmkitError) as refused:
+        run_predict(PredictArgs(checkpoint="runs/any", input=str(tmp_path / "none.jsonl")))
+    assert str(refused.value).startswith(f"input={tmp_path / 'none.jsonl'}: no data file matches")
+    assert "task" not in str(refused.value)
+
+
+def test_out_is_checked_before_the_work(tmp_path):
+    (tmp_path / "records.jsonl").write_text(json.dumps({"text": "The court"}) + "\n")
+    with pytest.raises(SlmkitError, match=r"out=.* is a folder, and a file is written there"):
+        run_predict(PredictArgs(checkpoint=str(tmp_path / "no-such-run"), input=str(tmp_path / "records.jsonl"),
+                                out=str(tmp_path)))
+
+
+def test_random_bytes_are_not_called_python_objects(tmp_path):
+    (tmp_path / "noise.ckpt").write_bytes(os.urandom(4096))
+    with pytest.raises(SlmkitError) as refused:
+        read_state_dict(tmp_path / "noise.ckpt")
+    assert "not a PyTorch checkpoint" in str(refused.value) and "Python objects" not in str(refused.value)
+    assert "weights_only" not in str(refused.value)
+
+
+def test_lora_with_no_targets_is_a_message():
+    with pytest.raises(SlmkitError, match="lora.targets is empty.*q_proj.*lora.rank=0"):
+        add_lora(tiny_model(), LoraConfig(rank=4, targets=[]))
+
+
+def test_a_transformers_folder_given_to_init_from_is_named_as_one(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(SlmkitError, match=r"init_from=.* is a transformers model folder \(config.json, no config.yaml\)"):
+        starting_point(tmp_path, "init_from").layer(model=True)
+
+
+def test_generate_on_an_encoder_prints_nothing_before_its_error(tmp_path, tokenizer_path, capsys):
+    encoder = tiny_model(head=HeadSpec(MASKED_LM_HEAD), causal=False, n_kv_heads=None)
+    save_inference_checkpoint(tmp_path, encoder, RunConfig(name="encoder", model=encoder.config), tokenizer_path)
+    with pytest.raises(SlmkitError, match="bidirectional encoder"):
+        run_generate(GenerateArgs(checkpoint=str(tmp_path), prompt="The court", stream=True))
+    assert capsys.readouterr().out == ""
+
+
+def test_predict_with_a_language_model_on_task_records_says_it_has_no_task_head(tmp_path, tokenizer_path, caplog):
+    run = write_run(tmp_path / "run", tokenizer_path, tiny_model())
+    (tmp_path / "records.jsonl").write_text(json.dumps({"text": "The court held", "label": "yes"}) + "\n")
+    with caplog.at_level(logging.WARNING, logger="slmkit"):
+        results = run_predict(PredictArgs(checkpoint=str(run), input=str(tmp_path / "records.jsonl"), max_new_tokens=2))
+    assert "completion" in results[0]["prediction"]
+    assert "language model with no task head" in caplog.text and "label" in caplog.text
