@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
+import random
 
 import pytest
 
@@ -49,7 +49,7 @@ def test_out_is_checked_before_the_work(tmp_path):
 
 
 def test_random_bytes_are_not_called_python_objects(tmp_path):
-    (tmp_path / "noise.ckpt").write_bytes(os.urandom(4096))
+    (tmp_path / "noise.ckpt").write_bytes(random.Random(0).randbytes(4096))
     with pytest.raises(SlmkitError) as refused:
         read_state_dict(tmp_path / "noise.ckpt")
     assert "not a PyTorch checkpoint" in str(refused.value) and "Python objects" not in str(refused.value)
@@ -82,3 +82,22 @@ def test_predict_with_a_language_model_on_task_records_says_it_has_no_task_head(
         results = run_predict(PredictArgs(checkpoint=str(run), input=str(tmp_path / "records.jsonl"), max_new_tokens=2))
     assert "completion" in results[0]["prediction"]
     assert "language model with no task head" in caplog.text and "label" in caplog.text
+
+
+def test_a_transformers_teacher_with_pickled_weights_is_refused_as_possibly_unsafe(tmp_path):
+    import argparse
+
+    import torch
+    from transformers import LlamaConfig
+
+    from slmkit.distill.teacher import describe_teacher
+    from slmkit.model import LM_HEAD
+
+    LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                max_position_embeddings=32, architectures=["LlamaForCausalLM"]).save_pretrained(tmp_path)
+    torch.save({"model.embed_tokens.weight": torch.zeros(64, 16), "hook": argparse.Namespace(run="os.system")},
+               tmp_path / "pytorch_model.bin")
+    with pytest.raises(SlmkitError) as refused:
+        describe_teacher(tmp_path).load(LM_HEAD)
+    message = str(refused.value)
+    assert "other than tensors" in message and "may be unsafe" in message and "weights_only" not in message

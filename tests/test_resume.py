@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import shlex
 import signal
@@ -21,8 +22,10 @@ import torch
 from export_helpers import train_tokenizer
 from fault_helpers import metric_steps, run_slmkit, start_slmkit, wait_for
 from slmkit.checksum import write_checksum
-from slmkit.errors import SlmkitError
+from slmkit.errors import SlmkitError, Stopped, Terminated
 from slmkit.training.resume import recorded_config
+from slmkit.training.run import train
+from tests.test_distill import teacher  # noqa: F401  (a fixture)
 from tests.test_faults import cache, copy_run, tiny_args, train_in_process, trained  # noqa: F401  (fixtures)
 
 
@@ -163,3 +166,62 @@ def test_the_advice_printed_after_a_stop_works_as_printed(shared_dir, tmp_path):
     assert "Traceback" not in output and "slmkit: error" not in output, output[-3000:]
     assert metric_steps(run)[:stopped_at + 2] == list(range(1, stopped_at + 3))
     assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["examples"] == metric_steps(run)[-1] * 2
+
+
+# ---- a stop at each phase, finished by the printed command ----------------------------------------------------
+
+def finish_as_printed(stopped: Stopped) -> None:
+    """Runs the command the stop printed, as printed (in this process, through the CLI's entry point)."""
+    from slmkit.cli import main
+
+    advice = re.search(r"(?:Continue|Finish) with: (slmkit train .*)$", str(stopped)).group(1)
+    assert main(shlex.split(advice)[1:]) == 0
+
+
+def test_a_stop_during_validation_is_continued_by_the_printed_command(shared_dir, tmp_path, monkeypatch):
+    from slmkit.training.module import TrainingTask
+
+    run = tmp_path / "run"
+    signalled = []
+
+    def stop_once(self):
+        if not signalled:
+            signalled.append(True)
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives while the step-4 validation runs
+
+    monkeypatch.setattr(TrainingTask, "on_validation_start", stop_once, raising=False)
+    with pytest.raises(Stopped) as stopped:
+        train_in_process(shared_dir, run, "trainer.max_steps=8", "trainer.checkpoint_every=0")
+    monkeypatch.undo()
+    finish_as_printed(stopped.value)
+    assert metric_steps(run) == list(range(1, 9)) and (run / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("phase", ["final weights", "final evaluation"])
+def test_a_stop_after_the_last_step_is_finished_by_the_printed_command(phase, shared_dir, tmp_path, monkeypatch):
+    import slmkit.training.run as run_module
+
+    run = tmp_path / "run"
+    real = run_module.save_inference_checkpoint if phase == "final weights" else run_module._final_evaluation
+    name = "save_inference_checkpoint" if phase == "final weights" else "_final_evaluation"
+    monkeypatch.setattr(run_module, name, lambda *args, **kwargs: (_ for _ in ()).throw(Terminated()))
+    extra = ["eval.tasks=[legal_heldout]", "eval.limit=2"] if phase == "final evaluation" else []
+    with pytest.raises(Stopped, match="after the last step") as stopped:
+        train_in_process(shared_dir, run, "trainer.max_steps=4", "trainer.checkpoint_every=0", *extra)
+    assert stopped.value.exit_code == 128 + signal.SIGTERM
+    monkeypatch.setattr(run_module, name, real)
+    finish_as_printed(stopped.value)
+    assert (run / "model.safetensors").is_file() and metric_steps(run) == [1, 2, 3, 4]
+    if phase == "final evaluation":
+        assert (run / "eval" / "results.json").is_file()
+
+
+def test_a_distillation_resumes_from_its_record_and_refuses_another_teacher_weight(shared_dir, teacher, tmp_path):
+    from tests.test_distill import student_config
+
+    out = tmp_path / "student"
+    train(student_config(shared_dir, teacher, out, "trainer.max_steps=2", "trainer.checkpoint_every=2"))
+    with pytest.raises(SlmkitError, match=r"distill.alpha: recorded 0.5, requested 0.9"):
+        train(recorded_config("legal-tiny", ["resume=true", f"out_dir={out}", "trainer.max_steps=4", "distill.alpha=0.9"]))
+    result = train(recorded_config("legal-tiny", ["resume=true", f"out_dir={out}", "trainer.max_steps=4"]))
+    assert result.steps == 4 and metric_steps(out) == [1, 2, 3, 4]

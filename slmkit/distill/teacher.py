@@ -8,6 +8,7 @@ lacks the head the objective learns from or names its labels differently is refu
 from __future__ import annotations
 
 import hashlib
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
@@ -76,8 +77,10 @@ class TeacherSpec:
         try:
             model = auto.from_pretrained(self.path, local_files_only=True, dtype=torch.float32)
         except Exception as err:  # transformers raises many types; a pickled weights file's refusal among them
+            refused = "Weights only load failed" in str(err) or isinstance(err, pickle.UnpicklingError)
+            problem = load_problem(err) if refused else (str(err).splitlines() or [type(err).__name__])[0]
             raise SlmkitError(f"{KEY}={self.path}: transformers cannot load it as {HF_AUTO_CLASSES[head]} "
-                              f"({load_problem(err)}); point it at a complete model folder, with model.safetensors "
+                              f"({problem}); point it at a complete model folder, with model.safetensors "
                               "weights (a pickled pytorch_model.bin that is not tensors only may be unsafe)") from None
         return FrozenTeacher(model, _transformers_outputs, head)
 

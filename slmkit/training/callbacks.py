@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import lightning as L
 import torch
@@ -189,6 +189,24 @@ class StepCheckpoints(L.Callback):
             self.folder.prune(self.keep)
         trainer.strategy.barrier("slmkit_checkpoints_pruned")
         return path
+
+
+class RecordRun(L.Callback):
+    """Writes the run's record into its folder once fitting has restored the checkpoint it resumes, so that a
+    checkpoint that fails to load leaves the folder as it was. `write()` serves a resumed run with no step left to
+    train too (Lightning then starts no training)."""
+
+    def __init__(self, write: Callable[[], None]):
+        self._write = write
+        self.written = False
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.write()
+
+    def write(self) -> None:
+        if not self.written:
+            self._write()
+            self.written = True
 
 
 class ValidateTheLastStep(L.Callback):

@@ -29,8 +29,8 @@ from slmkit.lora import add_lora, merge_lora
 from slmkit.model import Model
 from slmkit.objectives import OBJECTIVES, TOKEN_WINDOWS, Objective
 from slmkit.tokenizer import load_tokenizer
-from slmkit.training.callbacks import (MetricsLogger, PeriodicEvaluation, StepCheckpoints, StepProgressBar, StopOnSignal,
-                                      ValidateTheLastStep)
+from slmkit.training.callbacks import (MetricsLogger, PeriodicEvaluation, RecordRun, StepCheckpoints, StepProgressBar,
+                                      StopOnSignal, ValidateTheLastStep)
 from slmkit.training.datamodule import TaskDataModule, TokenDataModule
 from slmkit.training.module import TrainingTask
 from slmkit.training.resume import check_resume, check_same_tokenizer, continue_command, run_folder_and_resume_point
@@ -79,17 +79,18 @@ def train(config: RunConfig) -> TrainResult:
     model = build_model(config)
     objective = objective_class(config, load_tokenizer(inputs.tokenizer_path))
     _start_weights(config, model, objective, resume_from)  # its refusals (LoRA targets, init_from shapes) come first
-    _record_run(folder, inputs, start_step)
+    record = RecordRun(lambda: _record_run(folder, inputs, start_step))  # once the checkpoint has loaded
     task = TrainingTask(config, parallelize(model, config.trainer), objective)
     stop = StopOnSignal()
     checkpoints = StepCheckpoints(folder, config.trainer.checkpoint_every, config.trainer.keep_checkpoints)
-    callbacks, metrics = _callbacks(config, folder, task, [stop, checkpoints])
+    callbacks, metrics = _callbacks(config, folder, task, [record, stop, checkpoints])
     # TensorBoard forgets what a stopped attempt logged after the step this one starts from (as metrics.jsonl does).
     loggers = [TensorBoardLogger(save_dir=str(folder.root), name=TENSORBOARD, version="", default_hp_metric=False,
                                  purge_step=start_step + 1 if start_step is not None else None)]
     trainer = build_trainer(config, folder.root, callbacks, loggers)
     metrics.scale_to_world(trainer.world_size)
     _fit(trainer, task, _data_module(config, objective, inputs.shards_dir), resume_from, stop, folder)
+    record.write()  # a resumed run at its last step trains nothing, and Lightning then starts no training
 
     final = checkpoints.save(trainer)
     if stop.received is not None:
@@ -240,8 +241,8 @@ def _callbacks(config: RunConfig, folder: RunFolder, task: TrainingTask,
                             task.model.flops_per_token(config.model.block_size), trainer.precision)
     # In this order at each step's end: a stop request is known before the step is logged (a stopped run logs its
     # last step) and before it is checkpointed.
-    stop, checkpoints = run_control
-    callbacks: list[L.Callback] = [stop, metrics, checkpoints, ValidateTheLastStep()]
+    record, stop, checkpoints = run_control
+    callbacks: list[L.Callback] = [record, stop, metrics, checkpoints, ValidateTheLastStep()]
     if run_tasks_of(config) and config.eval.every > 0:
         callbacks.append(PeriodicEvaluation(run_tasks_of(config), config.eval.every, folder.tokenizer, metrics,
                                             config.eval.limit, config.eval.batch_size))
