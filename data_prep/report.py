@@ -48,6 +48,7 @@ def table(header: list[str], rows: list[list[Any]]) -> list[str]:
 
 def render_markdown(report: dict[str, Any], examples: bool = True) -> str:
     """The report as markdown; examples=False leaves out every quote of corpus text (figures only, for publishing)."""
+    # Long on purpose: the page top to bottom, one section after another, reads as the report it writes.
 
     def quoted(texts: Iterable[str], limit: int = 3) -> list[str]:
         return [f"  - `{text[:200].replace('`', chr(39))}`" for text in list(texts)[:limit]] if examples else []

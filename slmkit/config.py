@@ -18,7 +18,7 @@ from slmkit.atomic import atomic_write_text
 from slmkit.data_config import DataConfig, TokenizerConfig
 from slmkit.errors import SlmkitError
 from slmkit.model.config import ModelConfig
-from slmkit.model.heads import HeadSpec
+from slmkit.model.heads import LM_HEAD, HeadSpec
 from slmkit.options import FRACTION, SEED, above, at_least, between, check_values, documented_keys, option
 from slmkit.registry import did_you_mean
 
@@ -117,7 +117,7 @@ class DistillConfig:
 
 @dataclass
 class HeadConfig:
-    kind: str = option("lm", "The head's kind, by name: what the body's hidden states become.", choices="slmkit.model.heads:HEADS")
+    kind: str = option(LM_HEAD, "The head's kind, by name: what the body's hidden states become.", choices="slmkit.model.heads:HEADS")
     labels: list[str] = option([], "Label names in output order (classification heads); their number is the head's width.")
     pooling: str = option("last", "How one vector stands for the sequence (sequence classification, embedding), by name.", choices="slmkit.model.heads:POOLINGS")
     transform: str = option("none", "What the hidden states pass through before the head's output layer, by name.", choices="slmkit.model.heads:TRANSFORMS")
@@ -243,7 +243,8 @@ def save_run_config(config: RunConfig, path: str | Path) -> None:
     atomic_write_text(path, config_to_yaml(config))
 
 
-def load_run_config(path: str | Path) -> RunConfig:
+def run_config_layer(path: str | Path) -> dict[str, Any]:
+    """A run's config.yaml as a plain-data layer (for build_config), its resolvers escaped."""
     path = Path(path)
     if not path.is_file():
         raise SlmkitError(f"no config.yaml at {path}: point at an slmkit run folder or checkpoint")
@@ -256,7 +257,11 @@ def load_run_config(path: str | Path) -> RunConfig:
         raise SlmkitError(f"{path} holds no mapping of keys: it is not an slmkit run config")
     # Read as plain data: a run folder may come from anyone, and a resolver in it (${oc.env:SECRET}) would put this
     # machine's environment into whatever is made from the run, such as an exported model card.
-    config = build_config(RunConfig, literal_text(raw), check=False)
+    return literal_text(raw)
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    config = build_config(RunConfig, run_config_layer(path), check=False)
     # What rebuilds the model is checked; the training choices (objective, optimizer, ...) were checked when the run
     # started, and looking them up would need the code that trained it (a plugin objective) just to load its weights.
     check_values(config.model, prefix="model.")

@@ -16,10 +16,8 @@ import shlex
 from pathlib import Path
 from typing import Any, Sequence
 
-import yaml
-
 from slmkit.checkpoint.run_folder import RunFolder, checkpoint_problem
-from slmkit.config import RunConfig, build_config, literal_text, load_run_config, yaml_problem
+from slmkit.config import RunConfig, build_config, load_run_config, run_config_layer
 from slmkit.errors import SlmkitError
 from slmkit.model import resolve_pooling
 from slmkit.tokenizer import tokenizer_differences
@@ -86,22 +84,11 @@ def recorded_config(name: str, overrides: Sequence[str]) -> RunConfig | None:
     folder = resume_folder(given["resume"], given.get("out_dir"), name)
     if not folder.is_run():
         return None
-    raw = _read_record(folder)
+    raw = run_config_layer(folder.config)
     if raw.get("name", name) != name:
         raise SlmkitError(f"out_dir={folder.root} is a run of recipe {raw['name']!r}, not {name!r}: a resumed run "
                           f"continues as recorded; pass recipe={raw['name']}, or start a new run in another out_dir")
     return build_config(RunConfig, raw, overrides=values)
-
-
-def _read_record(folder: RunFolder) -> dict[str, Any]:
-    try:
-        raw = yaml.safe_load(folder.config.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        problem = yaml_problem(err) if isinstance(err, yaml.YAMLError) else str(err)
-        raise SlmkitError(f"{folder.config} is not a readable YAML config ({problem}): it is not the config the run wrote") from None
-    if not isinstance(raw, dict):
-        raise SlmkitError(f"{folder.config} holds no mapping of keys: it is not an slmkit run config")
-    return literal_text(raw)  # read as plain data, as load_run_config does: no resolvers from a run folder
 
 
 def check_resume(folder: RunFolder, requested: RunConfig) -> list[str]:
