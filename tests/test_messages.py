@@ -101,3 +101,12 @@ def test_a_transformers_teacher_with_pickled_weights_is_refused_as_possibly_unsa
         describe_teacher(tmp_path).load(LM_HEAD)
     message = str(refused.value)
     assert "other than tensors" in message and "may be unsafe" in message and "weights_only" not in message
+
+
+def test_a_late_refusal_leaves_no_partial_run_folder(shared_dir, tmp_path):
+    from tests.test_faults import train_in_process
+
+    run = tmp_path / "run"
+    with pytest.raises(SlmkitError, match="lora.targets is empty"):
+        train_in_process(shared_dir, run, "trainer.max_steps=2", "lora.rank=4", "lora.targets=[]")
+    assert not run.exists()

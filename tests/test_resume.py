@@ -225,3 +225,10 @@ def test_a_distillation_resumes_from_its_record_and_refuses_another_teacher_weig
         train(recorded_config("legal-tiny", ["resume=true", f"out_dir={out}", "trainer.max_steps=4", "distill.alpha=0.9"]))
     result = train(recorded_config("legal-tiny", ["resume=true", f"out_dir={out}", "trainer.max_steps=4"]))
     assert result.steps == 4 and metric_steps(out) == [1, 2, 3, 4]
+
+
+def test_verbose_shows_the_library_lines_once_each(shared_dir, tmp_path):
+    result = run_slmkit("-v", "train", *tiny_args(shared_dir, tmp_path / "run", "trainer.max_steps=1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if "available" in line]  # Lightning's device lines
+    assert lines and len(lines) == len(set(lines)), result.stderr[-3000:]
