@@ -54,6 +54,10 @@ def predict_labels(scorer: Scorer, spec: Optional[TaskSpec], records: list[dict[
     names = list(scorer.model.heads[CLASSIFIER_HEAD].spec.labels)
     texts = [render(spec.options.prompt, r, spec.name) if spec else _text(r) for r in records]
     rows = [sequence_input(scorer.tokenizer, text, scorer.window, scorer.prefix_id) for text in texts]
+    full = sum(len(row) >= scorer.window for row in rows)
+    if full:
+        log.warning("%d of %d inputs fill the model's whole window of %d tokens: a longer text is cut at its start, "
+                    "and its label read from its end", full, len(rows), scorer.window)
     out = []
     for logits in head_outputs(scorer.model, rows, CLASSIFIER_HEAD, scorer.pad_id, scorer.batch_size):
         probabilities = logits.softmax(-1).tolist()

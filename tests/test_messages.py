@@ -110,3 +110,14 @@ def test_a_late_refusal_leaves_no_partial_run_folder(shared_dir, tmp_path):
     with pytest.raises(SlmkitError, match="lora.targets is empty"):
         train_in_process(shared_dir, run, "trainer.max_steps=2", "lora.rank=4", "lora.targets=[]")
     assert not run.exists()
+
+
+def test_predict_says_when_long_inputs_are_cut(tmp_path, tokenizer_path, caplog):
+    from slmkit.model import CLASSIFIER_HEAD
+
+    run = write_run(tmp_path / "run", tokenizer_path, tiny_model(head=HeadSpec(CLASSIFIER_HEAD, ("no", "yes"))))
+    records = [{"text": "The court held that the statute applies. " * 20}, {"text": "Appeal denied."}]
+    (tmp_path / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    with caplog.at_level(logging.WARNING, logger="slmkit"):
+        run_predict(PredictArgs(checkpoint=str(run), input=str(tmp_path / "records.jsonl")))
+    assert "1 of 2 inputs fill the model's whole window of 32 tokens" in caplog.text
