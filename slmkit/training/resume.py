@@ -20,6 +20,7 @@ from slmkit.checkpoint.run_folder import RunFolder, checkpoint_problem
 from slmkit.config import RunConfig, build_config, load_run_config, run_config_layer
 from slmkit.errors import SlmkitError
 from slmkit.model import resolve_pooling
+from slmkit.recipe import split_overrides
 from slmkit.tokenizer import tokenizer_differences
 
 SAFE_ON_RESUME = (
@@ -75,8 +76,8 @@ def recorded_config(name: str, overrides: Sequence[str]) -> RunConfig | None:
     """The config of `slmkit train recipe=NAME resume=... [key=value ...]`: the run's own config.yaml with the command
     line's keys on top, so a run continues as it was started (its init_from, its batch, its data), not as the recipe
     reads today. None when the command starts a run, picks config groups, or the folder holds no record."""
-    values = [o for o in overrides if "=" in o]
-    if any(o.split("=", 1)[0].lstrip("+~") in ("model", "tokenizer", "data", "optim", "trainer") for o in values):
+    groups, values = split_overrides(overrides)
+    if groups:
         return None  # a config group: the recipe path resolves it, and train() compares the outcome with the record
     given = dict(o.split("=", 1) for o in values)
     if not is_resume(given.get("resume")):
