@@ -2,11 +2,11 @@
 with (the run's config.yaml, with the command line's changes on top), and the refusal, before any file is touched, of
 every change that would alter what the checkpoint means.
 
-Safe on resume (they change how the run is watched or how long it goes, not what its weights are): trainer.max_steps
-(the learning-rate schedule then decays over the new length unless optim.decay_steps fixes it), trainer.log_every,
-val_every, val_batches, checkpoint_every, keep_checkpoints, progress_bar, num_workers, compile,
-activation_checkpointing, and the eval section. Everything else (objective, heads, tokenizer, model, data, batch
-geometry, devices, precision, optimizer and schedule) is refused, naming the recorded and the requested value.
+Safe on resume (SAFE_ON_RESUME: they change how the run is watched, how fast or how long it goes, not what its
+weights are): trainer.max_steps (the learning-rate schedule then decays over the new length unless optim.decay_steps
+fixes it), the logging, validation and checkpoint cadence, and the eval section. Everything else (objective, heads,
+tokenizer, model, data, batch geometry, devices, precision, optimizer and schedule) is refused, naming the recorded
+and the requested value.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ SAFE_ON_RESUME = (
     "trainer.max_steps", "trainer.log_every", "trainer.val_every", "trainer.val_batches", "trainer.checkpoint_every",
     "trainer.keep_checkpoints", "trainer.progress_bar", "trainer.num_workers", "trainer.compile",
     "trainer.activation_checkpointing", "eval.tasks", "eval.every", "eval.limit", "eval.batch_size",
+    "data.prepared_dir", "data.num_workers",  # where prepared data is kept and how many processes prepare it
 )
 # Where the run is, and what the run derives when it starts (compared once derived, or by content).
 NOT_COMPARED = ("out_dir", "resume", "heads", "init_from", "tokenizer.path")
