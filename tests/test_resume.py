@@ -99,6 +99,16 @@ def test_resume_takes_the_run_record_not_the_recipe_and_refuses_another_recipe(r
     assert recorded_config("legal-tiny", ["trainer.max_steps=9"]) is None  # not a resume: the recipe decides
 
 
+def test_a_resumed_run_reads_text_with_its_own_copy_of_the_tokenizer(run):
+    import yaml
+
+    record = yaml.safe_load((run / "config.yaml").read_text())
+    record["tokenizer"]["path"] = "runs/base/latest/tokenizer.json"  # where it came from; that run has moved on
+    (run / "config.yaml").write_text(yaml.safe_dump(record))
+    config = recorded_config("legal-tiny", ["resume=true", f"out_dir={run}"])
+    assert config.tokenizer.path == str(run / "tokenizer.json")
+
+
 def malicious_checkpoint(path: Path) -> None:
     """A checkpoint that pickles an object beyond tensors (a stand-in for code that would run on load), with a
     checksum that matches it, as an attacker handing over a whole run folder would write."""

@@ -90,6 +90,9 @@ def recorded_config(name: str, overrides: Sequence[str]) -> RunConfig | None:
     if raw.get("name", name) != name:
         raise SlmkitError(f"out_dir={folder.root} is a run of recipe {raw['name']!r}, not {name!r}: a resumed run "
                           f"continues as recorded; pass recipe={raw['name']}, or start a new run in another out_dir")
+    if (raw.get("tokenizer") or {}).get("path") and folder.tokenizer.is_file():
+        # The tokenizer the weights learned with is the run's own copy, wherever the file it was copied from went.
+        raw = {**raw, "tokenizer": {**raw["tokenizer"], "path": str(folder.tokenizer)}}
     return build_config(RunConfig, raw, overrides=values)
 
 
