@@ -54,6 +54,14 @@ class SourceStats:
         if len(self.errors) < ERROR_EXAMPLES:
             self.errors.append(message)
 
+    def merge(self, other: "SourceStats") -> None:
+        """Adds what reading a later part of the same source found (parts merged in source order)."""
+        for name in ("files", "documents", "characters", "replaced_chars"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for reason, count in other.skipped.items():
+            self.skipped[reason] = self.skipped.get(reason, 0) + count
+        self.errors.extend(other.errors[: max(0, ERROR_EXAMPLES - len(self.errors))])
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "name": self.name, "files": self.files, "documents": self.documents, "characters": self.characters,
@@ -411,20 +419,27 @@ def iter_documents(source: SourceConfig, root: Path, on_error: str, stats: Sourc
     for path, relpath in resolve_source_files(source, root):
         if limit is not None and stats.documents >= limit:
             return
-        stats.files += 1
-        reader = FileReader(path, source.text_field, source.txt_documents, stats)
-        try:
-            for item in reader.documents(name, relpath):
-                if limit is not None and stats.documents >= limit:
-                    return
-                if isinstance(item, BadRecord):
-                    handle_bad(item, name, on_error, stats)
-                elif not item.text.strip():
-                    stats.skip("empty_text", f"{item.doc_id}: empty text")
-                else:
-                    yield counted(item, stats)
-        except BadRecord as bad:  # the rest of this file cannot be read
-            handle_bad(bad, name, on_error, stats)
+        yield from iter_file_documents(source, path, relpath, on_error, stats, limit)
+
+
+def iter_file_documents(source: SourceConfig, path: Path, relpath: str, on_error: str, stats: SourceStats,
+                        limit: Optional[int] = None) -> Iterator[Document]:
+    """The documents of one file of a path source, until `stats` has counted `limit` documents of the source."""
+    name = source_name(source)
+    stats.files += 1
+    reader = FileReader(path, source.text_field, source.txt_documents, stats)
+    try:
+        for item in reader.documents(name, relpath):
+            if limit is not None and stats.documents >= limit:
+                return
+            if isinstance(item, BadRecord):
+                handle_bad(item, name, on_error, stats)
+            elif not item.text.strip():
+                stats.skip("empty_text", f"{item.doc_id}: empty text")
+            else:
+                yield counted(item, stats)
+    except BadRecord as bad:  # the rest of this file cannot be read
+        handle_bad(bad, name, on_error, stats)
 
 
 def handle_bad(bad: BadRecord, name: str, on_error: str, stats: SourceStats) -> None:
