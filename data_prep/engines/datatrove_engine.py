@@ -20,7 +20,7 @@ import time
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from data_prep.chunks import read_json, write_json
 from data_prep.curate import deduplicates
@@ -310,12 +310,12 @@ def ray_executors(spec: RunSpec, layout: keyed.Layout) -> list[Any]:
 
 # ---- the entry point -------------------------------------------------------------------------------------------
 
-def prepare_on_datatrove(plan: Any, data: DataConfig, tokenizer: TokenizerConfig, progress: bool) -> Optional[PreparedData]:
-    """Runs (local, Ray) or submits (SLURM) the run; returns the prepared data when it is published here."""
-    from data_prep.prepare import clear_outputs, remove_work, reusable_manifest, reused
+def start(plan: Any, data: DataConfig, tokenizer: TokenizerConfig) -> tuple[RunSpec, keyed.Layout]:
+    """Checks the settings and task counts before anything runs; node 0 clears old outputs and lists the inputs."""
+    from data_prep.prepare import clear_outputs
 
     check(data)
-    stages(data)  # task counts are checked before anything runs
+    stages(data)
     spec = RunSpec(data, tokenizer, str(plan.folder), plan.inputs_sha256)
     Path(plan.folder).mkdir(parents=True, exist_ok=True)
     layout = keyed.Layout(plan, data)
@@ -323,10 +323,28 @@ def prepare_on_datatrove(plan: Any, data: DataConfig, tokenizer: TokenizerConfig
         clear_outputs(Path(plan.folder))
         if not (layout.root / keyed.UNITS).is_file():
             layout.write_units()
+    return spec, layout
+
+
+def submit_to_slurm(plan: Any, data: DataConfig, tokenizer: TokenizerConfig) -> str:
+    """`slmkit data prepare` with data.executor=slurm: submits one job array per stage, each after the one before."""
+    spec, layout = start(plan, data, tokenizer)
+    executors = slurm_executors(spec, layout)
+    executors[-1].run()  # submits its dependencies first
+    return (f"submitted {len(executors)} SLURM job arrays (logs under {layout.root / 'datatrove'}); the token shards "
+            f"appear at {plan.folder} when the last one finishes, and `slmkit data prepare` then reports them")
+
+
+def prepare_on_datatrove(plan: Any, data: DataConfig, tokenizer: TokenizerConfig, progress: bool) -> PreparedData:
+    """Runs the stages on the local or Ray executor and returns the published shards."""
+    from data_prep.prepare import remove_work, reusable_manifest, reused
+
     if data.executor == "slurm":
-        executors = slurm_executors(spec, layout)
-        executors[-1].run()
-        return None
+        check(data)
+        raise SlmkitError(
+            f"the token shards at {plan.folder} are not prepared yet, and data.executor=slurm prepares them as SLURM "
+            f"jobs: submit them with `slmkit data prepare` (same recipe), and run this again once they have finished")
+    spec, layout = start(plan, data, tokenizer)
     if data.executor == "ray":
         for executor in ray_executors(spec, layout):
             executor.run()
