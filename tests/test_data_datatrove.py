@@ -187,3 +187,16 @@ def test_a_corpus_that_changes_between_tasks_stops_the_run_unpublished(tmp_path,
     with pytest.raises(SlmkitError, match="the corpus changed while the run was on"):
         prepare(data, TOKENIZER, tmp_path / "out", progress=False)
     assert not (tmp_path / "out" / "manifest.json").exists() and not list((tmp_path / "out").glob("*.bin"))
+
+
+@pytest.mark.slow
+def test_a_local_ray_cluster_writes_the_same_bytes(tmp_path, corpus, pool_digests):
+    import ray
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT)}})
+    try:
+        data = config(corpus, engine="datatrove", executor="ray", tasks=3, workers=2)
+        prepared = prepare(data, TOKENIZER, tmp_path / "out", progress=False)
+    finally:
+        ray.shutdown()
+    assert digests(prepared.shards_dir) == pool_digests

@@ -30,7 +30,7 @@ from slmkit.data_config import DataConfig, TokenizerConfig
 from slmkit.errors import SlmkitError
 
 EXTRA = "pip install 'slmkit[distributed]'"
-RAY_EXTRA = "pip install 'slmkit[distributed]' 'ray[default]>=2.9'"
+RAY_EXTRA = "pip install 'slmkit[distributed]' 'ray>=2.9'"
 POLL_SECONDS = 0.5  # how often a node waits for the other nodes' share of a stage
 
 
@@ -298,14 +298,24 @@ def slurm_executors(spec: RunSpec, layout: keyed.Layout) -> list[Any]:
     return executors
 
 
-def ray_executors(spec: RunSpec, layout: keyed.Layout) -> list[Any]:
+def run_on_ray(spec: RunSpec, layout: keyed.Layout, progress: bool) -> None:
+    """Each stage on the Ray cluster this process is connected to (`ray.init` first, or one is started here)."""
     try:
-        from datatrove.executor.ray import RayPipelineExecutor
         import ray  # noqa: F401
+        from datatrove.executor.ray import RayPipelineExecutor
     except ImportError:
         raise SlmkitError(f"data.executor=ray needs Ray, which is not installed: {RAY_EXTRA}") from None
-    return [RayPipelineExecutor([stage.step(spec)], tasks=stage.tasks, workers=spec.data.workers or -1,
-                                logging_dir=logging_dir(layout, stage)) for stage in stages(spec.data)]
+    for stage in stages(spec.data):
+        if progress:
+            print(f"datatrove on ray: {stage.name} ({stage.tasks} task{'s' * (stage.tasks > 1)})", file=sys.stderr, flush=True)
+        executor = RayPipelineExecutor([stage.step(spec)], tasks=stage.tasks, workers=spec.data.workers or -1,
+                                       logging_dir=logging_dir(layout, stage))
+        with contextlib.redirect_stderr(io.StringIO()):
+            executor.run()
+        failed = executor.get_incomplete_ranks(range(stage.tasks))
+        if failed:
+            raise SlmkitError(f"datatrove stage {stage.name!r} did not finish tasks {failed} on Ray (task logs: "
+                              f"{logging_dir(layout, stage)}/logs); fix the cause and run again: finished tasks are kept")
 
 
 # ---- the entry point -------------------------------------------------------------------------------------------
@@ -346,8 +356,7 @@ def prepare_on_datatrove(plan: Any, data: DataConfig, tokenizer: TokenizerConfig
             f"jobs: submit them with `slmkit data prepare` (same recipe), and run this again once they have finished")
     spec, layout = start(plan, data, tokenizer)
     if data.executor == "ray":
-        for executor in ray_executors(spec, layout):
-            executor.run()
+        run_on_ray(spec, layout, progress)
     else:
         wait_for_units(layout)
         run_local(spec, layout, progress)
