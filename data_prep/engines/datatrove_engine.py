@@ -234,27 +234,25 @@ def run_local_ranks(spec: RunSpec, stage: Stage, first: int, count: int) -> None
                               ) from None
 
 
-def run_stage_here(spec: RunSpec, layout: keyed.Layout, stage: Stage, workers: int) -> None:
-    """This node's share of a stage, `workers` tasks at once (each in its own process, so a killed one is noticed)."""
+def run_stage_here(spec: RunSpec, layout: keyed.Layout, stage: Stage, pool: concurrent.futures.Executor | None) -> None:
+    """This node's share of a stage: on the pool's processes, one task each (so a killed one is noticed), or here."""
     first, count = node_share(stage.tasks, spec.data.nodes, spec.data.node_rank)
     executor = local_executor(spec, layout, stage, first, count)
     ranks = executor.get_incomplete_ranks(range(first, first + count))
     if not ranks:
         return
-    if workers == 1 or len(ranks) == 1:
+    if pool is None or len(ranks) == 1:
         run_local_ranks(spec, stage, first, count)
         return
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(min(workers, len(ranks)), mp_context=context) as pool:
-        futures = [pool.submit(run_local_ranks, spec, stage, rank, 1) for rank in ranks]
-        try:
-            for future in concurrent.futures.as_completed(futures):
-                future.result()
-        except BrokenProcessPool:
-            raise SlmkitError(
-                f"a datatrove task process of stage {stage.name!r} died without a word (killed, most likely by the "
-                f"out-of-memory killer); nothing is published. Run again: finished tasks are kept and only the rest run "
-                f"(lower data.workers, {workers}, if memory is short)") from None
+    futures = [pool.submit(run_local_ranks, spec, stage, rank, 1) for rank in ranks]
+    try:
+        for future in concurrent.futures.as_completed(futures):
+            future.result()
+    except BrokenProcessPool:
+        raise SlmkitError(
+            f"a datatrove task process of stage {stage.name!r} died without a word (killed, most likely by the "
+            f"out-of-memory killer); nothing is published. Run again: finished tasks are kept and only the rest run "
+            f"(lower data.workers, {spec.data.workers}, if memory is short)") from None
 
 
 def wait_for_stage(layout: keyed.Layout, stage: Stage, published: Callable[[], bool]) -> None:
@@ -274,11 +272,18 @@ def run_local(spec: RunSpec, layout: keyed.Layout, progress: bool) -> None:
     def published() -> bool:
         return reusable_manifest(make_plan(data, spec.tokenizer, Path(spec.folder))) is not None
 
-    for stage in stages(data):
-        if progress:
-            print(f"datatrove: {stage.name} ({stage.tasks} task{'s' * (stage.tasks > 1)})", file=sys.stderr, flush=True)
-        run_stage_here(spec, layout, stage, workers)
-        wait_for_stage(layout, stage, published)
+    # one set of worker processes for every stage: starting one costs seconds of imports
+    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) \
+        if workers > 1 else None
+    try:
+        for stage in stages(data):
+            if progress:
+                print(f"datatrove: {stage.name} ({stage.tasks} task{'s' * (stage.tasks > 1)})", file=sys.stderr, flush=True)
+            run_stage_here(spec, layout, stage, pool)
+            wait_for_stage(layout, stage, published)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ---- SLURM and Ray ---------------------------------------------------------------------------------------------
