@@ -22,6 +22,7 @@ from data_prep.chunks import ChunkPool, load_npz, read_json, stage_bar, write_js
 from data_prep.curate import (CORPUS_DIR, TokenSpec, build_corpus, chunks_in_flight, corpus_records, corpus_splits,
                               tokenize_part, worker_count)
 from data_prep.pack import STREAM, ShardPacker, write_manifest
+from data_prep.remote import RemotePath
 from data_prep.report import REPORT_MARKDOWN, write_report
 from data_prep.sources import resolve_data_root, resolve_source_files, source_name
 from data_prep.tokenizer import tokenizer_sha256, train_tokenizer
@@ -78,7 +79,9 @@ def validate(data: DataConfig) -> None:
         raise SlmkitError(f"several data sources are named {', '.join(duplicates)}; give each a distinct `name`")
 
 
-def file_print(path: Path) -> list[Any]:
+def file_print(path: Path | RemotePath) -> list[Any]:
+    if isinstance(path, RemotePath):
+        return path.fingerprint()
     status = path.stat()
     return [str(path.resolve()), status.st_size, status.st_mtime_ns]
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator, Optional
 
+from data_prep.remote import RemotePath, is_url, list_files, relative_name
 from slmkit.data_config import SourceConfig
 from slmkit.errors import SlmkitError
 
@@ -119,9 +120,11 @@ def resolve_source_files(source: SourceConfig, root: Path) -> list[tuple[Path, s
 
     A path is one file, every supported file under a folder, or a glob.
     """
+    name = source_name(source)
+    if is_url(source.path):
+        return remote_source_files(source, name)
     pattern = Path(source.path).expanduser()
     full = pattern if pattern.is_absolute() else root / pattern
-    name = source_name(source)
     if glob.has_magic(str(full)):
         found = sorted(Path(p) for p in glob.glob(str(full), recursive=True))
         files = [p for p in found if p.is_file() and is_supported(p)]
@@ -148,17 +151,29 @@ def resolve_source_files(source: SourceConfig, root: Path) -> list[tuple[Path, s
     return [(path, path.relative_to(base).as_posix()) for path in files]
 
 
-def open_binary(path: Path) -> IO[bytes]:
+def remote_source_files(source: SourceConfig, name: str) -> list[tuple[RemotePath, str]]:
+    """The files of a source whose path is an fsspec URL, as `resolve_source_files` gives local ones."""
+    files, base = list_files(source.path)
+    unsupported = [str(f) for f in files if not is_supported(f)]
+    files = [f for f in files if is_supported(f)]
+    if not files:
+        raise SlmkitError(f"source {name!r}: no supported data files at {source.path}"
+                          f"{f' (only {unsupported[:3]})' if unsupported else ''}; check the URL")
+    return [(f, relative_name(f, base)) for f in files]
+
+
+def open_binary(path: Path | RemotePath) -> IO[bytes]:
     _, compression = file_format(path)
+    source: Any = path.open() if isinstance(path, RemotePath) else path  # the decompressors take a file object too
     if compression == ".gz":
-        return gzip.open(path, "rb")
+        return gzip.open(source, "rb")
     if compression == ".bz2":
-        return bz2.open(path, "rb")
+        return bz2.open(source, "rb")
     if compression == ".zst":
         import zstandard
 
-        return zstandard.open(path, "rb")
-    return open(path, "rb")
+        return zstandard.open(source, "rb")
+    return source if isinstance(path, RemotePath) else open(path, "rb")
 
 
 def decode(data: bytes) -> tuple[str, int]:
@@ -283,7 +298,7 @@ class FileReader:
         import pyarrow.parquet as pq
 
         try:
-            parquet = pq.ParquetFile(self.path)
+            parquet = pq.ParquetFile(self.path.open() if isinstance(self.path, RemotePath) else self.path)
         except Exception as error:  # pyarrow raises ArrowInvalid/OSError subclasses for damaged files
             raise BadRecord("corrupt_file", f"{self.path}: not a readable parquet file ({error})") from None
         row = 0

@@ -25,6 +25,7 @@ from data_prep.curate import (CORPUS_DIR, CORPUS_DONE, ChunkJob, chunk_chars, ch
                               corpus_summary, curate_chunk, dedup_stats, deduplicates, empty_corpus_message,
                               finish_chunk, length_histogram, link_or_copy, no_dedup, tokenize_part)
 from data_prep.dedup import Deduplicator, Fingerprint
+from data_prep.remote import source_file
 from data_prep.sources import SourceStats, iter_documents, iter_file_documents, resolve_source_files, source_name
 from slmkit.atomic import atomic_path
 from slmkit.data_config import DataConfig, DedupConfig
@@ -88,7 +89,7 @@ class Layout:
 
 def unit_documents(data: DataConfig, root: Path, unit: Unit, stats: SourceStats) -> Iterator[dict[str, Any]]:
     source = data.sources[unit.source]
-    documents = (iter_file_documents(source, Path(unit.path), unit.relpath, data.on_error, stats) if unit.path
+    documents = (iter_file_documents(source, source_file(unit.path), unit.relpath, data.on_error, stats) if unit.path
                  else iter_documents(source, root, data.on_error, stats))
     for document in documents:
         yield {"id": document.doc_id, "source": document.source, "text": document.text}
