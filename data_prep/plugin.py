@@ -13,10 +13,11 @@ from typing import Any
 
 from data_prep.prepare import (REPORT_DIR, describe_status, make_plan, prepare, reusable_manifest,
                                train_recipe_tokenizer)
+from data_prep.remote import publish_copy
 from data_prep.report import REPORT_JSON, render_markdown
 from slmkit.atomic import atomic_write_text
 from slmkit.commands import RECIPE_COMMANDS, RecipeCommand
-from slmkit.data import DataPreparer, register_preparer
+from slmkit.data import MANIFEST, DataPreparer, register_preparer
 from slmkit.errors import SlmkitError
 
 
@@ -36,6 +37,8 @@ def submit_or_report(config: Any) -> str:
     plan = make_plan(config.data, config.tokenizer, None)
     manifest = reusable_manifest(plan)
     if manifest is not None:
+        if config.data.publish_to:
+            publish_copy(plan.folder, config.data.publish_to, MANIFEST)
         return f"token shards reused (inputs unchanged): {plan.folder}"
     from data_prep.engines.datatrove_engine import submit_to_slurm
 

@@ -22,7 +22,7 @@ from data_prep.chunks import ChunkPool, load_npz, read_json, stage_bar, write_js
 from data_prep.curate import (CORPUS_DIR, TokenSpec, build_corpus, chunks_in_flight, corpus_records, corpus_splits,
                               tokenize_part, worker_count)
 from data_prep.pack import STREAM, ShardPacker, write_manifest
-from data_prep.remote import RemotePath
+from data_prep.remote import RemotePath, check_writable, publish_copy
 from data_prep.report import REPORT_MARKDOWN, write_report
 from data_prep.sources import resolve_data_root, resolve_source_files, source_name
 from data_prep.tokenizer import tokenizer_sha256, train_tokenizer
@@ -35,7 +35,7 @@ from slmkit.tokenizer import TOKENIZER_FILE, end_of_document_id, load_tokenizer
 
 # DataConfig fields that cannot change any output (where it goes, how fast), and those that only change packing
 NO_EFFECT_FIELDS = ("prepared_dir", "num_workers", "engine", "executor", "tasks", "workers", "bucket_tasks", "nodes",
-                    "node_rank", "slurm")
+                    "node_rank", "slurm", "publish_to")
 PACK_ONLY_FIELDS = ("shard_tokens",)
 HELDOUT_CHARS = 2_000_000  # held-out text for the tokenizer's bytes-per-token figure
 TOKENIZER_REPORT = "tokenizer_report.json"
@@ -294,6 +294,16 @@ def prepare(
     Reuses all of it when sources, config and tokenizer are unchanged; resumes a crashed run where it stopped.
     """
     plan = make_plan(data, tokenizer, out_dir)
+    if data.publish_to:
+        check_writable(data.publish_to)
+    prepared = prepare_here(plan, data, tokenizer, progress)
+    if data.publish_to and (data.engine == "local" or data.node_rank == 0):
+        publish_copy(plan.folder, data.publish_to, MANIFEST)
+    return prepared
+
+
+def prepare_here(plan: Plan, data: DataConfig, tokenizer: TokenizerConfig, progress: bool) -> PreparedData:
+    """The prepared data in the plan's folder: reused, or written by the engine the recipe names."""
     manifest = reusable_manifest(plan)
     if manifest is not None:
         return reused(plan, manifest)

@@ -107,3 +107,44 @@ def relative_name(remote: RemotePath, base: str) -> str:
     path = remote.url.split("://", 1)[1]
     base = base.split("://", 1)[-1]
     return path[len(base):].lstrip("/") if base and path.startswith(base) else PurePosixPath(path).name
+
+
+# ---- publishing a prepared folder to another file system ------------------------------------------------------
+
+PROBE = ".slmkit-write-probe"
+
+
+def check_writable(url: str) -> None:
+    """Writes and removes a small file under the URL, so an unwritable destination fails before any work."""
+    fs, path = filesystem(url)
+    probe = f"{path.rstrip('/')}/{PROBE}"
+    try:
+        fs.makedirs(path, exist_ok=True)
+        with fs.open(probe, "wb") as handle:
+            handle.write(b"slmkit")
+        fs.rm(probe)
+    except (OSError, ValueError, PermissionError) as error:
+        raise SlmkitError(f"data.publish_to={url} cannot be written ({type(error).__name__}: {error}); check the URL, "
+                          f"its permissions and the store's credentials") from None
+
+
+def publish_copy(folder: Any, url: str, manifest_name: str) -> None:
+    """Copies a prepared folder to the URL, the manifest last: a copy cut short has no manifest, so nothing
+    reads it as complete. An existing copy of the same inputs (same manifest) is left as it is."""
+    fs, path = filesystem(url)
+    target = path.rstrip("/")
+    manifest = (folder / manifest_name).read_bytes()
+    try:
+        if fs.isfile(f"{target}/{manifest_name}") and fs.cat_file(f"{target}/{manifest_name}") == manifest:
+            return
+        if fs.isfile(f"{target}/{manifest_name}"):
+            fs.rm(f"{target}/{manifest_name}")  # unpublish the old copy before any of its files change
+        for file in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != manifest_name
+                           and "work" not in p.relative_to(folder).parts and "curated" not in p.relative_to(folder).parts):
+            parent = file.parent.relative_to(folder).as_posix()
+            fs.makedirs(target if parent == "." else f"{target}/{parent}", exist_ok=True)
+            fs.put_file(str(file), f"{target}/{file.relative_to(folder).as_posix()}")
+        fs.pipe_file(f"{target}/{manifest_name}", manifest)
+    except (OSError, ValueError) as error:
+        raise SlmkitError(f"copying the prepared data to {url} failed ({type(error).__name__}: {error}); nothing there "
+                          f"reads as complete (no manifest): fix the cause and run again") from None

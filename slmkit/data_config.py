@@ -201,6 +201,7 @@ class DataConfig:
     nodes: int = option(1, "datatrove local executor: machines sharing the run over one folder; each runs its share of every stage's tasks (datatrove's local rank offsets).", bounds=at_least(1))
     node_rank: int = option(0, "datatrove local executor: which of data.nodes this machine is (0 .. nodes-1); node 0 publishes the result.", bounds=at_least(0))
     slurm: SlurmConfig = field(default_factory=SlurmConfig, metadata={"doc": "SLURM settings of data.executor=slurm."})
+    publish_to: str = option("", "Also copy the prepared shards, tokenizer and report to this folder or fsspec URL (s3://, gs://), the manifest last; checked for writing before any work.")
 
 
 @dataclass

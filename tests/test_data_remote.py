@@ -85,3 +85,30 @@ def test_an_unreadable_source_url_is_one_clear_error(tmp_path, url, message):
     with pytest.raises(SlmkitError, match=message):
         prepare(data, TOKENIZER, tmp_path / "out", progress=False)
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_the_prepared_data_is_published_to_a_url_manifest_last(tmp_path, corpus, local_digests):
+    prepared = prepare(config(corpus, publish_to="memory://published/legal"), TOKENIZER, tmp_path / "out", progress=False)
+    memory = fsspec.filesystem("memory")
+    copied = {name: hashlib.sha256(memory.cat_file(f"/published/legal/{name}")).hexdigest() for name in local_digests}
+    assert copied == local_digests
+    assert memory.cat_file("/published/legal/manifest.json") == (prepared.shards_dir / "manifest.json").read_bytes()
+    assert not memory.exists("/published/legal/work") and not memory.exists("/published/legal/.slmkit-write-probe")
+    memory.rm("/published", recursive=True)
+
+
+def test_an_unwritable_destination_stops_the_run_before_any_work(tmp_path, corpus):
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(SlmkitError, match="cannot be written"):
+        prepare(config(corpus, publish_to=str(tmp_path / "a-file" / "shards")), TOKENIZER, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_store_backend_names_its_package(tmp_path, monkeypatch):
+    def no_backend(url, **kwargs):
+        raise ImportError("Install s3fs to access S3")
+
+    monkeypatch.setattr(fsspec.core, "url_to_fs", no_backend)
+    data = DataConfig(sources=[SourceConfig(name="x", path="s3://bucket/corpus.jsonl")], num_workers=1)
+    with pytest.raises(SlmkitError, match="needs s3fs, which is not installed: pip install s3fs"):
+        prepare(data, TOKENIZER, tmp_path / "out", progress=False)
