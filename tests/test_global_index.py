@@ -88,3 +88,20 @@ def global_stream(per_rank: list[list[int]], micro_batch: int = 2) -> list[int]:
     """The samples of all ranks in stream order: each global micro-batch is rank 0's slice, then rank 1's."""
     steps = len(per_rank[0]) // micro_batch
     return [s for m in range(steps) for rank in per_rank for s in rank[m * micro_batch:(m + 1) * micro_batch]]
+
+
+def test_slmkit_train_resumes_the_global_index_with_identical_losses(shared_dir, tmp_path):
+    from test_training import read_metrics, tiny_config
+
+    from slmkit.training.run import train
+
+    settings = ["optim.decay_steps=8", "trainer.checkpoint_every=4", "trainer.data_order=global_index"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(tiny_config(shared_dir, straight, "trainer.max_steps=8", *settings))
+    train(tiny_config(shared_dir, resumed, "trainer.max_steps=4", *settings))
+    checkpoint = resumed / "checkpoints" / "step-4.ckpt"
+    saved = torch.load(checkpoint, weights_only=True)["TokenDataModule"]["global_index"]
+    assert saved["consumed"] == 4 * 4 and saved["window"] == 32  # 4 steps of 4 windows
+    train(tiny_config(shared_dir, resumed, "trainer.max_steps=8", *settings, f"resume={checkpoint}"))
+    assert [(r["step"], r["train_loss"]) for r in read_metrics(straight)] == \
+        [(r["step"], r["train_loss"]) for r in read_metrics(resumed)]
