@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import sys
 import time
+from abc import abstractmethod
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,8 +85,9 @@ class SlmkitStep(PipelineStep):
             self.work(self.spec.layout(), rank, world_size)
         yield from ()
 
+    @abstractmethod
     def work(self, layout: keyed.Layout, rank: int, world_size: int) -> None:
-        raise NotImplementedError
+        """This task's share of the stage (see `keyed`)."""
 
 
 class CountBoilerplate(SlmkitStep):

@@ -66,9 +66,13 @@ class Layout:
         self.plan = plan
         self.data = data
         self.root = Path(plan.work) / "keyed"
+        self._units: list[Unit] | None = None
 
     def units(self) -> list[Unit]:
-        return [Unit(**unit) for unit in read_json(self.root / UNITS)]
+        """The run's inputs as listed when it started (a task never lists them again: they might have changed)."""
+        if self._units is None:
+            self._units = [Unit(**unit) for unit in read_json(self.root / UNITS)]
+        return self._units
 
     def write_units(self) -> list[Unit]:
         units = list_units(self.data, self.plan.root)
