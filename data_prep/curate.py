@@ -352,13 +352,19 @@ def deduplicate(data: DataConfig, work: Path, chunks: int, progress: bool) -> di
                 drops.setdefault(str(index), []).append(row)
             bar.update(1)
     bar.close()
-    stats = dataclasses.asdict(deduplicator.stats)
-    clusters = sorted(stats.pop("clusters").items(), key=lambda item: (-len(item[1]), item[0]))
-    stats["clusters"] = len(clusters)
-    stats["largest_clusters"] = [{"kept": first, "size": len(dups) + 1, "dropped": dups[:5]} for first, dups in clusters[:10]]
-    result = {"drops": drops, "stats": stats, "counts": kept.data, "seconds": time.perf_counter() - start}
+    result = {"drops": drops, "stats": dedup_stats(deduplicator.stats), "counts": kept.data,
+              "seconds": time.perf_counter() - start}
     write_json(done, result)
     return result
+
+
+def dedup_stats(stats: DedupStats) -> dict[str, Any]:
+    """The report's view of the dedup statistics: cluster count and the largest clusters instead of all of them."""
+    summary = dataclasses.asdict(stats)
+    clusters = sorted(summary.pop("clusters").items(), key=lambda item: (-len(item[1]), item[0]))
+    summary["clusters"] = len(clusters)
+    summary["largest_clusters"] = [{"kept": first, "size": len(dups) + 1, "dropped": dups[:5]} for first, dups in clusters[:10]]
+    return summary
 
 
 def no_dedup(data: DataConfig) -> dict[str, Any]:

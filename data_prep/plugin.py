@@ -11,21 +11,38 @@ import argparse
 import json
 from typing import Any
 
-from data_prep.prepare import REPORT_DIR, describe_status, prepare, train_recipe_tokenizer
+from data_prep.prepare import (REPORT_DIR, describe_status, make_plan, prepare, reusable_manifest,
+                               train_recipe_tokenizer)
+from data_prep.remote import publish_copy
 from data_prep.report import REPORT_JSON, render_markdown
 from slmkit.atomic import atomic_write_text
 from slmkit.commands import RECIPE_COMMANDS, RecipeCommand
-from slmkit.data import DataPreparer, register_preparer
+from slmkit.data import MANIFEST, DataPreparer, register_preparer
 from slmkit.errors import SlmkitError
 
 
 def prepare_command(config: Any, flags: argparse.Namespace) -> str:
+    if config.data.engine == "datatrove" and config.data.executor == "slurm":
+        return submit_or_report(config)
     prepared = prepare(config.data, config.tokenizer)
     state = "reused (inputs unchanged)" if prepared.reused else "written"
     lines = [f"token shards {state}: {prepared.shards_dir}"]
     if prepared.report_path is not None:
         lines.append(f"curation report: {prepared.report_path}")
     return "\n".join(lines)
+
+
+def submit_or_report(config: Any) -> str:
+    """SLURM runs the stages as jobs: the first call submits them, a call after they finished reports the shards."""
+    plan = make_plan(config.data, config.tokenizer, None)
+    manifest = reusable_manifest(plan)
+    if manifest is not None:
+        if config.data.publish_to:
+            publish_copy(plan.folder, config.data.publish_to, MANIFEST)
+        return f"token shards reused (inputs unchanged): {plan.folder}"
+    from data_prep.engines.datatrove_engine import submit_to_slurm
+
+    return submit_to_slurm(plan, config.data, config.tokenizer)
 
 
 def report_command(config: Any, flags: argparse.Namespace) -> str:

@@ -22,6 +22,7 @@ from data_prep.curate import (CORPUS_DIR, TokenSpec, build_corpus, chunks_in_fli
                               tokenize_part, worker_count)
 from data_prep.pack import STREAM, ShardPacker, write_manifest
 from data_prep.plan import Plan
+from data_prep.remote import RemotePath, check_writable, publish_copy
 from data_prep.report import REPORT_MARKDOWN, write_report
 from data_prep.sources import resolve_data_root, resolve_source_files, source_name
 from data_prep.tokenizer import tokenizer_sha256, train_tokenizer
@@ -33,7 +34,8 @@ from slmkit.options import check_values
 from slmkit.tokenizer import TOKENIZER_FILE, end_of_document_id, load_tokenizer
 
 # DataConfig fields that cannot change any output (where it goes, how fast), and those that only change packing
-NO_EFFECT_FIELDS = ("prepared_dir", "num_workers")
+NO_EFFECT_FIELDS = ("prepared_dir", "num_workers", "engine", "executor", "tasks", "workers", "bucket_tasks", "nodes",
+                    "node_rank", "slurm", "publish_to")
 PACK_ONLY_FIELDS = ("shard_tokens",)
 HELDOUT_CHARS = 2_000_000  # held-out text for the tokenizer's bytes-per-token figure
 TOKENIZER_REPORT = "tokenizer_report.json"
@@ -59,7 +61,9 @@ def validate(data: DataConfig) -> None:
         raise SlmkitError(f"several data sources are named {', '.join(duplicates)}; give each a distinct `name`")
 
 
-def file_print(path: Path) -> list[Any]:
+def file_print(path: Path | RemotePath) -> list[Any]:
+    if isinstance(path, RemotePath):
+        return path.fingerprint()
     status = path.stat()
     return [str(path.resolve()), status.st_size, status.st_mtime_ns]
 
@@ -272,10 +276,23 @@ def prepare(
     Reuses all of it when sources, config and tokenizer are unchanged; resumes a crashed run where it stopped.
     """
     plan = make_plan(data, tokenizer, out_dir)
+    if data.publish_to:
+        check_writable(data.publish_to)
+    prepared = prepare_here(plan, data, tokenizer, progress)
+    if data.publish_to and (data.engine == "local" or data.node_rank == 0):
+        publish_copy(plan.folder, data.publish_to, MANIFEST)
+    return prepared
+
+
+def prepare_here(plan: Plan, data: DataConfig, tokenizer: TokenizerConfig, progress: bool) -> PreparedData:
+    """The prepared data in the plan's folder: reused, or written by the engine the recipe names."""
     manifest = reusable_manifest(plan)
     if manifest is not None:
-        report = plan.folder / REPORT_DIR / REPORT_MARKDOWN
-        return PreparedData(plan.folder, plan.folder / TOKENIZER_FILE, manifest, True, report if report.is_file() else None)
+        return reused(plan, manifest)
+    if data.engine == "datatrove":  # imported only when chosen: the pool never needs datatrove
+        from data_prep.engines.datatrove_engine import prepare_on_datatrove
+
+        return prepare_on_datatrove(plan, data, tokenizer, progress)
     plan.folder.mkdir(parents=True, exist_ok=True)
     clear_outputs(plan.folder)
     with ChunkPool(worker_count(data), chunks_in_flight(data)) as pool:
@@ -287,6 +304,21 @@ def prepare(
         start = time.perf_counter()
         spec = token_spec(plan, tokenizer_path)
         chunk_tokens = tokenize_corpus(plan, corpus, pool, spec, progress)
+    prepared = publish(plan, data, corpus, tokenizer_path, tokenizer_report, spec, chunk_tokens,
+                       {"tokenizer": tokenizer_seconds}, start)
+    remove_work(plan)
+    return prepared
+
+
+def reused(plan: Plan, manifest: dict[str, Any]) -> PreparedData:
+    report = plan.folder / REPORT_DIR / REPORT_MARKDOWN
+    return PreparedData(plan.folder, plan.folder / TOKENIZER_FILE, manifest, True, report if report.is_file() else None)
+
+
+def publish(plan: Plan, data: DataConfig, corpus: dict[str, Any], tokenizer_path: Path, tokenizer_report: dict[str, Any],
+            spec: TokenSpec, chunk_tokens: list[dict[str, Any]], timings: dict[str, float], start: float) -> PreparedData:
+    """Packs the encoded chunks into shards and writes the tokenizer report, the curation report and, last, the
+    manifest; `start` is when tokenizing began (the report's tokenize+pack time)."""
     splits = pack_shards(plan, data, spec, len(corpus["parts"]))
     pack_seconds = time.perf_counter() - start
     source_tokens: dict[str, int] = {}
@@ -312,11 +344,10 @@ def prepare(
         "splits": {name: counts.as_dict() for name, counts in splits.items()},
     }
     write_json(plan.folder / TOKENIZER_REPORT, tokenizer_report)
-    timings = {**corpus["timings"], "tokenizer": tokenizer_seconds, "tokenize (rest)+pack": pack_seconds}
+    timings = {**corpus["timings"], **timings, "tokenize (rest)+pack": pack_seconds}
     corpus["stage_cpu_seconds"]["tokenize"] = sum(result.get("seconds", 0.0) for result in chunk_tokens)
     report_path = write_report(plan.folder / REPORT_DIR, corpus, manifest, tokenizer_report, timings)
     write_manifest(plan.folder, manifest)
-    remove_work(plan)
     return PreparedData(plan.folder, tokenizer_path, manifest, reused=False, report_path=report_path)
 
 

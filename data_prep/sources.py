@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator, Optional
 
+from data_prep.remote import RemotePath, is_url, list_files, relative_name
 from slmkit.data_config import SourceConfig
 from slmkit.errors import SlmkitError
 
@@ -53,6 +54,14 @@ class SourceStats:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
         if len(self.errors) < ERROR_EXAMPLES:
             self.errors.append(message)
+
+    def merge(self, other: "SourceStats") -> None:
+        """Adds what reading a later part of the same source found (parts merged in source order)."""
+        for name in ("files", "documents", "characters", "replaced_chars"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for reason, count in other.skipped.items():
+            self.skipped[reason] = self.skipped.get(reason, 0) + count
+        self.errors.extend(other.errors[: max(0, ERROR_EXAMPLES - len(self.errors))])
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -111,9 +120,11 @@ def resolve_source_files(source: SourceConfig, root: Path) -> list[tuple[Path, s
 
     A path is one file, every supported file under a folder, or a glob.
     """
+    name = source_name(source)
+    if is_url(source.path):
+        return remote_source_files(source, name)
     pattern = Path(source.path).expanduser()
     full = pattern if pattern.is_absolute() else root / pattern
-    name = source_name(source)
     if glob.has_magic(str(full)):
         found = sorted(Path(p) for p in glob.glob(str(full), recursive=True))
         files = [p for p in found if p.is_file() and is_supported(p)]
@@ -140,17 +151,29 @@ def resolve_source_files(source: SourceConfig, root: Path) -> list[tuple[Path, s
     return [(path, path.relative_to(base).as_posix()) for path in files]
 
 
-def open_binary(path: Path) -> IO[bytes]:
+def remote_source_files(source: SourceConfig, name: str) -> list[tuple[RemotePath, str]]:
+    """The files of a source whose path is an fsspec URL, as `resolve_source_files` gives local ones."""
+    files, base = list_files(source.path)
+    unsupported = [str(f) for f in files if not is_supported(f)]
+    files = [f for f in files if is_supported(f)]
+    if not files:
+        raise SlmkitError(f"source {name!r}: no supported data files at {source.path}"
+                          f"{f' (only {unsupported[:3]})' if unsupported else ''}; check the URL")
+    return [(f, relative_name(f, base)) for f in files]
+
+
+def open_binary(path: Path | RemotePath) -> IO[bytes]:
     _, compression = file_format(path)
+    source: Any = path.open() if isinstance(path, RemotePath) else path  # the decompressors take a file object too
     if compression == ".gz":
-        return gzip.open(path, "rb")
+        return gzip.open(source, "rb")
     if compression == ".bz2":
-        return bz2.open(path, "rb")
+        return bz2.open(source, "rb")
     if compression == ".zst":
         import zstandard
 
-        return zstandard.open(path, "rb")
-    return open(path, "rb")
+        return zstandard.open(source, "rb")
+    return source if isinstance(path, RemotePath) else open(path, "rb")
 
 
 def decode(data: bytes) -> tuple[str, int]:
@@ -275,7 +298,7 @@ class FileReader:
         import pyarrow.parquet as pq
 
         try:
-            parquet = pq.ParquetFile(self.path)
+            parquet = pq.ParquetFile(self.path.open() if isinstance(self.path, RemotePath) else self.path)
         except Exception as error:  # pyarrow raises ArrowInvalid/OSError subclasses for damaged files
             raise BadRecord("corrupt_file", f"{self.path}: not a readable parquet file ({error})") from None
         row = 0
@@ -411,20 +434,27 @@ def iter_documents(source: SourceConfig, root: Path, on_error: str, stats: Sourc
     for path, relpath in resolve_source_files(source, root):
         if limit is not None and stats.documents >= limit:
             return
-        stats.files += 1
-        reader = FileReader(path, source.text_field, source.txt_documents, stats)
-        try:
-            for item in reader.documents(name, relpath):
-                if limit is not None and stats.documents >= limit:
-                    return
-                if isinstance(item, BadRecord):
-                    handle_bad(item, name, on_error, stats)
-                elif not item.text.strip():
-                    stats.skip("empty_text", f"{item.doc_id}: empty text")
-                else:
-                    yield counted(item, stats)
-        except BadRecord as bad:  # the rest of this file cannot be read
-            handle_bad(bad, name, on_error, stats)
+        yield from iter_file_documents(source, path, relpath, on_error, stats, limit)
+
+
+def iter_file_documents(source: SourceConfig, path: Path, relpath: str, on_error: str, stats: SourceStats,
+                        limit: Optional[int] = None) -> Iterator[Document]:
+    """The documents of one file of a path source, until `stats` has counted `limit` documents of the source."""
+    name = source_name(source)
+    stats.files += 1
+    reader = FileReader(path, source.text_field, source.txt_documents, stats)
+    try:
+        for item in reader.documents(name, relpath):
+            if limit is not None and stats.documents >= limit:
+                return
+            if isinstance(item, BadRecord):
+                handle_bad(item, name, on_error, stats)
+            elif not item.text.strip():
+                stats.skip("empty_text", f"{item.doc_id}: empty text")
+            else:
+                yield counted(item, stats)
+    except BadRecord as bad:  # the rest of this file cannot be read
+        handle_bad(bad, name, on_error, stats)
 
 
 def handle_bad(bad: BadRecord, name: str, on_error: str, stats: SourceStats) -> None:

@@ -5,7 +5,12 @@ The machine is shared and its speed drifts by tens of percent from minute to min
 `prepare` run alternately for several rounds; the median of the rounds' ratios (each from two neighbouring runs)
 and the ratio of the medians are the figures to read.
 
+With --engine-rounds N, the pool and datatrove's local executor (data.engine=datatrove, --tasks tasks, 2 workers)
+then prepare the corpus with dedup on, alternately for N rounds, and the shards are checked to be identical; the
+estimate of machine-hours for 100 GB comes from the pool's measured per-core throughput.
+
 Usage: python scripts/bench_data_prepare.py [--max-documents N] [--vocab-size 8192] [--workers 0] [--rounds 3]
+       [--engine-rounds 0] [--tasks 4]
 """
 
 from __future__ import annotations
@@ -57,6 +62,8 @@ def main() -> None:
     parser.add_argument("--vocab-size", type=int, default=8192)
     parser.add_argument("--workers", type=int, default=0, help="data.num_workers (0 = all cores)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating raw / prepare rounds (dedup off)")
+    parser.add_argument("--engine-rounds", type=int, default=0, help="alternating pool / datatrove rounds (dedup on)")
+    parser.add_argument("--tasks", type=int, default=4, help="data.tasks of the datatrove runs")
     args = parser.parse_args()
     shared = Path(os.environ.get("SLMKIT_SHARED", REPO.parent / "shared")).resolve()
     root = shared / "corpora" / "legal"
@@ -111,6 +118,36 @@ def main() -> None:
             print(f"  cpu   {stage:32s} {seconds:8.1f} s")
         dedup = report["corpus"]["dedup"]["dropped_documents"]
         print(f"  duplicates dropped: {dedup['exact']} exact, {dedup['near']} near")
+        if args.engine_rounds:
+            compare_engines(dataclasses.replace(data, dedup=DedupConfig()), given, work, megabytes, args)
+
+
+def shard_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in [*sorted(folder.glob("*.bin")), folder / "manifest.json", folder / "tokenizer.json"]}
+
+
+def compare_engines(data: DataConfig, given: TokenizerConfig, work: Path, megabytes: float, args: argparse.Namespace) -> None:
+    """The pool and datatrove's local executor (2 workers), dedup on, alternately; same shards checked."""
+    workers = args.workers or os.cpu_count() or 1
+    engines = {"pool": data, "datatrove": dataclasses.replace(data, engine="datatrove", tasks=args.tasks, workers=2)}
+    seconds: dict[str, list[float]] = {name: [] for name in engines}
+    for round_ in range(1, args.engine_rounds + 1):
+        for name, config in engines.items():
+            shutil.rmtree(work / name, ignore_errors=True)
+            start = time.perf_counter()
+            prepare(config, given, work / name, progress=False)
+            seconds[name].append(time.perf_counter() - start)
+        print(f"engines round {round_}: pool {seconds['pool'][-1]:.1f} s, datatrove ({args.tasks} tasks, 2 workers) "
+              f"{seconds['datatrove'][-1]:.1f} s, ratio {seconds['datatrove'][-1] / seconds['pool'][-1]:.2f}")
+    same = shard_bytes(work / "pool") == shard_bytes(work / "datatrove")
+    pool, trove = statistics.median(seconds["pool"]), statistics.median(seconds["datatrove"])
+    ratios = [t / p for p, t in zip(seconds["pool"], seconds["datatrove"])]
+    print(f"engines median: pool {pool:.1f} s, datatrove {trove:.1f} s, ratio of the medians {trove / pool:.2f}, "
+          f"median of the rounds' ratios {statistics.median(ratios):.2f} (goal <= 1.2); identical shards: {same}")
+    per_core = megabytes / pool / workers  # MB/s per core, all stages with dedup on
+    core_hours = 100_000 / per_core / 3600
+    print(f"pool with dedup on: {per_core:.2f} MB/s per core -> 100 GB takes {core_hours:.0f} core-hours, "
+          f"{core_hours / workers:.0f} hours on this {workers}-core machine")
 
 
 if __name__ == "__main__":

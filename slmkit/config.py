@@ -63,6 +63,7 @@ class TrainerConfig:
     activation_checkpointing: bool = option(False, "Recompute block activations in the backward pass to save memory.")
     seed: int = option(1337, "Seed of model init, data order and dropout.", bounds=SEED)
     num_workers: int = option(0, "DataLoader worker processes.", bounds=at_least(0))
+    data_order: str = option("random_windows", "Order of the token windows: random_windows (drawn per step from (seed, step); resumes exactly at the same world size) or global_index (a seeded permutation of non-overlapping windows, its position saved in the checkpoint; resumes exactly at any world size).", choices=("random_windows", "global_index"))
     progress_bar: bool = option(True, "Show a progress bar with step, loss and tokens/s.")
 
 

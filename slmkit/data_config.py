@@ -165,6 +165,16 @@ class DecontaminateConfig:
 
 
 @dataclass
+class SlurmConfig:
+    partition: str = option("", "SLURM partition the data tasks run on (data.executor=slurm needs one).")
+    time: str = option("04:00:00", "Time limit of each SLURM task (sbatch --time).")
+    cpus_per_task: int = option(1, "CPU cores per SLURM task.", bounds=at_least(1))
+    mem_per_cpu_gb: int = option(2, "Memory per core in GB per SLURM task.", bounds=at_least(1))
+    max_array_size: int = option(1001, "Largest job array the cluster accepts (MaxArraySize); bigger stages are cut into several arrays.", bounds=at_least(1))
+    venv_path: str = option("", "Virtual environment the tasks activate before running (empty: the submitting shell's).")
+
+
+@dataclass
 class DataConfig:
     root: Optional[str] = option(None, "Folder that source paths are relative to; default $SLMKIT_DATA, else ./data.")
     sources: list[SourceConfig] = field(default_factory=list, metadata={"doc": "The corpus: a list of sources."})
@@ -182,6 +192,16 @@ class DataConfig:
     dedup: DedupConfig = field(default_factory=DedupConfig, metadata={"doc": "Exact and MinHash near-duplicate removal across all sources."})
     pii: PiiConfig = field(default_factory=PiiConfig, metadata={"doc": "Personal data redaction (off by default)."})
     decontaminate: DecontaminateConfig = field(default_factory=DecontaminateConfig, metadata={"doc": "Removal of documents sharing long n-grams with evaluation sets."})
+    # Where the stages run. None of these changes a byte of the output: every decision is made by document key.
+    engine: str = option("local", "What runs the stages: local (one process pool on this machine) or datatrove (datatrove executors, needs `pip install 'slmkit[distributed]'`).", choices=("local", "datatrove"))
+    executor: str = option("local", "datatrove executor: local (this machine), slurm (job arrays) or ray (a Ray cluster).", choices=("local", "slurm", "ray"))
+    tasks: int = option(4, "datatrove: tasks per parallel stage (the units of work and of resuming; each reads whole input files).", bounds=at_least(1))
+    workers: int = option(0, "datatrove local executor: tasks run at once on this machine; 0 = all cores.", bounds=at_least(0))
+    bucket_tasks: int = option(0, "datatrove: tasks of the MinHash bucket stage; a multiple of its bucket count (LSH bands, plus one for exact digests); 0 = one per bucket.", bounds=at_least(0))
+    nodes: int = option(1, "datatrove local executor: machines sharing the run over one folder; each runs its share of every stage's tasks (datatrove's local rank offsets).", bounds=at_least(1))
+    node_rank: int = option(0, "datatrove local executor: which of data.nodes this machine is (0 .. nodes-1); node 0 publishes the result.", bounds=at_least(0))
+    slurm: SlurmConfig = field(default_factory=SlurmConfig, metadata={"doc": "SLURM settings of data.executor=slurm."})
+    publish_to: str = option("", "Also copy the prepared shards, tokenizer and report to this folder or fsspec URL (s3://, gs://), the manifest last; checked for writing before any work.")
 
 
 @dataclass
