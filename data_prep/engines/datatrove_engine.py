@@ -26,6 +26,7 @@ from typing import Any, Callable
 from data_prep.chunks import read_json, write_json
 from data_prep.curate import deduplicates
 from data_prep.engines import keyed
+from data_prep.plan import Plan
 from slmkit.data import PreparedData
 from slmkit.data_config import DataConfig, TokenizerConfig
 from slmkit.errors import SlmkitError
@@ -327,7 +328,7 @@ def run_on_ray(spec: RunSpec, layout: keyed.Layout, progress: bool) -> None:
 
 # ---- the entry point -------------------------------------------------------------------------------------------
 
-def start(plan: Any, data: DataConfig, tokenizer: TokenizerConfig) -> tuple[RunSpec, keyed.Layout]:
+def start(plan: Plan, data: DataConfig, tokenizer: TokenizerConfig) -> tuple[RunSpec, keyed.Layout]:
     """Checks the settings and task counts before anything runs; node 0 clears old outputs and lists the inputs."""
     from data_prep.prepare import clear_outputs
 
@@ -343,7 +344,7 @@ def start(plan: Any, data: DataConfig, tokenizer: TokenizerConfig) -> tuple[RunS
     return spec, layout
 
 
-def submit_to_slurm(plan: Any, data: DataConfig, tokenizer: TokenizerConfig) -> str:
+def submit_to_slurm(plan: Plan, data: DataConfig, tokenizer: TokenizerConfig) -> str:
     """`slmkit data prepare` with data.executor=slurm: submits one job array per stage, each after the one before."""
     spec, layout = start(plan, data, tokenizer)
     executors = slurm_executors(spec, layout)
@@ -352,7 +353,7 @@ def submit_to_slurm(plan: Any, data: DataConfig, tokenizer: TokenizerConfig) -> 
             f"appear at {plan.folder} when the last one finishes, and `slmkit data prepare` then reports them")
 
 
-def prepare_on_datatrove(plan: Any, data: DataConfig, tokenizer: TokenizerConfig, progress: bool) -> PreparedData:
+def prepare_on_datatrove(plan: Plan, data: DataConfig, tokenizer: TokenizerConfig, progress: bool) -> PreparedData:
     """Runs the stages on the local or Ray executor and returns the published shards."""
     from data_prep.prepare import remove_work, reusable_manifest, reused
 

@@ -25,6 +25,7 @@ from data_prep.curate import (CORPUS_DIR, CORPUS_DONE, ChunkJob, chunk_chars, ch
                               corpus_summary, curate_chunk, dedup_stats, deduplicates, empty_corpus_message,
                               finish_chunk, length_histogram, link_or_copy, no_dedup, tokenize_part)
 from data_prep.dedup import Deduplicator, Fingerprint
+from data_prep.plan import Plan
 from data_prep.remote import source_file
 from data_prep.sources import SourceStats, iter_documents, iter_file_documents, resolve_source_files, source_name
 from slmkit.atomic import atomic_path
@@ -62,7 +63,7 @@ def owned(count: int, rank: int, world_size: int) -> range:
 class Layout:
     """Where a run's per-unit and per-piece files live under the plan's work folder."""
 
-    def __init__(self, plan: Any, data: DataConfig):
+    def __init__(self, plan: Plan, data: DataConfig):
         self.plan = plan
         self.data = data
         self.root = Path(plan.work) / "keyed"
