@@ -115,6 +115,14 @@ class DistillConfig:
 
 
 @dataclass
+class ProvenanceConfig:
+    commit: Optional[str] = option(None, "Written when the run starts (a recipe leaves it unset): the git commit of the slmkit source, '-dirty' with uncommitted changes, or unknown.")
+    version: Optional[str] = option(None, "Written when the run starts: the slmkit version.")
+    config_hash: Optional[str] = option(None, "Written when the run starts: a hash of the resolved config without trainer.seed, out_dir and resume, so that the seeds of one configuration group together.")
+    machine: Optional[str] = option(None, "Written when the run starts: host, cores, architecture, torch version and GPUs.")
+
+
+@dataclass
 class RunConfig:
     name: str = option("run", "Name of the recipe / run; the default out_dir is runs/<name>/<timestamp>.")
     out_dir: Optional[str] = option(None, "Run folder: config.yaml, checkpoints/, metrics.jsonl, TensorBoard events.")
@@ -129,6 +137,7 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    provenance: ProvenanceConfig = field(default_factory=ProvenanceConfig)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

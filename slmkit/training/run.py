@@ -31,6 +31,7 @@ from slmkit.errors import SlmkitError, Stopped
 from slmkit.eval.run import run_tasks_of
 from slmkit.lora import add_lora, merge_lora
 from slmkit.objectives import OBJECTIVES, TOKEN_WINDOWS, Objective
+from slmkit.provenance import with_provenance
 from slmkit.tokenizer import TOKENIZER_FILE, load_tokenizer
 from slmkit.training.callbacks import MetricsLogger, PeriodicEvaluation, StepCheckpoints, StepProgressBar, StopOnSignal
 from slmkit.training.datamodule import TaskDataModule, TokenDataModule
@@ -76,6 +77,7 @@ def train(config: RunConfig) -> TrainResult:
         _check_same_architecture(config, ckpt_path)
     if rank_zero_only.rank == 0:
         _begin_attempt(out_dir, start_step)
+    config = with_provenance(config)  # commit, version, machine and the seedless config hash, for comparisons
     save_run_config(config, out_dir / CONFIG_FILE)
     atomic_copy(tokenizer_path, out_dir / TOKENIZER_FILE)
     if manifest is not None:
