@@ -34,6 +34,7 @@ USAGE_EXAMPLES = """examples:
   slmkit predict checkpoint=runs/finance-sentiment/latest input=headlines.txt
   slmkit embed checkpoint=runs/biomedical-encoder-tiny/latest input=abstracts.jsonl out=vectors.npy
   slmkit study run studies/positions.yaml        (then: slmkit study report studies/positions.yaml)
+  slmkit compare studies/positions.yaml --html report.html
   slmkit distill teacher=runs/legal-teacher-tiny/latest recipe=legal-tiny   (a student learns from a teacher)
 """
 
@@ -184,6 +185,15 @@ def cmd_study(ns: argparse.Namespace) -> None:
     print(study_report(study))
 
 
+def cmd_compare(ns: argparse.Namespace) -> None:
+    from slmkit.research.page import final_metrics_text, write_page
+
+    if ns.html:
+        print(f"wrote {write_page(ns.sources, ns.html)}")
+    else:
+        print(final_metrics_text(ns.sources))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="slmkit", description="Train small domain-specific language models from scratch.",
@@ -229,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     study_report = study.add_parser("report", help="statistics over seeds, per cell and metric: slmkit study report FILE.yaml")
     study_report.add_argument("file", help="the study YAML")
     study_report.set_defaults(fn=cmd_study)
+    compare = sub.add_parser("compare", help="compare runs and studies: slmkit compare RUN_OR_STUDY... --html report.html")
+    compare.add_argument("sources", nargs="+", help="run folders and study files")
+    compare.add_argument("--html", help="write one self-contained page (curves, statistics, config diff) to this file")
+    compare.set_defaults(fn=cmd_compare)
     add("eval", cmd_eval, "evaluate a checkpoint: slmkit eval checkpoint=PATH tasks=[...] | slmkit eval compare RUN_A RUN_B")
     add("export", cmd_export, "export a checkpoint: slmkit export checkpoint=PATH out=DIR [format=hf|gguf|int8]")
     add("generate", cmd_generate, "generate text: slmkit generate checkpoint=PATH prompt=\"...\"")

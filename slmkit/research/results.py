@@ -9,12 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from slmkit.checkpoint import CONFIG_FILE
 from slmkit.config import RunConfig, load_run_config
 from slmkit.errors import SlmkitError
+from slmkit.eval.report import RESULTS_JSON
+from slmkit.training.run import METRICS_FILE
 
-CONFIG_FILE = "config.yaml"
-METRICS_FILE = "metrics.jsonl"
-EVAL_RESULTS = Path("eval") / "results.json"
+EVAL_RESULTS = Path("eval") / RESULTS_JSON
 
 
 @dataclass

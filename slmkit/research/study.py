@@ -16,12 +16,13 @@ from typing import Any, Optional
 
 import yaml
 
+from slmkit.checkpoint import WEIGHTS_FILE
 from slmkit.config import RunConfig, build_config, yaml_problem
 from slmkit.errors import SlmkitError
 from slmkit.options import at_least, option
 from slmkit.recipe import resolve_recipe
 
-FINISHED_MARK = "model.safetensors"  # a run folder holds its final weights exactly when its run went the whole way
+FINISHED_MARK = WEIGHTS_FILE  # a run folder holds its final weights exactly when its run went the whole way
 
 
 @dataclass
