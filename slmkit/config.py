@@ -115,6 +115,14 @@ class DistillConfig:
 
 
 @dataclass
+class TrackConfig:
+    mlflow_uri: Optional[str] = option(None, "logger mlflow: the tracking URI (a server, or a database URL); None = sqlite:///<the folder holding the run folder>/mlflow.db.")
+    mlflow_experiment: Optional[str] = option(None, "logger mlflow: the experiment; None = the recipe's name.")
+    wandb_project: str = option("slmkit", "logger wandb: the W&B project.")
+    wandb_mode: str = option("offline", "logger wandb: offline writes <run>/wandb/ for `wandb sync` later; online sends as it goes.", choices=("offline", "online"))
+
+
+@dataclass
 class ProvenanceConfig:
     commit: Optional[str] = option(None, "Written when the run starts (a recipe leaves it unset): the git commit of the slmkit source, '-dirty' with uncommitted changes, or unknown.")
     version: Optional[str] = option(None, "Written when the run starts: the slmkit version.")
@@ -137,6 +145,8 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    logger: list[str] = option(["tensorboard"], "Experiment trackers the run reports every metric to (several at once); metrics.jsonl is always written. A tracker that fails mid-run is reported and dropped.", choices="slmkit.training.trackers:LOGGERS")
+    track: TrackConfig = field(default_factory=TrackConfig)
     provenance: ProvenanceConfig = field(default_factory=ProvenanceConfig)
 
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import slmkit
 
-# Keys that say where or how often a run is written, or which seed it draws: runs that differ only in these are
+# Keys that say where a run is written and reported, or which seed it draws: runs that differ only in these are
 # repetitions of one configuration.
-UNHASHED_KEYS = ("out_dir", "resume", "provenance", "trainer.seed")
+UNHASHED_KEYS = ("out_dir", "resume", "provenance", "trainer.seed", "logger", "track")
 
 
 def config_hash(config: Any) -> str:

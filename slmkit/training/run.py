@@ -17,7 +17,6 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from slmkit.atomic import atomic_copy, remove_temporaries
@@ -35,6 +34,8 @@ from slmkit.provenance import with_provenance
 from slmkit.tokenizer import TOKENIZER_FILE, load_tokenizer
 from slmkit.training.callbacks import MetricsLogger, PeriodicEvaluation, StepCheckpoints, StepProgressBar, StopOnSignal
 from slmkit.training.datamodule import TaskDataModule, TokenDataModule
+from slmkit.training.loggers import build_loggers
+from slmkit.training.trackers import check_trackers
 from slmkit.training.module import TrainingTask
 from slmkit.training.trainer import apply_cpu_fallback, build_trainer, final_model, parallelize
 
@@ -64,6 +65,7 @@ def train(config: RunConfig) -> TrainResult:
     config = dataclasses.replace(config, out_dir=str(out_dir), resume=None)
     objective_class = OBJECTIVES.get(config.objective.name)
     objective_class.check(config)  # before any data is prepared: a teacher that cannot teach this student
+    check_trackers(config.logger)
     manifest = None
     if objective_class.reads == TOKEN_WINDOWS:
         prepared = data_preparer().prepare(config.data, config.tokenizer)
@@ -98,9 +100,7 @@ def train(config: RunConfig) -> TrainResult:
     stop = StopOnSignal()
     checkpoints = StepCheckpoints(out_dir / "checkpoints", config.trainer.checkpoint_every, config.trainer.keep_checkpoints)
     callbacks, metrics = _callbacks(config, out_dir, task, [stop, checkpoints])
-    # TensorBoard forgets what a stopped attempt logged after the step this one starts from (as metrics.jsonl does).
-    loggers = [TensorBoardLogger(save_dir=str(out_dir), name="tb", version="", default_hp_metric=False,
-                                 purge_step=start_step + 1 if start_step is not None else None)]
+    loggers = build_loggers(config, out_dir, start_step)
     trainer = build_trainer(config, out_dir, callbacks, loggers)
     metrics.scale_to_world(trainer.world_size)
     with warnings.catch_warnings():
