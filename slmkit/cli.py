@@ -35,6 +35,7 @@ USAGE_EXAMPLES = """examples:
   slmkit embed checkpoint=runs/biomedical-encoder-tiny/latest input=abstracts.jsonl out=vectors.npy
   slmkit study run studies/positions.yaml        (then: slmkit study report studies/positions.yaml)
   slmkit compare studies/positions.yaml --html report.html
+  slmkit tune recipe=shakespeare-char space.optim.lr=loguniform(1e-4,1e-2) space.model.n_layer=choice(2,4) trials=20
   slmkit distill teacher=runs/legal-teacher-tiny/latest recipe=legal-tiny   (a student learns from a teacher)
 """
 
@@ -194,6 +195,12 @@ def cmd_compare(ns: argparse.Namespace) -> None:
         print(final_metrics_text(ns.sources))
 
 
+def cmd_tune(ns: argparse.Namespace) -> None:
+    from slmkit.research.tune import run_tune, tune_from_arguments
+
+    print(run_tune(tune_from_arguments(ns.args)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="slmkit", description="Train small domain-specific language models from scratch.",
@@ -243,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("sources", nargs="+", help="run folders and study files")
     compare.add_argument("--html", help="write one self-contained page (curves, statistics, config diff) to this file")
     compare.set_defaults(fn=cmd_compare)
+    add("tune", cmd_tune, "hyperparameter search (Optuna): slmkit tune recipe=NAME space.optim.lr=loguniform(1e-4,1e-2) trials=20")
     add("eval", cmd_eval, "evaluate a checkpoint: slmkit eval checkpoint=PATH tasks=[...] | slmkit eval compare RUN_A RUN_B")
     add("export", cmd_export, "export a checkpoint: slmkit export checkpoint=PATH out=DIR [format=hf|gguf|int8]")
     add("generate", cmd_generate, "generate text: slmkit generate checkpoint=PATH prompt=\"...\"")
