@@ -35,7 +35,7 @@ USAGE_EXAMPLES = """examples:
   slmkit embed checkpoint=runs/biomedical-encoder-tiny/latest input=abstracts.jsonl out=vectors.npy
   slmkit study run studies/positions.yaml        (then: slmkit study report studies/positions.yaml)
   slmkit compare studies/positions.yaml --html report.html
-  slmkit tune recipe=shakespeare-char space.optim.lr=loguniform(1e-4,1e-2) space.model.n_layer=choice(2,4) trials=20
+  slmkit tune recipe=shakespeare-char 'space.optim.lr=loguniform(1e-4,1e-2)' 'space.model.n_layer=choice(2,4)' trials=20
   slmkit distill teacher=runs/legal-teacher-tiny/latest recipe=legal-tiny   (a student learns from a teacher)
 """
 

@@ -22,7 +22,7 @@ from slmkit.atomic import atomic_write_text
 from slmkit.errors import SlmkitError
 from slmkit.provenance import UNHASHED_KEYS
 from slmkit.research.results import RunResult, read_run
-from slmkit.research.stats import REPORT_COLUMNS, CellStats, compare_cells, format_row
+from slmkit.research.stats import REPORT_COLUMNS, CellStats, format_row
 
 POINT_BUDGET = 6000  # points over all curves of the page: 20 groups x 2 curves get 150 each
 MIN_POINTS, MAX_POINTS = 50, 1000
@@ -175,13 +175,9 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def final_metrics(groups: list[Group], baseline: str, metrics: list[str]) -> dict[str, list[CellStats]]:
-    """metric -> each group's statistics of its runs' final values, tested against the baseline group."""
-    table = {}
-    for metric in metrics:
-        values = {g.name: [v for v in (run.final(metric) for run in g.runs) if v is not None] for g in groups}
-        if any(values.values()):
-            table[metric] = compare_cells(values, metric, baseline)
-    return table
+    from slmkit.research.report import group_statistics
+
+    return group_statistics({group.name: group.runs for group in groups}, metrics, baseline)
 
 
 def final_metrics_text(sources: list[str]) -> str:

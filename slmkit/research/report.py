@@ -15,13 +15,20 @@ def study_results(study: Study) -> dict[str, list[RunResult]]:
             for cell in study.cells}
 
 
+def group_statistics(groups: dict[str, list[RunResult]], metrics: list[str], baseline: str) -> dict[str, list[CellStats]]:
+    """metric -> one CellStats per group of runs (their final values), tested against the baseline group; metrics no
+    run reports are left out."""
+    table = {}
+    for metric in metrics:
+        values = {name: [v for v in (run.final(metric) for run in runs) if v is not None] for name, runs in groups.items()}
+        if any(values.values()):
+            table[metric] = compare_cells(values, metric, baseline)
+    return table
+
+
 def study_statistics(study: Study, results: dict[str, list[RunResult]]) -> dict[str, list[CellStats]]:
     """metric -> one CellStats per cell, for each of the study's metrics."""
-    table = {}
-    for metric in study.config.metrics:
-        values = {cell: [v for v in (run.final(metric) for run in runs) if v is not None] for cell, runs in results.items()}
-        table[metric] = compare_cells(values, metric, study.baseline)
-    return table
+    return group_statistics(results, study.config.metrics, study.baseline)
 
 
 def markdown_table(rows: list[CellStats]) -> str:
