@@ -5,6 +5,7 @@ its entry, before any run starts."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -119,6 +120,8 @@ def test_slurm_parameters_are_checked_and_rendered_without_submitting(shared_dir
 
 
 def test_runs_go_n_at_a_time_as_processes_and_through_submitit(shared_dir, tmp_path, capsys):
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("two runs at a time need two cores")
     small = [*TINY, f"data.root={shared_dir / 'corpora'}", "trainer.max_steps=2"]
     path = write_study(tmp_path, shared_dir, seeds=1, overrides=small, launcher={"parallel": 2})
     assert main(["study", "run", str(path)]) == 0
