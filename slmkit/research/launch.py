@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -83,26 +84,35 @@ def _run_processes(todo: list[PlannedRun], parallel: int, echo: Any) -> list[str
     threads = max(1, (os.cpu_count() or 1) // parallel)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     waiting, running, failures = list(todo), [], []
-    while waiting or running:
-        while waiting and len(running) < parallel:
-            run = waiting.pop(0)
-            run.out_dir.mkdir(parents=True, exist_ok=True)
-            echo(f"[start] {_describe(run)}{' (resuming)' if run.started else ''}: {run.out_dir}")
-            log_file = open(run.out_dir / RUN_LOG, "a", encoding="utf-8")
-            command = [sys.executable, "-m", "slmkit.cli", "train", f"recipe={run.recipe}", *run.train_overrides(),
-                       "trainer.progress_bar=false"]
-            running.append((run, subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env), log_file))
-        time.sleep(0.2)
-        for entry in list(running):
-            run, process, log_file = entry
+    try:
+        while waiting or running:
+            while waiting and len(running) < parallel:
+                run = waiting.pop(0)
+                run.out_dir.mkdir(parents=True, exist_ok=True)
+                echo(f"[start] {_describe(run)}{' (resuming)' if run.started else ''}: {run.out_dir}")
+                log_file = open(run.out_dir / RUN_LOG, "a", encoding="utf-8")
+                command = [sys.executable, "-m", "slmkit.cli", "train", f"recipe={run.recipe}", *run.train_overrides(),
+                           "trainer.progress_bar=false"]
+                running.append((run, subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env), log_file))
+            time.sleep(0.2)
+            for entry in list(running):
+                run, process, log_file = entry
+                if process.poll() is None:
+                    continue
+                running.remove(entry)
+                log_file.close()
+                if process.returncode == 0:
+                    echo(f"[done] {_describe(run)}")
+                else:
+                    failures.append(f"{_describe(run)} (exit {process.returncode}, see {run.out_dir / RUN_LOG})")
+    finally:
+        # The study stopped (Ctrl-C, SIGTERM, an error): its runs stop too, each at a step with a checkpoint, so
+        # running the study again resumes them.
+        for _, process, log_file in running:
             if process.poll() is None:
-                continue
-            running.remove(entry)
+                process.send_signal(signal.SIGTERM)
+            process.wait()
             log_file.close()
-            if process.returncode == 0:
-                echo(f"[done] {_describe(run)}")
-            else:
-                failures.append(f"{_describe(run)} (exit {process.returncode}, see {run.out_dir / RUN_LOG})")
     return failures
 
 

@@ -199,13 +199,16 @@ def _trial(config: TuneConfig, space: dict[str, Any], trial: Any) -> float:
         process = subprocess.Popen([sys.executable, "-m", "slmkit.cli", "train", f"recipe={config.recipe}", *overrides],
                                    stdout=log_file, stderr=subprocess.STDOUT)
         seen = 0
-        while process.poll() is None:
-            time.sleep(0.5)
-            seen = _report_new(out_dir, trial, seen)
-            if config.pruning and trial.should_prune():
-                process.send_signal(signal.SIGTERM)  # the run stops at the end of its step, with a checkpoint
-                process.wait()
-                raise optuna.TrialPruned()
+        try:
+            while process.poll() is None:
+                time.sleep(0.5)
+                seen = _report_new(out_dir, trial, seen)
+                if config.pruning and trial.should_prune():
+                    raise optuna.TrialPruned()
+        finally:
+            if process.poll() is None:  # pruned, or the search itself stopped: the run stops at a step, with a checkpoint
+                process.send_signal(signal.SIGTERM)
+            process.wait()
     _report_new(out_dir, trial, seen)
     if process.returncode != 0:
         raise SlmkitError(f"trial {trial.number} failed (exit {process.returncode}): see {out_dir / RUN_LOG}")
