@@ -33,6 +33,9 @@ USAGE_EXAMPLES = """examples:
   slmkit train recipe=finance-sentiment          (after recipe=finance-tiny: fine-tunes its latest run)
   slmkit predict checkpoint=runs/finance-sentiment/latest input=headlines.txt
   slmkit embed checkpoint=runs/biomedical-encoder-tiny/latest input=abstracts.jsonl out=vectors.npy
+  slmkit study run studies/positions.yaml        (then: slmkit study report studies/positions.yaml)
+  slmkit compare studies/positions.yaml --html report.html
+  slmkit tune recipe=shakespeare-char 'space.optim.lr=loguniform(1e-4,1e-2)' 'space.model.n_layer=choice(2,4)' trials=20
   slmkit distill teacher=runs/legal-teacher-tiny/latest recipe=legal-tiny   (a student learns from a teacher)
 """
 
@@ -160,6 +163,46 @@ def cmd_generate(ns: argparse.Namespace) -> None:
     run_generate(build_config(GenerateArgs, overrides=ns.args))
 
 
+def cmd_study(ns: argparse.Namespace) -> None:
+    from slmkit.research.study import load_study
+
+    study = load_study(ns.file)
+    if ns.action == "report":
+        from slmkit.research.report import study_report
+
+        print(study_report(study))
+        return
+    if study.config.tune:
+        from slmkit.research.tune import run_tune, tune_from_study
+
+        print(run_tune(tune_from_study(study)))
+        return
+    from slmkit.research.launch import plan_text, run_study
+
+    if ns.dry_run:
+        print(plan_text(study))
+        return
+    run_study(study)
+    from slmkit.research.report import study_report
+
+    print(study_report(study))
+
+
+def cmd_compare(ns: argparse.Namespace) -> None:
+    from slmkit.research.page import final_metrics_text, write_page
+
+    if ns.html:
+        print(f"wrote {write_page(ns.sources, ns.html)}")
+    else:
+        print(final_metrics_text(ns.sources))
+
+
+def cmd_tune(ns: argparse.Namespace) -> None:
+    from slmkit.research.tune import run_tune, tune_from_arguments
+
+    print(run_tune(tune_from_arguments(ns.args)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="slmkit", description="Train small domain-specific language models from scratch.",
@@ -197,6 +240,19 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(flag, **keywords)
         p.add_argument("args", nargs=argparse.REMAINDER, help="recipe=NAME, then key=value overrides")
         p.set_defaults(fn=functools.partial(cmd_recipe_command, command))
+    study = sub.add_parser("study", help="studies: a recipe x factors x seeds, with statistics").add_subparsers(dest="action", required=True)
+    study_run = study.add_parser("run", help="run (or continue) every run of a study file: slmkit study run FILE.yaml")
+    study_run.add_argument("file", help="the study YAML")
+    study_run.add_argument("--dry-run", action="store_true", help="list the runs and their state (and the sbatch script); run nothing")
+    study_run.set_defaults(fn=cmd_study)
+    study_report = study.add_parser("report", help="statistics over seeds, per cell and metric: slmkit study report FILE.yaml")
+    study_report.add_argument("file", help="the study YAML")
+    study_report.set_defaults(fn=cmd_study)
+    compare = sub.add_parser("compare", help="compare runs and studies: slmkit compare RUN_OR_STUDY... --html report.html")
+    compare.add_argument("sources", nargs="+", help="run folders and study files")
+    compare.add_argument("--html", help="write one self-contained page (curves, statistics, config diff) to this file")
+    compare.set_defaults(fn=cmd_compare)
+    add("tune", cmd_tune, "hyperparameter search (Optuna): slmkit tune recipe=NAME space.optim.lr=loguniform(1e-4,1e-2) trials=20")
     add("eval", cmd_eval, "evaluate a checkpoint: slmkit eval checkpoint=PATH tasks=[...] | slmkit eval compare RUN_A RUN_B")
     add("export", cmd_export, "export a checkpoint: slmkit export checkpoint=PATH out=DIR [format=hf|gguf|int8]")
     add("generate", cmd_generate, "generate text: slmkit generate checkpoint=PATH prompt=\"...\"")

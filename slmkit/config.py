@@ -132,6 +132,22 @@ class HeadConfig:
 
 
 @dataclass
+class TrackConfig:
+    mlflow_uri: Optional[str] = option(None, "logger mlflow: the tracking URI (a server, or a database URL); None = sqlite:///<the folder holding the run folder>/mlflow.db.")
+    mlflow_experiment: Optional[str] = option(None, "logger mlflow: the experiment; None = the recipe's name.")
+    wandb_project: str = option("slmkit", "logger wandb: the W&B project.")
+    wandb_mode: str = option("offline", "logger wandb: offline writes <run>/wandb/ for `wandb sync` later; online sends as it goes.", choices=("offline", "online"))
+
+
+@dataclass
+class ProvenanceConfig:
+    commit: Optional[str] = option(None, "Written when the run starts (a recipe leaves it unset): the git commit of the slmkit source, '-dirty' with uncommitted changes, or unknown.")
+    version: Optional[str] = option(None, "Written when the run starts: the slmkit version.")
+    config_hash: Optional[str] = option(None, "Written when the run starts: a hash of the resolved config without trainer.seed, out_dir and resume, so that the seeds of one configuration group together.")
+    machine: Optional[str] = option(None, "Written when the run starts: host, cores, architecture, torch version and GPUs.")
+
+
+@dataclass
 class RunConfig:
     name: str = option("run", "Name of the recipe / run; the default out_dir is runs/<name>/<timestamp>.")
     out_dir: Optional[str] = option(None, "Run folder: config.yaml, checkpoints/, metrics.jsonl, TensorBoard events.")
@@ -147,6 +163,9 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     heads: list[HeadConfig] = field(default_factory=list, metadata={"doc": "The model's heads, resolved from the objective when the run starts and saved in its config.yaml, so that its checkpoints rebuild the model without the objective; written by slmkit, not set in a recipe."})
+    logger: list[str] = option(["tensorboard"], "Experiment trackers the run reports every metric to (several at once); metrics.jsonl is always written. A tracker that fails mid-run is reported and dropped.", choices="slmkit.training.trackers:LOGGERS")
+    track: TrackConfig = field(default_factory=TrackConfig)
+    provenance: ProvenanceConfig = field(default_factory=ProvenanceConfig)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -99,6 +99,10 @@ def check_choice(key: str, value: Any, choices: Choices) -> None:
     """Raises SlmkitError naming the valid values when `value` is not one of `choices`."""
     if choices is None:
         return
+    if isinstance(value, list):  # a list of names: each one among the choices
+        for item in value:
+            check_choice(key, item, choices)
+        return
     if isinstance(choices, str):
         registry = registry_named(choices)
         if value not in registry:

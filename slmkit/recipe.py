@@ -58,29 +58,9 @@ def resolve_recipe(name: str, overrides: Sequence[str] = (), follow_init_from: b
     With init_from, the model section and the tokenizer start from the source run's (the recipe and the overrides
     may still set keys on top); follow_init_from=False skips reading the source run (listing recipes).
     """
-    names = recipe_names()
-    if name not in names:
-        raise SlmkitError(f"unknown recipe {name!r}{did_you_mean(name, names)}; available: {', '.join(names)} (see `slmkit recipes`)")
     group_choices, values = split_overrides(overrides)
-    for choice in group_choices:
-        group, _, option = choice.partition("=")
-        options = group_options(group)
-        if option not in options:
-            raise SlmkitError(f"unknown {group} {option!r}{did_you_mean(option, options)}; choose one of: {', '.join(options)}")
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(recipes_dir().resolve()), version_base=None):
-            composed = compose(config_name=name, overrides=list(group_choices))
-    except HydraException as err:
-        raise SlmkitError(f"recipe {name!r} does not compose: {str(err).splitlines()[0]}") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = mark.name if mark is not None and mark.name else f"a file of recipe {name!r}"
-        raise SlmkitError(f"{where} is not valid YAML ({yaml_problem(err)}): fix it, or restore the recipe file") from None
-    finally:
-        GlobalHydra.instance().clear()
-    raw = OmegaConf.to_container(composed, resolve=False)
-    raw.setdefault("name", name)
+    raw = recipe_file_layer(Path(name), group_choices) if is_recipe_file(name) else _composed(name, group_choices)
+    raw.setdefault("name", Path(name).stem if is_recipe_file(name) else name)
     config = build_config(RunConfig, raw, overrides=values)
     if follow_init_from and (config.init_from or config.distill.teacher):
         # What the run starts from lies under the recipe: the teacher's tokenizer (and its model section, when the
@@ -102,6 +82,55 @@ def resolve_recipe(name: str, overrides: Sequence[str] = (), follow_init_from: b
     # vocab_size 0 means "the tokenizer's size", resolved when the tokenizer exists; check everything else now.
     dataclasses.replace(config.model, vocab_size=max(config.model.vocab_size, 1)).validate()
     return config
+
+
+def _composed(name: str, group_choices: list[str]) -> dict:
+    """A recipe of recipes/ composed by Hydra with its group choices, as plain data (interpolations kept)."""
+    names = recipe_names()
+    if name not in names:
+        raise SlmkitError(f"unknown recipe {name!r}{did_you_mean(name, names)}; available: {', '.join(names)} (see `slmkit recipes`)")
+    for choice in group_choices:
+        group, _, option = choice.partition("=")
+        options = group_options(group)
+        if option not in options:
+            raise SlmkitError(f"unknown {group} {option!r}{did_you_mean(option, options)}; choose one of: {', '.join(options)}")
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(recipes_dir().resolve()), version_base=None):
+            composed = compose(config_name=name, overrides=list(group_choices))
+    except HydraException as err:
+        raise SlmkitError(f"recipe {name!r} does not compose: {str(err).splitlines()[0]}") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = mark.name if mark is not None and mark.name else f"a file of recipe {name!r}"
+        raise SlmkitError(f"{where} is not valid YAML ({yaml_problem(err)}): fix it, or restore the recipe file") from None
+    finally:
+        GlobalHydra.instance().clear()
+    return OmegaConf.to_container(composed, resolve=False)
+
+
+def is_recipe_file(name: str) -> bool:
+    """recipe=PATH: a YAML file (such as the best configuration `slmkit tune` writes) rather than a name in recipes/."""
+    return name.endswith((".yaml", ".yml")) or "/" in name or os.sep in name
+
+
+def recipe_file_layer(path: Path, group_choices: list[str]) -> dict:
+    """A recipe file used as written: every key of the config it sets (recipes/ composition does not apply)."""
+    if not path.is_file():
+        raise SlmkitError(f"recipe={path}: no such file; name a recipe from `slmkit recipes` or the path of a recipe YAML")
+    if group_choices:
+        raise SlmkitError(f"recipe={path} is a file, used as written, so group choices ({group_choices[0]}) cannot "
+                          "compose it: set the keys instead (e.g. trainer.strategy=ddp)")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise SlmkitError(f"recipe={path} is not valid YAML ({yaml_problem(err)})") from None
+    if not isinstance(raw, dict):
+        raise SlmkitError(f"recipe={path} holds no mapping of keys: it is not a recipe")
+    if "defaults" in raw:
+        raise SlmkitError(f"recipe={path}: a recipe file outside recipes/ cannot compose groups (defaults:); put it in "
+                          "recipes/ (or $SLMKIT_RECIPES) and name it, or write out every key")
+    return raw
 
 
 def expand_sweep(overrides: Sequence[str]) -> Iterator[list[str]]:

@@ -191,7 +191,7 @@ def test_a_corpus_that_changes_between_tasks_stops_the_run_unpublished(tmp_path,
 
 @pytest.mark.slow
 def test_a_local_ray_cluster_writes_the_same_bytes(tmp_path, corpus, pool_digests):
-    import ray
+    ray = pytest.importorskip("ray", reason="ray is installed by `make test-slow` (pip install 'ray>=2.9,<3')")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT)}})
     try:

@@ -44,20 +44,28 @@ class MetricsLogger(L.Callback):
         self._restored: dict[str, Any] | None = None  # the record a checkpoint held while it waited
         self._last_time: float | None = None
         self._last_step = 0
+        self.wall_s = 0.0  # training time of this run so far, across the attempts of a resumed run
 
     def scale_to_world(self, world_size: int) -> None:
         """Every device takes its own micro-batches: a step holds world_size times more examples."""
         self.examples_per_step *= world_size
 
-    def _counts(self, step: int) -> dict[str, int]:
+    def _counts(self, step: int) -> dict[str, Any]:
+        """What runs are compared against: examples, tokens and analytic FLOPs (the MFU's flops_per_token) so far."""
         examples = step * self.examples_per_step
-        return {"examples": examples, **({"tokens": examples * self.tokens_per_example} if self.tokens_per_example else {})}
+        if not self.tokens_per_example:
+            return {"examples": examples}
+        tokens = examples * self.tokens_per_example
+        return {"examples": examples, "tokens": tokens, "flops": tokens * self.flops_per_token}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"pending": self.pending}
+        # A checkpoint between logging steps carries the time trained since the last record too.
+        since_record = time.perf_counter() - self._last_time if self._last_time is not None else 0.0
+        return {"pending": self.pending, "wall_s": self.wall_s + since_record}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._restored = state_dict.get("pending")
+        self.wall_s = state_dict.get("wall_s", 0.0)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._last_time = time.perf_counter()
@@ -96,10 +104,12 @@ class MetricsLogger(L.Callback):
         loss = pl_module.take_train_loss()
         now = time.perf_counter()
         examples_per_s = self.examples_per_step * (step - self._last_step) / max(now - self._last_time, 1e-9)
+        self.wall_s += now - self._last_time
         self._last_time, self._last_step = now, step
         record: dict[str, Any] = {
             "step": step,
             **self._counts(step),
+            "wall_s": self.wall_s,
             "train_loss": loss,
             "lr": trainer.optimizers[0].param_groups[0]["lr"],
             "grad_norm": _grad_norm(trainer, pl_module),

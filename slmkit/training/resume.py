@@ -30,7 +30,8 @@ SAFE_ON_RESUME = (
     "data.prepared_dir", "data.num_workers",  # where prepared data is kept and how many processes prepare it
 )
 # Where the run is, and what the run derives when it starts (compared once derived, or by content).
-NOT_COMPARED = ("out_dir", "resume", "heads", "init_from", "tokenizer.path")
+# The trackers a run reports to and its provenance (rewritten by each attempt) do not change what the weights mean.
+NOT_COMPARED = ("out_dir", "resume", "heads", "init_from", "tokenizer.path", "logger", "track.", "provenance.")
 _OFF = ("", "false", "none", "null")
 
 

@@ -15,12 +15,11 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from slmkit.atomic import atomic_copy, check_writable
 from slmkit.checkpoint import build_model, init_from_checkpoint, run_heads, save_inference_checkpoint, with_heads
-from slmkit.checkpoint.run_folder import TENSORBOARD, RunFolder, checkpoint_step
+from slmkit.checkpoint.run_folder import RunFolder, checkpoint_step
 from slmkit.config import RunConfig, load_run_config, save_run_config
 from slmkit.data import MANIFEST, data_preparer
 from slmkit.errors import SlmkitError, Stopped
@@ -28,12 +27,15 @@ from slmkit.eval.run import run_tasks_of
 from slmkit.lora import add_lora, merge_lora
 from slmkit.model import Model
 from slmkit.objectives import OBJECTIVES, TOKEN_WINDOWS, Objective
+from slmkit.provenance import with_provenance
 from slmkit.tokenizer import load_tokenizer
 from slmkit.training.callbacks import (MetricsLogger, PeriodicEvaluation, RecordRun, StepCheckpoints, StepProgressBar,
                                       StopOnSignal, ValidateTheLastStep)
 from slmkit.training.datamodule import TaskDataModule, TokenDataModule
+from slmkit.training.loggers import build_loggers
 from slmkit.training.module import TrainingTask
 from slmkit.training.resume import check_resume, check_same_tokenizer, continue_command, run_folder_and_resume_point
+from slmkit.training.trackers import check_trackers
 from slmkit.training.trainer import apply_cpu_fallback, build_trainer, final_model, parallelize
 
 log = logging.getLogger("slmkit")
@@ -69,6 +71,7 @@ def train(config: RunConfig) -> TrainResult:
         log.warning("resuming %s: %s", folder.root, note)
     objective_class = OBJECTIVES.get(config.objective.name)
     objective_class.check(config)  # before any data is prepared: a teacher that cannot teach this student
+    check_trackers(config.logger)  # a tracker's missing package, before any data is prepared
     inputs = _prepare_inputs(config, objective_class)
     config = inputs.config
     if resume_from is not None:
@@ -84,9 +87,7 @@ def train(config: RunConfig) -> TrainResult:
     stop = StopOnSignal()
     checkpoints = StepCheckpoints(folder, config.trainer.checkpoint_every, config.trainer.keep_checkpoints)
     callbacks, metrics = _callbacks(config, folder, task, [record, stop, checkpoints])
-    # TensorBoard forgets what a stopped attempt logged after the step this one starts from (as metrics.jsonl does).
-    loggers = [TensorBoardLogger(save_dir=str(folder.root), name=TENSORBOARD, version="", default_hp_metric=False,
-                                 purge_step=start_step + 1 if start_step is not None else None)]
+    loggers = build_loggers(config, folder.root, start_step)
     trainer = build_trainer(config, folder.root, callbacks, loggers)
     metrics.scale_to_world(trainer.world_size)
     _fit(trainer, task, _data_module(config, objective, inputs.shards_dir), resume_from, stop, folder)
@@ -122,6 +123,7 @@ def _prepare_inputs(config: RunConfig, objective_class: type[Objective]) -> RunI
         tokenizer_path = _task_tokenizer(config)
     config = objective_class.complete(fit_vocabulary(config, tokenizer_path))
     config = with_heads(config, objective_class.heads(config))  # the checkpoint rebuilds its model from these alone
+    config = with_provenance(config)  # commit, version, machine and the seedless config hash, for comparisons
     return RunInputs(config, tokenizer_path, shards_dir)
 
 
@@ -193,7 +195,7 @@ def _data_module(config: RunConfig, objective: Objective, shards_dir: Path | Non
         return TokenDataModule(shards_dir, block_size=config.model.block_size, micro_batch_size=trainer.micro_batch_size,
                                grad_accum=trainer.grad_accum, val_batches=trainer.val_batches, seed=trainer.seed,
                                num_workers=trainer.num_workers, train_windows=objective.train_windows(shards_dir),
-                               example=objective.window_example, data_order=trainer.data_order)
+                               example=objective.window_example)
     return TaskDataModule(objective, micro_batch_size=trainer.micro_batch_size, grad_accum=trainer.grad_accum,
                           val_batches=trainer.val_batches, seed=trainer.seed, num_workers=trainer.num_workers)
 
