@@ -11,8 +11,8 @@ import argparse
 import json
 from typing import Any
 
-from data_prep.prepare import (REPORT_DIR, describe_status, make_plan, prepare, reusable_manifest,
-                               train_recipe_tokenizer)
+from data_prep.pipeline import prepare
+from data_prep.prepare import REPORT_DIR, describe_status, make_plan, reusable_manifest, train_recipe_tokenizer
 from data_prep.remote import publish_copy
 from data_prep.report import REPORT_JSON, render_markdown
 from slmkit.atomic import atomic_write_text

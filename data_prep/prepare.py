@@ -22,7 +22,7 @@ from data_prep.curate import (CORPUS_DIR, TokenSpec, build_corpus, chunks_in_fli
                               tokenize_part, worker_count)
 from data_prep.pack import STREAM, ShardPacker, write_manifest
 from data_prep.plan import Plan
-from data_prep.remote import RemotePath, check_writable, publish_copy
+from data_prep.remote import RemotePath
 from data_prep.report import REPORT_MARKDOWN, write_report
 from data_prep.sources import resolve_data_root, resolve_source_files, source_name
 from data_prep.tokenizer import tokenizer_sha256, train_tokenizer
@@ -268,31 +268,8 @@ def pack_shards(plan: Plan, data: DataConfig, spec: TokenSpec, chunks: int) -> d
     return packer.finish()
 
 
-def prepare(
-    data: DataConfig, tokenizer: TokenizerConfig, out_dir: Optional[Path] = None, progress: bool = True
-) -> PreparedData:
-    """Curates the corpus, trains (or reuses) the tokenizer, packs token shards and writes the curation report.
-
-    Reuses all of it when sources, config and tokenizer are unchanged; resumes a crashed run where it stopped.
-    """
-    plan = make_plan(data, tokenizer, out_dir)
-    if data.publish_to:
-        check_writable(data.publish_to)
-    prepared = prepare_here(plan, data, tokenizer, progress)
-    if data.publish_to and (data.engine == "local" or data.node_rank == 0):
-        publish_copy(plan.folder, data.publish_to, MANIFEST)
-    return prepared
-
-
-def prepare_here(plan: Plan, data: DataConfig, tokenizer: TokenizerConfig, progress: bool) -> PreparedData:
-    """The prepared data in the plan's folder: reused, or written by the engine the recipe names."""
-    manifest = reusable_manifest(plan)
-    if manifest is not None:
-        return reused(plan, manifest)
-    if data.engine == "datatrove":  # imported only when chosen: the pool never needs datatrove
-        from data_prep.engines.datatrove_engine import prepare_on_datatrove
-
-        return prepare_on_datatrove(plan, data, tokenizer, progress)
+def prepare_on_pool(plan: Plan, data: DataConfig, tokenizer: TokenizerConfig, progress: bool) -> PreparedData:
+    """The prepared data written in the plan's folder by the one-machine process pool."""
     plan.folder.mkdir(parents=True, exist_ok=True)
     clear_outputs(plan.folder)
     with ChunkPool(worker_count(data), chunks_in_flight(data)) as pool:

@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from data_prep.prepare import prepare
+from data_prep.pipeline import prepare
 from data_prep.sources import SourceStats, iter_documents
 from data_prep.tokenizer import train_tokenizer
 from slmkit.data_config import DataConfig, DedupConfig, SourceConfig, TokenizerConfig

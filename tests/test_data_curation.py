@@ -12,7 +12,7 @@ import pytest
 import data_prep.curate as curate_module
 from data_helpers import curated_documents
 from data_prep.curate import CHUNK_MEMORY_FACTOR
-from data_prep.prepare import prepare
+from data_prep.pipeline import prepare
 from data_prep.report import render_markdown
 from data_prep.sources import SourceStats, iter_documents
 from slmkit.data_config import DataConfig, DecontaminateConfig, DedupConfig, SourceConfig, TokenizerConfig

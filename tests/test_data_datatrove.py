@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from data_helpers import write_mixed_corpus
-from data_prep.prepare import prepare
+from data_prep.pipeline import prepare
 from data_prep.sources import SourceStats, iter_documents
 from slmkit.data_config import DataConfig, DedupConfig, SlurmConfig, SourceConfig, TokenizerConfig
 from slmkit.errors import SlmkitError

@@ -13,7 +13,8 @@ import pytest
 import data_prep.prepare as prepare_module
 from data_helpers import curated_documents
 from data_prep.plugin import prepare_command
-from data_prep.prepare import describe_status, prepare
+from data_prep.pipeline import prepare
+from data_prep.prepare import describe_status
 from slmkit.data import TokenShards, read_manifest
 from slmkit.data_config import CleanConfig, DataConfig, DedupConfig, FilterConfig, SourceConfig, TokenizerConfig
 from slmkit.errors import SlmkitError

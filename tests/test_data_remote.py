@@ -11,7 +11,7 @@ import fsspec
 import pytest
 
 from data_helpers import write_mixed_corpus
-from data_prep.prepare import prepare
+from data_prep.pipeline import prepare
 from data_prep.sources import SourceStats, iter_documents
 from slmkit.data_config import DataConfig, SourceConfig, TokenizerConfig
 from slmkit.errors import SlmkitError

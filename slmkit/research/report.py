@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from slmkit.research.results import RunResult, read_run
 from slmkit.research.stats import REPORT_COLUMNS, CellStats, compare_cells, format_row
-from slmkit.research.study import FINISHED_MARK, Study
+from slmkit.checkpoint.run_folder import RunFolder
+from slmkit.research.study import Study
 
 
 def study_results(study: Study) -> dict[str, list[RunResult]]:
     """cell -> its finished runs (a run still going, or never started, is not counted)."""
-    return {cell: [read_run(folder) for folder in study.run_folders(cell) if (folder / FINISHED_MARK).is_file()]
+    return {cell: [read_run(folder) for folder in study.run_folders(cell) if RunFolder(folder).weights.is_file()]
             for cell in study.cells}
 
 

@@ -13,7 +13,7 @@ from slmkit.checkpoint import CONFIG_FILE
 from slmkit.config import RunConfig, load_run_config
 from slmkit.errors import SlmkitError
 from slmkit.eval.report import RESULTS_JSON
-from slmkit.training.run import METRICS_FILE
+from slmkit.checkpoint.run_folder import METRICS_FILE
 
 EVAL_RESULTS = Path("eval") / RESULTS_JSON
 

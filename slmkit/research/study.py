@@ -16,13 +16,12 @@ from typing import Any, Optional
 
 import yaml
 
-from slmkit.checkpoint import WEIGHTS_FILE
+from slmkit.checkpoint.run_folder import RunFolder
 from slmkit.config import RunConfig, build_config, yaml_problem
 from slmkit.errors import SlmkitError
 from slmkit.options import at_least, option
 from slmkit.recipe import resolve_recipe
 
-FINISHED_MARK = WEIGHTS_FILE  # a run folder holds its final weights exactly when its run went the whole way
 
 
 @dataclass
@@ -61,11 +60,11 @@ class PlannedRun:
 
     @property
     def finished(self) -> bool:
-        return (self.out_dir / FINISHED_MARK).is_file()
+        return RunFolder(self.out_dir).weights.is_file()  # a run folder holds its final weights exactly when its run went the whole way
 
     @property
     def started(self) -> bool:
-        return (self.out_dir / "checkpoints").is_dir() and any((self.out_dir / "checkpoints").glob("step-*"))
+        return bool(RunFolder(self.out_dir).checkpoints())
 
     def train_overrides(self) -> list[str]:
         """The overrides of this run's next attempt: a run with checkpoints continues from its newest one."""

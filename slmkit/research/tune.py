@@ -22,6 +22,7 @@ from typing import Any, Optional
 import yaml
 
 from slmkit.atomic import atomic_write_text
+from slmkit.checkpoint.run_folder import RunFolder
 from slmkit.config import build_config, config_to_yaml
 from slmkit.errors import SlmkitError
 from slmkit.options import at_least, option
@@ -229,7 +230,7 @@ def _suggest(trial: Any, key: str, distribution: Any) -> Any:
 
 def _report_new(out_dir: Path, trial: Any, seen: int) -> int:
     """Reports the validation losses metrics.jsonl gained since line `seen`; returns the lines read."""
-    path = out_dir / "metrics.jsonl"
+    path = RunFolder(out_dir).metrics
     if not path.is_file():
         return seen
     text = path.read_text(encoding="utf-8")

@@ -8,7 +8,7 @@ import pickle
 import sys
 from pathlib import Path
 
-from data_prep.prepare import prepare
+from data_prep.pipeline import prepare
 
 if __name__ == "__main__":
     data, tokenizer = pickle.loads(Path(sys.argv[1]).read_bytes())
