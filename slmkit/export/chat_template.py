@@ -8,6 +8,7 @@ what an assistant's message starts with, so a runtime's answer continues exactly
 
 from __future__ import annotations
 
+import json
 from typing import Optional
 
 import jinja2
@@ -38,12 +39,34 @@ def conversation_template(message_template: str, assistant_role: str) -> str:
     if "content" not in fields:
         raise SlmkitError(f"the chat template {message_template!r} never writes the message's content, so an "
                           f"exported chat template could not say where an answer starts; use {{{{content}}}} in it")
-    opening = environment.from_string(message_template).render(role=assistant_role, content=CONTENT_MARK)
+    opening = environment.from_string(message_template).render({**dict.fromkeys(fields, ""), "role": assistant_role,
+                                                                "content": CONTENT_MARK})
     opening = opening[: opening.index(CONTENT_MARK)]
-    # Runtimes render with trim_blocks and lstrip_blocks (transformers, llama-cpp-python): the empty expressions keep
-    # a newline or indent at either end of the message from touching a block tag that would strip it.
+    # The empty expressions keep a newline or indent at either end of a message away from a block tag, which the
+    # runtimes' trim_blocks / lstrip_blocks would strip.
     per_message = "".join(f"{{% set {name} = message['{name}'] %}}" for name in fields)
-    return (
+    template = (
         "{{ bos_token }}{% for message in messages %}" + per_message + "{{ '' }}" + message_template + "{{ '' }}"
-        "{% endfor %}{% if add_generation_prompt %}{{ '' }}{% raw %}" + opening + "{% endraw %}{{ '' }}{% endif %}"
+        "{% endfor %}{% if add_generation_prompt %}{{ " + json.dumps(opening, ensure_ascii=False) + " }}{% endif %}"
     )
+    _check_renders_as_trained(template, message_template, fields, assistant_role, opening)
+    return template
+
+
+def runtime_environment() -> jinja2.Environment:
+    """How transformers and llama-cpp-python render a chat template."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    return ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+
+
+def _check_renders_as_trained(template: str, message_template: str, fields: list[str], assistant_role: str, opening: str):
+    """A one-message template with statements of its own can render differently under the runtimes' whitespace rules:
+    refused rather than shipped as a conversation format the model never saw."""
+    messages = [{**{f: f"<{f}>" for f in fields}, "role": role} for role in ("user", assistant_role)]
+    trained = "".join(jinja2.Environment(keep_trailing_newline=True).from_string(message_template).render(m) for m in messages)
+    rendered = runtime_environment().from_string(template).render(messages=messages, bos_token="", add_generation_prompt=True)
+    if rendered != trained + opening:
+        raise SlmkitError(f"the chat template {message_template!r} renders differently under the trim_blocks / "
+                          f"lstrip_blocks rules runtimes apply to chat templates ({rendered!r} against {trained + opening!r}); "
+                          f"write it without Jinja statements ({{% ... %}}) at the start or end of a line")
