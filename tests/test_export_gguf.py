@@ -206,3 +206,16 @@ def test_bad_gguf_requests_are_one_error_and_leave_no_file(tmp_path, tokenizer_p
     with pytest.raises(SlmkitError, match=re.escape(message)):
         run_export(ExportArgs(checkpoint=str(run), out=str(tmp_path / "gguf"), format="gguf", dtype=dtype))
     assert not (tmp_path / "gguf").exists() and not list(tmp_path.glob(".gguf*"))
+
+
+def test_transformers_applies_the_hf_exports_chat_template_as_sft_encodes(tmp_path, tokenizer_path):
+    from tokenizers import Tokenizer
+
+    run = write_chat_run(tmp_path / "run", tokenizer_path, tiny_model(d_model=64), write_chat_task(tmp_path / "task"))
+    out = run_export(ExportArgs(checkpoint=str(run), out=str(tmp_path / "hf")))
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    messages = [{"role": "user", "content": "Who decides the appeal?"}]
+    ids = hf_tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+    encode = lambda text: Tokenizer.from_file(str(tokenizer_path)).encode(text, add_special_tokens=False).ids  # noqa: E731
+    assert list(ids) == [hf_tokenizer.eos_token_id] + encode("<|user|>\nWho decides the appeal?\n") + encode("<|assistant|>\n")
