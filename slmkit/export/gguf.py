@@ -34,9 +34,10 @@ GGUF_TYPES = {
     "q4_1": ("Q4_1", "MOSTLY_Q4_1"),
 }
 GGUF_DTYPES = tuple(GGUF_TYPES)
-# The 4-bit types keep the output matrix (or the tied embedding that serves as it) at 8 bits, as llama.cpp's own
-# quantizer keeps it above the rest (it picks Q6_K, which gguf.quants cannot write): it moves bits per byte the most.
-OUTPUT_TYPE_OF_4_BIT = "q8_0"
+# The output matrix's type where it differs from the file's: the 4-bit files keep it (or the tied embedding that serves
+# as it) at 8 bits, as llama.cpp's own quantizer keeps it above the rest (it picks Q6_K, which gguf.quants cannot
+# write): it moves bits per byte the most.
+OUTPUT_MATRIX_TYPE = {"q4_0": "q8_0", "q4_1": "q8_0"}
 # The transformers model types written, with the llama.cpp graph (gguf.MODEL_ARCH member) that computes each.
 GGUF_ARCHITECTURES = {"llama": "LLAMA", "qwen3": "QWEN3"}
 # What those graphs compute as slmkit does, beyond the transformers class they mirror.
@@ -150,13 +151,13 @@ def write_gguf(
 
 def tensor_types(tensors: dict[str, np.ndarray], dtype: str, tied: bool) -> dict[str, str]:
     """Each tensor's type: vectors (norms) stay fp32 as llama.cpp keeps them; matrices take `dtype`, the output matrix
-    of a 4-bit file OUTPUT_TYPE_OF_4_BIT. A matrix whose rows do not split into the type's blocks is refused."""
+    OUTPUT_MATRIX_TYPE's. A matrix whose rows do not split into the type's blocks is refused."""
     import gguf
 
     output = "token_embd.weight" if tied else "output.weight"
     kinds = {}
     for name, data in tensors.items():
-        kind = "fp32" if data.ndim == 1 else OUTPUT_TYPE_OF_4_BIT if dtype.startswith("q4") and name == output else dtype
+        kind = "fp32" if data.ndim == 1 else OUTPUT_MATRIX_TYPE.get(dtype, dtype) if name == output else dtype
         block = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[GGUF_TYPES[kind][0]]][0]
         if data.shape[-1] % block:
             raise SlmkitError(
