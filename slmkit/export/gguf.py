@@ -8,7 +8,6 @@ sliding window for llama, so those models are refused rather than shipped as app
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Optional
 
