@@ -219,3 +219,10 @@ def test_transformers_applies_the_hf_exports_chat_template_as_sft_encodes(tmp_pa
     ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
     encode = lambda text: Tokenizer.from_file(str(tokenizer_path)).encode(text, add_special_tokens=False).ids  # noqa: E731
     assert list(ids) == [hf_tokenizer.eos_token_id] + encode("<|user|>\nWho decides the appeal?\n") + encode("<|assistant|>\n")
+
+
+def test_an_sft_run_whose_task_file_is_gone_exports_without_a_chat_template(tmp_path, tokenizer_path, caplog):
+    run = write_chat_run(tmp_path / "run", tokenizer_path, tiny_model(d_model=64), tmp_path / "moved" / "chat_task.yaml")
+    out = run_export(ExportArgs(checkpoint=str(run), out=str(tmp_path / "gguf"), format="gguf"))
+    assert "tokenizer.chat_template" not in gguf.GGUFReader(str(out / "model.gguf")).fields
+    assert "the export carries no chat template" in caplog.text

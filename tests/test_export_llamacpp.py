@@ -7,6 +7,9 @@ llama-cpp-python compiles llama.cpp from source on install (minutes), so these t
 
 from __future__ import annotations
 
+import gzip
+import json
+
 import pytest
 import torch
 from tokenizers import Regex, Tokenizer, pre_tokenizers
@@ -105,14 +108,17 @@ def test_llama_cpp_runs_the_quantized_gguf_close_to_fp32(tmp_path, tokenizer_pat
     (pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
                               pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]), False),
 ], ids=["gpt-2", "llama-bpe", "qwen2"])
-def test_every_pre_tokenizer_name_written_tokenizes_as_the_tokenizer(tmp_path, pre_tokenizer, ignore_merges):
+def test_every_pre_tokenizer_name_written_tokenizes_as_the_tokenizer(tmp_path, legal_corpus, pre_tokenizer, ignore_merges):
     path = train_tokenizer(tmp_path / "tokenizer.json", vocab_size=400, pre_tokenizer=pre_tokenizer, ignore_merges=ignore_merges)
     run = write_run(tmp_path / "run", path, tiny_model(d_model=64, vocab_size=400))
     out = run_export(ExportArgs(checkpoint=str(run), out=str(tmp_path / "gguf"), format="gguf"))
     llm = _load(out / "model.gguf", vocab_only=True)
     tokenizer = Tokenizer.from_file(str(path))
-    for text in (HELDOUT, HELDOUT.upper(), " leading space", "trailing spaces   ", "a\n\n\nb", "x" * 40 + " 1234567"):
-        assert _llama_ids(llm, text) == tokenizer.encode(text, add_special_tokens=False).ids, text
+    # The legal recipes' held-out text (legal_heldout: the federal rules), real and dirty, besides the edge cases.
+    with gzip.open(legal_corpus / "federal_rules.jsonl.gz", "rt", encoding="utf-8") as lines:
+        rules = [json.loads(next(lines))["text"][:3000] for _ in range(3)]
+    for text in (*rules, HELDOUT, HELDOUT.upper(), " leading space", "trailing spaces   ", "a\n\n\nb", "x" * 40 + " 1234567"):
+        assert _llama_ids(llm, text) == tokenizer.encode(text, add_special_tokens=False).ids, text[:200]
 
 
 def _learn(model, ids: list[int], steps: int = 150) -> None:

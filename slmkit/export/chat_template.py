@@ -9,6 +9,7 @@ what an assistant's message starts with, so a runtime's answer continues exactly
 from __future__ import annotations
 
 import json
+import logging
 from typing import Optional
 
 import jinja2
@@ -16,6 +17,8 @@ import jinja2.meta
 
 from slmkit.config import RunConfig
 from slmkit.errors import SlmkitError
+
+log = logging.getLogger(__name__)
 
 CONTENT_MARK = "\x00slmkit-content\x00"  # stands for an answer's text, to find where an assistant message's text starts
 
@@ -26,7 +29,13 @@ def chat_template(config: RunConfig) -> Optional[str]:
         return None
     from slmkit.eval import resolve_task
 
-    options = resolve_task(config.objective.task).options
+    try:
+        options = resolve_task(config.objective.task).options
+    except SlmkitError as error:
+        # The weights export without it; only a chat runtime would miss the format, so say so instead of failing.
+        log.warning("the run fine-tuned on task %s, which cannot be read here (%s): the export carries no chat template",
+                    config.objective.task, error)
+        return None
     if not getattr(options, "messages_field", None):
         return None
     return conversation_template(options.chat_template, options.assistant_role)
