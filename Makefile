@@ -11,7 +11,7 @@ export SLMKIT_DATA ?= $(SLMKIT_SHARED)/corpora
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup train test test-slow test-gpu bench clean browser
+.PHONY: setup train test test-slow test-gpu test-llamacpp bench clean browser
 
 setup: $(STAMP)
 
@@ -43,6 +43,19 @@ test-slow: setup
 
 test-gpu: setup
 	$(BIN)/python -m pytest -q -m gpu
+
+# llama.cpp itself on slmkit's GGUF files. PyPI has llama-cpp-python as source only: the first run compiles llama.cpp
+# (minutes) into LLAMACPP_WHEELS, later runs install that wheel. x86 builds leave out llama.cpp's AMX kernels, which
+# crash on Sapphire Rapids CPUs at the first quantized matmul (ggml-org/llama.cpp#20824).
+LLAMACPP ?= llama-cpp-python==0.3.36
+LLAMACPP_WHEELS ?= .cache/wheels
+LLAMACPP_CFLAGS := $(if $(filter x86_64,$(shell uname -m)),-mno-amx-tile -mno-amx-int8 -mno-amx-bf16)
+
+test-llamacpp: setup
+	ls $(LLAMACPP_WHEELS)/llama_cpp_python-*.whl >/dev/null 2>&1 || CFLAGS="$(LLAMACPP_CFLAGS)" CXXFLAGS="$(LLAMACPP_CFLAGS)" \
+		$(BIN)/pip wheel --quiet --no-cache-dir --no-deps -w $(LLAMACPP_WHEELS) '$(LLAMACPP)'
+	$(BIN)/pip install --quiet -c constraints.txt --only-binary llama-cpp-python --find-links $(LLAMACPP_WHEELS) -e ".[llamacpp]" '$(LLAMACPP)'
+	$(BIN)/python -m pytest -q -m llamacpp
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -19,9 +19,10 @@ TEXT = (
 ) * 20
 
 
-def train_tokenizer(path: Path, vocab_size: int = 300) -> Path:
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+def train_tokenizer(path: Path, vocab_size: int = 300, pre_tokenizer=None, ignore_merges: bool = False) -> Path:
+    """Byte-level BPE as slmkit trains it, or with another pre-tokenizer (ending in ByteLevel) in its place."""
+    tokenizer = Tokenizer(models.BPE(ignore_merges=ignore_merges))
+    tokenizer.pre_tokenizer = pre_tokenizer or pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=[EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
@@ -54,5 +55,38 @@ def write_run(folder: Path, tokenizer_path: Path, model: Model, name: str = "tin
     config = RunConfig(name=name)
     config.model = model.config
     config.objective = ObjectiveConfig(name=OBJECTIVE_OF_HEAD[head.kind], labels=list(head.labels), pooling=head.pooling)
+    save_inference_checkpoint(folder, model, config, tokenizer_path)
+    return folder
+
+
+CHAT_TEMPLATE = "<|{{role}}|>\n{{content}}\n"
+
+
+def write_chat_task(folder: Path) -> Path:
+    """A generation task of chats (messages_field) as sft learns them, with slmkit's default one-message template."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    chat = {"messages": [{"role": "user", "content": "Who decides the appeal?"}, {"role": "assistant", "content": "The court."}]}
+    (folder / "chats.jsonl").write_text(json.dumps(chat) + "\n", encoding="utf-8")
+    task = folder / "chat_task.yaml"
+    task.write_text(
+        "type: generation\n"
+        f"data: {folder / 'chats.jsonl'}\n"
+        f"train: {folder / 'chats.jsonl'}\n"
+        "prompt: '{{messages}}'\n"
+        "target: '{{messages}}'\n"
+        "messages_field: messages\n"
+        f"chat_template: {json.dumps(CHAT_TEMPLATE)}\n",
+        encoding="utf-8",
+    )
+    return task
+
+
+def write_chat_run(folder: Path, tokenizer_path: Path, model: Model, task: Path) -> Path:
+    """A run folder of a model fine-tuned (objective sft) on the chats of `task`."""
+    config = RunConfig(name="tiny-chat")
+    config.model = model.config
+    config.objective = ObjectiveConfig(name="sft", task=str(task))
     save_inference_checkpoint(folder, model, config, tokenizer_path)
     return folder

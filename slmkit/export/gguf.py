@@ -1,4 +1,5 @@
-"""The gguf format: a single-file GGUF (llama.cpp's format) through the `gguf` package: metadata, byte-level BPE vocab, tensors.
+"""The gguf format: a single-file GGUF (llama.cpp's format) through the `gguf` package: metadata, byte-level BPE vocab
+(gguf_vocab.py), chat template, and tensors in fp32, fp16 or a llama.cpp block type quantized by `gguf.quants`.
 
 Only architectures that llama.cpp computes exactly as slmkit does are written: `llama` (rope + swiglu + rmsnorm) and
 `qwen3` (the same with per-head qk-norm). llama.cpp's gpt2/starcoder2/mpt graphs use the tanh GELU and have no
@@ -7,22 +8,35 @@ sliding window for llama, so those models are refused rather than shipped as app
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
 
 from slmkit.errors import SlmkitError
 from slmkit.export.accepts import Accepts, unrepresentable
+from slmkit.export.chat_template import chat_template
+from slmkit.export.gguf_vocab import vocabulary
 from slmkit.export.hf import auto_class, export_head, hf_config, mapped_checkpoint
 from slmkit.export.run import EXPORT_FORMATS, ExportContext
 from slmkit.export.targets import Target
 from slmkit.export.tokenizer_files import SpecialTokens
 from slmkit.model import LM_HEAD, ModelConfig
 
-GGUF_DTYPES = ("fp32", "fp16", "q8_0")
+# slmkit's name of each tensor type -> (gguf.GGMLQuantizationType member, gguf.LlamaFileType member the file declares).
+GGUF_TYPES = {
+    "fp32": ("F32", "ALL_F32"),
+    "fp16": ("F16", "MOSTLY_F16"),
+    "q8_0": ("Q8_0", "MOSTLY_Q8_0"),
+    "q4_0": ("Q4_0", "MOSTLY_Q4_0"),
+    "q4_1": ("Q4_1", "MOSTLY_Q4_1"),
+}
+GGUF_DTYPES = tuple(GGUF_TYPES)
+# The output matrix's type where it differs from the file's: the 4-bit files keep it (or the tied embedding that serves
+# as it) at 8 bits, as llama.cpp's own quantizer keeps it above the rest (it picks Q6_K, which gguf.quants cannot
+# write): it moves bits per byte the most.
+OUTPUT_MATRIX_TYPE = {"q4_0": "q8_0", "q4_1": "q8_0"}
 # The transformers model types written, with the llama.cpp graph (gguf.MODEL_ARCH member) that computes each.
 GGUF_ARCHITECTURES = {"llama": "LLAMA", "qwen3": "QWEN3"}
 # What those graphs compute as slmkit does, beyond the transformers class they mirror.
@@ -58,32 +72,6 @@ def _llama_permute(weight: torch.Tensor, n_head: int) -> torch.Tensor:
     return weight.reshape(n_head, 2, weight.shape[0] // n_head // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
 
 
-def _vocabulary(tokenizer_path: Path, vocab_size: int) -> tuple[list[str], list[int], list[str]]:
-    """tokens (padded with unused placeholders up to the model's vocab), token types, merges; byte-level BPE only."""
-    from gguf import TokenType
-
-    spec = json.loads(tokenizer_path.read_text(encoding="utf-8"))
-    model = spec.get("model", {})
-    pre = json.dumps(spec.get("pre_tokenizer"))
-    if model.get("type") != "BPE" or "ByteLevel" not in pre:
-        raise SlmkitError(
-            f"GGUF export writes byte-level BPE vocabularies only (tokenizer.ggml.model=gpt2), and {tokenizer_path} is a "
-            f"{model.get('type', 'unknown')} tokenizer; use format=hf for this model"
-        )
-    vocab: dict[str, int] = dict(model["vocab"])
-    specials = {t["content"]: t["id"] for t in spec.get("added_tokens", [])}
-    vocab.update(specials)
-    tokens = [f"[PAD{i}]" for i in range(vocab_size)]
-    types = [int(TokenType.UNUSED)] * vocab_size
-    for token, token_id in vocab.items():
-        if token_id >= vocab_size:
-            raise SlmkitError(f"token {token!r} has id {token_id} beyond the model's vocab_size={vocab_size}")
-        tokens[token_id] = token
-        types[token_id] = int(TokenType.CONTROL if token in specials else TokenType.NORMAL)
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-    return tokens, types, merges
-
-
 def write_gguf(
     path: Path,
     name: str,
@@ -93,16 +81,33 @@ def write_gguf(
     tokenizer_path: Path,
     specials: SpecialTokens,
     dtype: str,
+    template: Optional[str] = None,
 ) -> None:
+    """Writes the GGUF; every check (architecture, tokenizer, tensor shapes against the type's blocks) runs first."""
     import gguf
 
     found = gguf_mismatches(c, target)
     if found:
         raise SlmkitError("this model has no exact GGUF form: " + "; ".join(found) + ". Export it with format=hf instead.")
-    if dtype not in GGUF_DTYPES:
+    if dtype not in GGUF_TYPES:
         raise SlmkitError(f"dtype={dtype} is not a GGUF tensor type slmkit writes; choose one of: {', '.join(GGUF_DTYPES)}")
     model_arch = _model_arch(target)
     arch_name = gguf.MODEL_ARCH_NAMES[model_arch]
+    names = gguf.get_tensor_name_map(model_arch, c.n_layer)
+    tensors = {}
+    for hf_name, tensor in hf_state.items():
+        gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if gguf_name is None:
+            raise RuntimeError(f"no GGUF name for {hf_name} in the {arch_name} tensor map")
+        tensor = tensor.detach().float()
+        if target.model_type == "llama" and hf_name.endswith("self_attn.q_proj.weight"):
+            tensor = _llama_permute(tensor, c.n_head)
+        elif target.model_type == "llama" and hf_name.endswith("self_attn.k_proj.weight"):
+            tensor = _llama_permute(tensor, c.kv_heads)
+        tensors[gguf_name] = tensor.numpy()
+    kinds = tensor_types(tensors, dtype, c.tie_embeddings)
+    pre, tokens, types, merges = vocabulary(tokenizer_path, c.vocab_size)
+
     writer = gguf.GGUFWriter(str(path), arch_name)
     writer.add_name(name)
     writer.add_vocab_size(c.vocab_size)
@@ -117,46 +122,49 @@ def write_gguf(
     writer.add_rope_dimension_count(c.head_dim)
     writer.add_rope_freq_base(float(c.rope_theta))
     writer.add_layer_norm_rms_eps(float(c.norm_eps))
-    file_type = {"fp32": gguf.LlamaFileType.ALL_F32, "fp16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}
-    writer.add_file_type(int(file_type[dtype]))
-    tokens, types, merges = _vocabulary(tokenizer_path, c.vocab_size)
+    writer.add_file_type(int(gguf.LlamaFileType[GGUF_TYPES[dtype][1]]))
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("gpt2")  # slmkit's byte-level pre-tokenizer splits with GPT-2's regex
+    writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges(merges)
+    # slmkit's one special token ends every document and starts the next (tokenizer_files.SpecialTokens).
     writer.add_bos_token_id(specials.eos_id)
     writer.add_eos_token_id(specials.eos_id)
     writer.add_pad_token_id(specials.eos_id)
     writer.add_add_bos_token(False)
-
-    names = gguf.get_tensor_name_map(model_arch, c.n_layer)
-    for hf_name, tensor in hf_state.items():
-        gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-        if gguf_name is None:
-            raise RuntimeError(f"no GGUF name for {hf_name} in the {arch_name} tensor map")
-        tensor = tensor.detach().float()
-        if target.model_type == "llama" and hf_name.endswith("self_attn.q_proj.weight"):
-            tensor = _llama_permute(tensor, c.n_head)
-        elif target.model_type == "llama" and hf_name.endswith("self_attn.k_proj.weight"):
-            tensor = _llama_permute(tensor, c.kv_heads)
-        data, raw_dtype = _encode(tensor.numpy(), dtype, gguf)
-        writer.add_tensor(gguf_name, data, raw_dtype=raw_dtype)
+    writer.add_add_eos_token(False)
+    if template is not None:
+        writer.add_chat_template(template)
+    for gguf_name, data in tensors.items():
+        kind = gguf.GGMLQuantizationType[GGUF_TYPES[kinds[gguf_name]][0]]
+        if kind in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+            writer.add_tensor(gguf_name, data.astype(np.float32 if kind == gguf.GGMLQuantizationType.F32 else np.float16))
+        else:
+            writer.add_tensor(gguf_name, gguf.quants.quantize(data, kind), raw_dtype=kind)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
 
 
-def _encode(data: np.ndarray, dtype: str, gguf) -> tuple[np.ndarray, object]:
-    """(array, raw_dtype) as GGUF stores it; vectors (norms) stay fp32 as llama.cpp's converter keeps them."""
-    if data.ndim == 1 or dtype == "fp32":
-        return data.astype(np.float32), None
-    if dtype == "fp16":
-        return data.astype(np.float16), None
-    if data.shape[-1] % 32:
-        return data.astype(np.float16), None  # q8_0 blocks are 32 wide; a row that does not divide falls back to fp16
-    return gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0), gguf.GGMLQuantizationType.Q8_0
+def tensor_types(tensors: dict[str, np.ndarray], dtype: str, tied: bool) -> dict[str, str]:
+    """Each tensor's type: vectors (norms) stay fp32 as llama.cpp keeps them; matrices take `dtype`, the output matrix
+    OUTPUT_MATRIX_TYPE's. A matrix whose rows do not split into the type's blocks is refused."""
+    import gguf
+
+    output = "token_embd.weight" if tied else "output.weight"
+    kinds = {}
+    for name, data in tensors.items():
+        kind = "fp32" if data.ndim == 1 else OUTPUT_MATRIX_TYPE.get(dtype, dtype) if name == output else dtype
+        block = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[GGUF_TYPES[kind][0]]][0]
+        if data.shape[-1] % block:
+            raise SlmkitError(
+                f"dtype={dtype}: tensor {name} has rows of {data.shape[-1]} values, and {kind} stores blocks of {block}, "
+                f"so its rows do not split into blocks; choose a model width that is a multiple of {block}, or dtype=fp16"
+            )
+        kinds[name] = kind
+    return kinds
 
 
 def read_gguf_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -192,16 +200,27 @@ def gguf_to_hf_state(tensors: dict[str, torch.Tensor], hf_names: list[str], c: M
 def export_gguf(context: ExportContext, folder: Path) -> dict[str, Any]:
     dtype = context.dtype_among(GGUF_DTYPES, "a GGUF type slmkit writes")
     c = context.loaded.config.model
+    if not c.causal:
+        raise SlmkitError("GGUF holds causal language models that llama.cpp generates text with, and this model is an "
+                          "encoder (model.causal=false): export it with format=hf")
     head = export_head(context.loaded.model).kind
     if head != LM_HEAD:
         raise SlmkitError(f"GGUF holds language models for llama.cpp, and this model's head is {head}: export it with format=hf")
     target, _, state = mapped_checkpoint(context)
     name = context.loaded.config.name
-    write_gguf(folder / "model.gguf", name, c, target, state, context.loaded.tokenizer_path, context.specials, dtype)
+    template = chat_template(context.loaded.config)
+    write_gguf(folder / "model.gguf", name, c, target, state, context.loaded.tokenizer_path, context.specials, dtype, template)
     return {
         "format": f"GGUF ({dtype}, llama.cpp architecture `{target.model_type}`)",
         "details": {"GGUF file": "model.gguf"},
-        "usage": ["```sh", "llama-cli -m model.gguf -p 'The court held'", "```"],
+        "usage": [
+            "```sh", "pip install 'slmkit[llamacpp]'  # llama-cpp-python; or llama.cpp's own llama-server -m model.gguf", "```",
+            "```python", "from llama_cpp import Llama", "",
+            f"llm = Llama('model.gguf', n_ctx={c.block_size}, verbose=False)",
+            "print(llm('The court held', max_tokens=64, temperature=0)['choices'][0]['text'])",
+            *(["print(llm.create_chat_completion([{'role': 'user', 'content': 'Hello'}])['choices'][0]['message'])"] if template else []),
+            "```",
+        ],
         "logits_fn": lambda f: gguf_logits(f / "model.gguf", c, target, context.specials),
     }
 

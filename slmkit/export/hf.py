@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from slmkit.errors import SlmkitError
+from slmkit.export.chat_template import chat_template
 from slmkit.export.run import EXPORT_FORMATS, ExportContext
 from slmkit.export.targets import Target, select_target
 from slmkit.export.tokenizer_files import write_tokenizer_files
@@ -138,7 +139,8 @@ def export_hf(context: ExportContext, folder: Path) -> dict[str, Any]:
         _generation_config(context, block_size).save_pretrained(folder)
     # An encoder reads every text after the document-start token (its [CLS]): the exported tokenizer adds it too.
     write_tokenizer_files(context.loaded.tokenizer_path, folder, context.specials, block_size,
-                          start_with_document_token=not model_config.causal)
+                          start_with_document_token=not model_config.causal,
+                          chat_template=chat_template(context.loaded.config) if kind == "lm" else None)
     usage = [f"from transformers import {head.auto_class}, AutoTokenizer",
              f'model = {head.auto_class}.from_pretrained("path/to/this/folder")',
              'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")']

@@ -29,7 +29,7 @@ class ExportArgs:
     checkpoint: str = option("", "Run folder or checkpoint to export (a .ckpt file, DeepSpeed folder or model.safetensors).")
     out: str = option("", "Folder to write; it must not exist or be empty unless overwrite=true.")
     format: str = option("hf", "Export format by name: hf is a transformers folder, gguf a llama.cpp file, int8 a CPU int8 slmkit folder.", choices="slmkit.export:EXPORT_FORMATS")
-    dtype: str = option("fp32", "Tensor type: hf takes fp32, fp16 or bf16; gguf takes fp32, fp16 or q8_0; int8 ignores it.", choices=("fp32", "fp16", "bf16", "q8_0"))
+    dtype: str = option("fp32", "Tensor type: hf takes fp32, fp16 or bf16; gguf takes fp32, fp16, q8_0, q4_0 or q4_1 (llama.cpp's 8- and 4-bit blocks); int8 ignores it.", choices=("fp32", "fp16", "bf16", "q8_0", "q4_0", "q4_1"))
     overwrite: bool = option(False, "Replace a non-empty out folder (the old one goes only once the new one is complete).")
     verify: bool = option(True, "hf only: load the export with transformers and check its logits against slmkit before keeping it.")
     heldout: Optional[str] = option(None, "Text file to measure bits per byte on, fp32 vs the exported format; goes into the model card.")

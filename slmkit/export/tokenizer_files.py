@@ -41,9 +41,10 @@ def special_tokens(tokenizer_path: Path, configured: list[str]) -> SpecialTokens
 
 
 def write_tokenizer_files(tokenizer_path: Path, out_dir: Path, specials: SpecialTokens, max_length: int,
-                          start_with_document_token: bool = False) -> None:
+                          start_with_document_token: bool = False, chat_template: str | None = None) -> None:
     """start_with_document_token: encoding a text (with special tokens, transformers' default) puts the
-    end-of-document token first, where slmkit puts it before every text an encoder reads."""
+    end-of-document token first, where slmkit puts it before every text an encoder reads. chat_template: the
+    conversation format an sft run learned (export/chat_template.py), for apply_chat_template."""
     if start_with_document_token:
         tokenizer = load_tokenizer(tokenizer_path)
         tokenizer.post_processor = processors.TemplateProcessing(
@@ -63,5 +64,7 @@ def write_tokenizer_files(tokenizer_path: Path, out_dir: Path, specials: Special
         "add_bos_token": False,
         "add_eos_token": False,
     }
+    if chat_template is not None:
+        config["chat_template"] = chat_template
     (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
     (out_dir / "special_tokens_map.json").write_text(json.dumps(named, indent=2) + "\n")
