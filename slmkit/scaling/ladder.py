@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 
 from slmkit.atomic import atomic_write_text
-from slmkit.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+from slmkit.checkpoint import CONFIG_FILE, WEIGHTS_FILE, latest_checkpoint
 from slmkit.config import RunConfig, load_run_config
 from slmkit.errors import SlmkitError
 from slmkit.model import Model
@@ -196,7 +196,8 @@ def run_ladder(recipe: str, overrides: list[str], args: LadderArgs, train=None) 
         if finished(run):
             lines.append(f"{rung.name}: finished before, skipped")
         else:
-            resume = ["resume=true"] if (run / "checkpoints").is_dir() else []
+            # An interrupted rung continues from its checkpoint (a stop signal writes one); without one it starts over.
+            resume = ["resume=true"] if (run / "checkpoints").is_dir() and latest_checkpoint(run / "checkpoints") else []
             config: RunConfig = resolve_recipe(recipe, [*rung.overrides, f"out_dir={run}", *resume])
             train(config)
             lines.append(f"{rung.name}: trained")
