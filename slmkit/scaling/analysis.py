@@ -90,7 +90,8 @@ def fit_ladder(args: FitArgs) -> str:
     out["rungs"] = [r["name"] for r in best]
     if len({r["tokens_per_param"] for r in best}) == 1:
         out["tokens_per_param"] = best[0]["tokens_per_param"]
-    lr_rows = [r for r in fitted if len({x["lr_multiplier"] for x in fitted}) > 1]
+    tuned = len({r["lr_multiplier"] for r in fitted}) > 1
+    lr_rows = fitted if tuned else []
     if lr_rows:
         try:
             lr_law, optima = best_setting_law([r["flops"] for r in lr_rows], [r["lr"] for r in lr_rows],
