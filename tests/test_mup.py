@@ -110,3 +110,15 @@ def test_coordinate_check_is_flat_in_width_under_mup_and_grows_under_standard():
     check = run_coord_check(config, CoordCheckArgs(widths=[64, 128, 256, 512, 1024], seeds=3, steps=4, n_layer=2))
     assert check.max_abs_slope("mup") <= 0.1, check.slopes["mup"]
     assert check.slopes["standard"]["block 1"] > 1.0 and check.slopes["standard"]["logits"] > 0.5, check.slopes["standard"]
+
+
+def test_coord_check_command_prints_the_table_and_writes_json_and_png(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "slmkit.cli", "mup", "coord-check", "recipe=shakespeare-char",
+                             "model.tie_embeddings=false", "widths=[32,64]", "seeds=1", "steps=1", f"out={tmp_path}"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "mup: mean |coordinate| by width" in result.stdout and "slope" in result.stdout
+    assert (tmp_path / "coord-check.png").stat().st_size > 1000 and (tmp_path / "coord-check.json").is_file()
+    bad = subprocess.run([sys.executable, "-m", "slmkit.cli", "mup", "coord-check", "recipe=shakespeare-char",
+                          "widths=[64,32]"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "strictly increasing" in bad.stderr and "Traceback" not in bad.stderr
