@@ -25,7 +25,7 @@ LADDER = OUT / "ladder"
 LADDER_ARGS = ["recipe=shakespeare-char", "model.n_head=8", "trainer.progress_bar=false", "trainer.log_every=50",
                f"out={LADDER}", "sizes=[6e3,1.2e4,2.5e4,5e4,1e5,2e5]", "tokens_per_param=[20]"]
 HOLDOUT = "holdout_sizes=[4e5]"
-LRS = [1e-4 * 2 ** k for k in range(8)]  # 1e-4 .. 1.28e-2, factor 2
+LRS = [2e-4 * 2 ** k for k in range(7)]  # 2e-4 .. 1.28e-2, factor 2
 WIDTHS = [64, 128, 256]
 
 
@@ -58,7 +58,7 @@ def coord_check() -> None:
 
 
 def lr_transfer() -> None:
-    """Each (parametrization, width, lr): 2 layers, 300 steps of 12 x 64 characters, final val loss."""
+    """Each (parametrization, width, lr): 2 layers, 200 steps of 12 x 64 characters, final val loss."""
     results_path = OUT / "lr-transfer.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     for parametrization in ["mup", "standard"]:
@@ -71,8 +71,8 @@ def lr_transfer() -> None:
                 slmkit("train", "recipe=shakespeare-char", f"out_dir={run}", "model.n_layer=2", f"model.d_model={width}",
                        f"model.n_head={width // 32}", "model.tie_embeddings=false",
                        f"model.parametrization={parametrization}", "model.mup_base_width=64", f"optim.lr={lr}",
-                       f"optim.min_lr={lr / 10}", "trainer.max_steps=300", "optim.decay_steps=300", "optim.warmup_steps=30",
-                       "trainer.val_every=300", "trainer.checkpoint_every=0", "trainer.progress_bar=false",
+                       f"optim.min_lr={lr / 10}", "trainer.max_steps=200", "optim.decay_steps=200", "optim.warmup_steps=20",
+                       "trainer.val_every=200", "trainer.checkpoint_every=0", "trainer.progress_bar=false",
                        "trainer.log_every=100")
                 records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
                 results[key] = [r["val_loss"] for r in records if "val_loss" in r][-1]
