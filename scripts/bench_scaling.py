@@ -57,27 +57,27 @@ def coord_check() -> None:
     slmkit("mup", "coord-check", "recipe=shakespeare-char", "model.tie_embeddings=false", f"out={OUT / 'coord-check'}")
 
 
-def lr_transfer() -> None:
+def lr_transfer(tag: str = "", extra: tuple[str, ...] = (), parametrizations: tuple[str, ...] = ("mup", "standard")) -> None:
     """Each (parametrization, width, lr): 2 layers, 200 steps of 12 x 64 characters, final val loss."""
-    results_path = OUT / "lr-transfer.json"
+    results_path = OUT / f"lr-transfer{tag}.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    for parametrization in ["mup", "standard"]:
+    for parametrization in parametrizations:
         for width in WIDTHS:
             for lr in LRS:
                 key = f"{parametrization}-{width}-{lr:g}"
                 if key in results:
                     continue
-                run = OUT / "lr-transfer" / key
+                run = OUT / f"lr-transfer{tag}" / key
                 slmkit("train", "recipe=shakespeare-char", f"out_dir={run}", "model.n_layer=2", f"model.d_model={width}",
                        f"model.n_head={width // 32}", "model.tie_embeddings=false",
                        f"model.parametrization={parametrization}", "model.mup_base_width=64", f"optim.lr={lr}",
                        f"optim.min_lr={lr / 10}", "trainer.max_steps=200", "optim.decay_steps=200", "optim.warmup_steps=20",
                        "trainer.val_every=200", "trainer.checkpoint_every=0", "trainer.progress_bar=false",
-                       "trainer.log_every=100")
+                       "trainer.log_every=100", *extra)
                 records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
                 results[key] = [r["val_loss"] for r in records if "val_loss" in r][-1]
                 results_path.write_text(json.dumps(results, indent=1))
-    for parametrization in ["mup", "standard"]:
+    for parametrization in parametrizations:
         print(parametrization)
         for width in WIDTHS:
             losses = [results[f"{parametrization}-{width}-{lr:g}"] for lr in LRS]
@@ -103,7 +103,10 @@ def holdout() -> None:
 
 
 if __name__ == "__main__":
-    parts = {"fitter": fitter, "coord-check": coord_check, "lr-transfer": lr_transfer, "ladder": ladder, "holdout": holdout}
+    parts = {"fitter": fitter, "coord-check": coord_check, "lr-transfer": lr_transfer, "ladder": ladder, "holdout": holdout,
+             # The same grid under μP without the recipe's global gradient-norm clipping (a clip on the norm of all
+             # gradients together bites harder the more parameters a width has, which μP's rules do not account for).
+             "lr-transfer-noclip": lambda: lr_transfer("-noclip", ("trainer.grad_clip=0",), ("mup",))}
     if len(sys.argv) != 2 or sys.argv[1] not in parts:
         sys.exit(f"usage: python scripts/bench_scaling.py {{{','.join(parts)}}}")
     print(f"shared data: {SHARED}", flush=True)
