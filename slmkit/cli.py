@@ -37,6 +37,10 @@ USAGE_EXAMPLES = """examples:
   slmkit compare studies/positions.yaml --html report.html
   slmkit tune recipe=shakespeare-char 'space.optim.lr=loguniform(1e-4,1e-2)' 'space.model.n_layer=choice(2,4)' trials=20
   slmkit distill teacher=runs/legal-teacher-tiny/latest recipe=legal-tiny   (a student learns from a teacher)
+  slmkit ladder recipe=shakespeare-char sizes=[1e4,2e4,4e4,8e4] tokens_per_param=[20]
+  slmkit ladder fit ladder=runs/ladder/shakespeare-char
+  slmkit ladder predict ladder=runs/ladder/shakespeare-char n=3e5
+  slmkit mup coord-check recipe=shakespeare-char model.tie_embeddings=false
 """
 
 
@@ -203,6 +207,49 @@ def cmd_tune(ns: argparse.Namespace) -> None:
     print(run_tune(tune_from_arguments(ns.args)))
 
 
+# --- scaling (#24): ladder, its fit and prediction, μP's coordinate check ----------------------------------------------
+def _own_keys(args: Sequence[str], schema: type) -> tuple[list[str], list[str]]:
+    """(key=value pairs whose key is a field of the command's own schema, the rest: recipe=NAME and recipe overrides)."""
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(schema)}
+    own = [a for a in args if a.split("=", 1)[0] in fields]
+    return own, [a for a in args if a not in own]
+
+
+def cmd_ladder(ns: argparse.Namespace) -> None:
+    from slmkit.config import build_config
+    from slmkit.scaling.analysis import FitArgs, PredictArgs, fit_ladder, predict
+    from slmkit.scaling.ladder import LadderArgs, run_ladder
+
+    action = ns.args[0] if ns.args and "=" not in ns.args[0] else None
+    rest = ns.args[1:] if action else ns.args
+    if action == "fit":
+        print(fit_ladder(build_config(FitArgs, overrides=rest)), end="")
+    elif action == "predict":
+        print(predict(build_config(PredictArgs, overrides=rest)), end="")
+    elif action is None:
+        own, recipe_args = _own_keys(rest, LadderArgs)
+        recipe, overrides = _recipe_and_overrides(recipe_args)
+        print(run_ladder(recipe, overrides, build_config(LadderArgs, overrides=own)), end="")
+    else:
+        raise SlmkitError(f"unknown ladder action {action!r}: slmkit ladder recipe=NAME ... | ladder fit ladder=DIR | "
+                          "ladder predict ladder=DIR n=N [d=D]")
+
+
+def cmd_mup(ns: argparse.Namespace) -> None:
+    from slmkit.config import build_config
+    from slmkit.recipe import resolve_recipe
+    from slmkit.scaling.coord_check import CoordCheckArgs, coord_check_command
+
+    if not ns.args or ns.args[0] != "coord-check":
+        raise SlmkitError("usage: slmkit mup coord-check recipe=NAME [widths=[64,128,...]] [steps=N] [seeds=N] [key=value ...]")
+    own, recipe_args = _own_keys(ns.args[1:], CoordCheckArgs)
+    config = resolve_recipe(*_recipe_and_overrides(recipe_args))
+    print(coord_check_command(config, build_config(CoordCheckArgs, overrides=own)), end="")
+# --- end scaling ------------------------------------------------------------------------------------------------------
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="slmkit", description="Train small domain-specific language models from scratch.",
@@ -258,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("generate", cmd_generate, "generate text: slmkit generate checkpoint=PATH prompt=\"...\"")
     add("predict", cmd_predict, "run a fine-tuned model over records: slmkit predict checkpoint=PATH input=FILE [out=FILE]")
     add("embed", cmd_embed, "texts to vectors: slmkit embed checkpoint=PATH input=FILE out=FILE.npy|FILE.parquet")
+    add("ladder", cmd_ladder, "scaling ladder: slmkit ladder recipe=NAME sizes=[...] | ladder fit ladder=DIR | ladder predict ladder=DIR n=N [d=D]")
+    add("mup", cmd_mup, "μP: slmkit mup coord-check recipe=NAME [widths=[...]]")
     return parser
 
 

@@ -194,3 +194,25 @@ def test_export_refuses_a_non_empty_folder_unless_told_and_leaves_no_partial_fol
 
     run_export(ExportArgs(checkpoint=str(run), out=str(out), overwrite=True))
     assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
+
+
+# μP: an input multiplier, a readout multiplier and the 1/head_dim attention, with and without qk-norm; the readout is
+# perturbed away from its zero init, so a missing fold would change the logits.
+MUP = dict(parametrization="mup", mup_base_width=16, tie_embeddings=False, mup_input_multiplier=2.5,
+           mup_output_multiplier=3.0)
+
+
+@pytest.mark.parametrize("settings", [dict(MUP), dict(MUP, qk_norm=True, n_kv_heads=2),
+                                      dict(MUP, positions="learned", ffn="gelu", norm="layernorm", bias=True)],
+                         ids=["llama", "llama-qknorm-gqa", "gpt2"])
+def test_a_mup_model_exports_with_every_multiplier_folded_into_the_weights(tmp_path, tokenizer_path, settings):
+    model = tiny_model(**settings)
+    with torch.no_grad():
+        model.heads["lm"].proj.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(2))
+    assert model.config.width_multiplier == 2
+    run = write_run(tmp_path / "run", tokenizer_path, model)
+    out = run_export(ExportArgs(checkpoint=str(run), out=str(tmp_path / "export")))  # verifies logits on the way
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, local_files_only=True, dtype=torch.float32).eval()
+    ids = torch.randint(1, 320, (2, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert (model(ids) - hf(ids).logits).abs().max().item() < 1e-4

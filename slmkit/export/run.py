@@ -6,6 +6,7 @@ Each format (hf.py, gguf.py, int8.py) registers a writer here; this module adds 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from slmkit.export.measure import bits_per_byte, heldout_windows, size_on_disk
 from slmkit.export.model_card import model_card
 from slmkit.export.tokenizer_files import SpecialTokens, special_tokens
 from slmkit.model import LM_HEAD
+from slmkit.model.mup import standard_equivalent
 from slmkit.options import at_least, option
 from slmkit.registry import Registry
 
@@ -67,6 +69,9 @@ def run_export(args: ExportArgs) -> Path:
     _check_target(out, Path(args.checkpoint), args.overwrite)
     loaded = load_checkpoint(args.checkpoint)
     loaded.model.float().eval()
+    # Every format writes what a stock class computes: a μP model's multipliers go into its weights first.
+    loaded.model = standard_equivalent(loaded.model)
+    loaded.config = dataclasses.replace(loaded.config, model=loaded.model.config)
     if loaded.finished is False:
         log.warning("%s holds the weights of step %d of the %d its run planned: the run did not finish (the model "
                     "card says so); exporting them anyway", loaded.path, loaded.step, loaded.planned_steps)

@@ -150,6 +150,7 @@ class MultiHeadAttention(AttentionLayer):
         self.dropout = config.dropout
         self.window = config.layer_window(layer_idx)
         self.kernel = ATTENTION_KERNELS.get(config.attention_kernel)
+        self.query_scale = config.query_scale
         self.q_proj = nn.Linear(config.d_model, self.n_head * self.head_dim, bias=config.bias)
         self.k_proj = nn.Linear(config.d_model, self.n_kv_heads * self.head_dim, bias=config.bias)
         self.v_proj = nn.Linear(config.d_model, self.n_kv_heads * self.head_dim, bias=config.bias)
@@ -182,6 +183,8 @@ class MultiHeadAttention(AttentionLayer):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if rotary is not None:
             q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        if self.query_scale != 1.0:
+            q = q * self.query_scale  # μP's 1/head_dim attention, the kernel keeping its own 1/sqrt(head_dim)
         if cache is not None:
             k, v = cache.append(self.layer_idx, k, v)
             k, v = k.to(q.dtype), v.to(q.dtype)

@@ -46,6 +46,10 @@ class ModelConfig:
     init_std: float = option(0.02, "Standard deviation of the normal init of linear and embedding weights.", bounds=above(0))
     scaled_residual_init: bool = option(True, "Scale the init of the layers that write into the residual stream by 1/sqrt(2*n_layer) (GPT-2).")
     causal: bool = option(True, "Causal (decoder) attention; False gives a bidirectional encoder body.")
+    parametrization: str = option("standard", "standard, or mup (maximal update parametrization): init, learning rates and multipliers scaled by the width multiplier d_model / mup_base_width, so a learning rate tuned at the base width holds at any width (README: Scaling).", choices=("standard", "mup"))
+    mup_base_width: Optional[int] = option(None, "mup only: the width (d_model) the hyperparameters were tuned at; d_model must be a multiple of it.")
+    mup_input_multiplier: float = option(1.0, "mup only: constant that multiplies the token embeddings (a tunable, width-independent alpha).", bounds=above(0))
+    mup_output_multiplier: float = option(1.0, "mup only: constant of the readout; the language-model logits are multiplied by it / width multiplier.", bounds=above(0))
 
     @property
     def kv_heads(self) -> int:
@@ -54,6 +58,30 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_head
+
+    @property
+    def mup(self) -> bool:
+        return self.parametrization == "mup"
+
+    @property
+    def width_multiplier(self) -> float:
+        """μP's m = d_model / mup_base_width: hidden init std / sqrt(m), hidden AdamW lr / m, readout / m; 1 otherwise."""
+        return self.d_model / self.mup_base_width if self.mup else 1.0
+
+    @property
+    def input_multiplier(self) -> float:
+        return self.mup_input_multiplier if self.mup else 1.0
+
+    @property
+    def readout_multiplier(self) -> float:
+        """What the language-model logits are multiplied by: μP's output multiplier / m (TP5's readout scaling)."""
+        return self.mup_output_multiplier / self.width_multiplier if self.mup else 1.0
+
+    @property
+    def query_scale(self) -> float:
+        """Extra factor on the queries: μP's attention is softmax(QK^T / head_dim), the kernel's 1/sqrt(head_dim) times
+        this 1/sqrt(head_dim) (with head_dim growing, the query-key products grow like head_dim, not its root)."""
+        return self.head_dim ** -0.5 if self.mup else 1.0
 
     def layer_window(self, layer_idx: int) -> Optional[int]:
         """The sliding window of layer `layer_idx`, or None when it attends globally (see global_every)."""
@@ -84,9 +112,25 @@ class ModelConfig:
         if self.global_every and self.sliding_window is None:
             raise SlmkitError(f"model.global_every={self.global_every} alternates global and sliding-window layers: set "
                               "model.sliding_window too, or global_every=0")
+        self._validate_mup()
         for part in chosen_parts(self):
             part.check(self)
         return self
+
+
+    def _validate_mup(self) -> None:
+        if not self.mup:
+            return
+        if self.mup_base_width is None or self.mup_base_width < 1:
+            raise SlmkitError(f"model.parametrization=mup needs model.mup_base_width, a positive width (d_model) the "
+                              f"hyperparameters were tuned at; got {self.mup_base_width}")
+        if self.d_model % self.mup_base_width:
+            raise SlmkitError(f"model.d_model={self.d_model} is not a multiple of model.mup_base_width="
+                              f"{self.mup_base_width}: μP scales by the width multiplier d_model / mup_base_width; choose "
+                              "a base width that divides every width you train (e.g. the smallest)")
+        if self.tie_embeddings:
+            raise SlmkitError("model.parametrization=mup gives the readout its own init (zero) and multiplier, which a "
+                              "head tied to the token embeddings cannot have: set model.tie_embeddings=false")
 
 
 def chosen_parts(config: ModelConfig) -> list[type]:

@@ -156,18 +156,24 @@ def _needs_labels(spec: HeadSpec, at_least: int) -> None:
 @HEADS.register(LM_HEAD)
 class LanguageModelHead(Head):
     """Logits over the vocabulary at every position; shares the token embeddings when model.tie_embeddings, and
-    with model.logit_softcap squashes them smoothly into (-cap, cap) (Gemma 2, modded-nanogpt)."""
+    with model.logit_softcap squashes them smoothly into (-cap, cap) (Gemma 2, modded-nanogpt). Under μP the readout
+    starts at zero and its logits are multiplied by the readout multiplier before any cap."""
 
     def __init__(self, config: ModelConfig, spec: HeadSpec, body: Transformer):
         super().__init__(config, spec)
         self.proj = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.softcap = config.logit_softcap
+        self.multiplier = config.readout_multiplier
         self.reset_parameters()
+        if config.mup:
+            nn.init.zeros_(self.proj.weight)  # μP's zero readout: the logits start at 0 whatever the width
         if config.tie_embeddings:
             self.proj.weight = body.tok_embeddings.weight
 
     def forward(self, hidden: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         logits = self.proj(hidden).float()
+        if self.multiplier != 1.0:
+            logits = logits * self.multiplier
         return logits if self.softcap is None else self.softcap * torch.tanh(logits / self.softcap)
 
 

@@ -103,13 +103,17 @@ class Transformer(nn.Module):
 
     def init_weights(self) -> None:
         """normal(0, init_std) for linear and embedding weights, zeros for biases, each norm's own reset; with
-        scaled_residual_init, the layers each block part names as its residual outputs use init_std / sqrt(2 * n_layer)."""
+        scaled_residual_init, the layers each block part names as its residual outputs use init_std / sqrt(2 * n_layer).
+        Under μP the linear layers (every one in the body is a hidden matrix, fan-in d_model or wider) take
+        init_std / sqrt(width multiplier): variance 1/fan-in relative to the base width; embeddings keep init_std."""
         std = self.config.init_std
-        residual_std = std / math.sqrt(2 * self.config.n_layer) if self.config.scaled_residual_init else std
+        hidden_std = std / math.sqrt(self.config.width_multiplier)
+        residual_std = hidden_std / math.sqrt(2 * self.config.n_layer) if self.config.scaled_residual_init else hidden_std
         residual = {id(layer) for block in self.blocks for layer in block.attn.residual_outputs() + block.ffn.residual_outputs()}
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, mean=0.0, std=residual_std if id(module) in residual else std)
+                linear_std = residual_std if id(module) in residual else hidden_std
+                nn.init.normal_(module.weight, mean=0.0, std=linear_std if isinstance(module, nn.Linear) else std)
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
             elif module is not self and hasattr(module, "reset_parameters"):
@@ -140,7 +144,10 @@ class Transformer(nn.Module):
             )
         self._check_token_ids(input_ids)
         positions = self.position_encoding
-        x = positions.add_to_embeddings(self.tok_embeddings(input_ids), start)
+        tokens = self.tok_embeddings(input_ids)
+        if self.config.input_multiplier != 1.0:
+            tokens = tokens * self.config.input_multiplier  # μP's input multiplier, on the token embeddings only
+        x = positions.add_to_embeddings(tokens, start)
         if self.emb_norm is not None:
             x = self.emb_norm(x)
         x = self.emb_dropout(x)

@@ -68,7 +68,7 @@ class TrainingTask(L.LightningModule):
         # The model's trainable weights and the objective's own (a projection it learns), by name for Muon's split.
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         named += [(f"objective.{n}", p) for n, p in self.objective.named_parameters() if p.requires_grad]
-        optimizer = OPTIMIZERS.get(optim.name)(named, optim)
+        optimizer = OPTIMIZERS.get(optim.name)(named, optim, self.config.model)
         max_steps = self.config.trainer.max_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: learning_rate(step, optim, max_steps) / optim.lr

@@ -2,7 +2,8 @@
 
 Each entry builds one torch optimizer from the trainable parameters, so the trainer, the lr schedule and the
 checkpoint see a single optimizer whatever is inside it. Matrices (ndim >= 2) take weight decay; biases and norm
-weights do not.
+weights do not. Under μP (model.parametrization=mup) the hidden matrices' groups take the learning rate scaled by the
+width multiplier m: 1/m for AdamW (Tensor Programs V), 1/sqrt(m) for Muon (see `muon_lr_multiplier`).
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from torch import nn
 
 from slmkit.config import OptimConfig
 from slmkit.errors import SlmkitError
+from slmkit.model.config import ModelConfig
 from slmkit.registry import Registry
 
-# (named trainable parameters, optim config) -> optimizer
-OPTIMIZERS: Registry[Callable[[list[tuple[str, nn.Parameter]], OptimConfig], torch.optim.Optimizer]] = Registry(
-    "optimizer", "build(named trainable parameters, optim config) -> one torch optimizer."
+# (named trainable parameters, optim config, model config or None) -> optimizer; the model config says the
+# parametrization (μP scales some groups' learning rates by width).
+OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry(
+    "optimizer", "build(named trainable parameters, optim config, model config or None) -> one torch optimizer."
 )
 
 
@@ -31,9 +34,43 @@ def decay_groups(params: list[nn.Parameter], weight_decay: float) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
+def adamw_lr_multiplier(name: str, parameter: nn.Parameter, model: ModelConfig | None) -> float:
+    """μP with Adam (Tensor Programs V, table 3, in the form with a readout multiplier): a hidden matrix's entries
+    move by about lr per step whatever the width, and it sums d_model of them, so its lr is divided by m. Embeddings,
+    biases, norm weights and the readout (whose logits the model already divides by m) keep the base lr."""
+    if model is None or not model.mup or not is_hidden_matrix(name, parameter):
+        return 1.0
+    return 1.0 / model.width_multiplier
+
+
+def muon_lr_multiplier(model: ModelConfig | None) -> float:
+    """μP for Muon, by the spectral condition (Yang, Simon & Bernstein 2023): a hidden matrix's update should have a
+    spectral norm independent of width (its fan-out / fan-in ratio is). Muon's orthogonalized update has spectral norm
+    1 at any width, but slmkit scales it by 0.2 * sqrt(max dim) to match AdamW's RMS (match_rms_adamw), a factor that
+    grows like sqrt(m); the Muon lr is divided by sqrt(m) to cancel it."""
+    if model is None or not model.mup:
+        return 1.0
+    return model.width_multiplier ** -0.5
+
+
+def scaled_groups(named: list[tuple[str, nn.Parameter]], weight_decay: float, lr: float,
+                  model: ModelConfig | None) -> list[dict]:
+    """decay_groups, split further by AdamW's μP lr multiplier, each group with its own lr; under the standard
+    parametrization exactly decay_groups' two groups (so older optimizer states load)."""
+    by_multiplier: dict[float, list[nn.Parameter]] = defaultdict(list)
+    for name, p in named:
+        by_multiplier[adamw_lr_multiplier(name, p, model)].append(p)
+    groups = []
+    for multiplier, params in by_multiplier.items():
+        for group in decay_groups(params, weight_decay):
+            group["lr"] = lr * multiplier
+            groups.append(group)
+    return groups
+
+
 @OPTIMIZERS.register("adamw")
-def adamw(named: list[tuple[str, nn.Parameter]], optim: OptimConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(decay_groups([p for _, p in named], optim.weight_decay), lr=optim.lr,
+def adamw(named: list[tuple[str, nn.Parameter]], optim: OptimConfig, model: ModelConfig | None = None) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(scaled_groups(named, optim.weight_decay, optim.lr, model), lr=optim.lr,
                              betas=(optim.beta1, optim.beta2), eps=optim.eps, fused=torch.cuda.is_available() or None)
 
 
@@ -106,8 +143,10 @@ class MuonWithAdamW(torch.optim.Optimizer):
     the state dict holds both states for exact resume.
     """
 
-    def __init__(self, hidden: list[nn.Parameter], other: list[nn.Parameter], optim: OptimConfig):
-        muon_groups = [{"params": hidden, "weight_decay": optim.weight_decay, "lr": optim.muon_lr or optim.lr}]
+    def __init__(self, hidden: list[nn.Parameter], other: list[nn.Parameter], optim: OptimConfig,
+                 hidden_lr_multiplier: float = 1.0):
+        muon_groups = [{"params": hidden, "weight_decay": optim.weight_decay,
+                        "lr": (optim.muon_lr or optim.lr) * hidden_lr_multiplier}]
         adamw_groups = decay_groups(other, optim.weight_decay)
         for group in adamw_groups:
             group["lr"] = optim.lr
@@ -137,11 +176,13 @@ class MuonWithAdamW(torch.optim.Optimizer):
 
 
 @OPTIMIZERS.register("muon")
-def muon(named: list[tuple[str, nn.Parameter]], optim: OptimConfig) -> torch.optim.Optimizer:
+def muon(named: list[tuple[str, nn.Parameter]], optim: OptimConfig, model: ModelConfig | None = None) -> torch.optim.Optimizer:
     if any(".lora_" in name for name, _ in named):
         raise SlmkitError("optim.name=muon orthogonalizes whole weight matrices, and LoRA trains low-rank factors of "
                           "them: use optim.name=adamw with LoRA")
     hidden = [p for name, p in named if is_hidden_matrix(name, p)]
     if not hidden:
         raise SlmkitError("optim.name=muon found no trainable matrix inside the transformer blocks; use optim.name=adamw")
-    return MuonWithAdamW(hidden, [p for name, p in named if not is_hidden_matrix(name, p)], optim)
+    # Everything AdamW steps here is an embedding, readout, norm or bias: μP leaves their lr as it is.
+    return MuonWithAdamW(hidden, [p for name, p in named if not is_hidden_matrix(name, p)], optim,
+                         muon_lr_multiplier(model))
