@@ -12,6 +12,7 @@ asks it and only orchestrates.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -80,6 +81,24 @@ class RunFolder:
 
     def is_run(self) -> bool:
         return self.config.is_file()
+
+    @property
+    def finished(self) -> bool:
+        return self.weights.is_file()
+
+    def metric_records(self) -> list[dict]:
+        """metrics.jsonl's records, one per logged step, in order; a last line cut by a killed run is skipped."""
+        if not self.metrics.is_file():
+            return []
+        records = []
+        for line in self.metrics.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int):
+                records.append(record)
+        return records
 
     def checkpoint(self, step: int) -> Path:
         """Where the checkpoint of `step` is (or will be) written."""

@@ -12,7 +12,7 @@ from slmkit.research.study import Study
 
 def study_results(study: Study) -> dict[str, list[RunResult]]:
     """cell -> its finished runs (a run still going, or never started, is not counted)."""
-    return {cell: [read_run(folder) for folder in study.run_folders(cell) if RunFolder(folder).weights.is_file()]
+    return {cell: [read_run(folder) for folder in study.run_folders(cell) if RunFolder(folder).finished]
             for cell in study.cells}
 
 

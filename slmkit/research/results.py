@@ -13,7 +13,7 @@ from slmkit.checkpoint import CONFIG_FILE
 from slmkit.config import RunConfig, load_run_config
 from slmkit.errors import SlmkitError
 from slmkit.eval.report import RESULTS_JSON
-from slmkit.checkpoint.run_folder import METRICS_FILE
+from slmkit.checkpoint.run_folder import METRICS_FILE, RunFolder
 
 EVAL_RESULTS = Path("eval") / RESULTS_JSON
 
@@ -52,15 +52,7 @@ def read_run(folder: str | Path) -> RunResult:
         raise SlmkitError(f"{folder} is not an slmkit run folder (it has no {CONFIG_FILE} and {METRICS_FILE}): "
                           "name run folders (runs/<recipe>/<time>) or study files")
     config = load_run_config(folder / CONFIG_FILE)
-    history = []
-    for line in (folder / METRICS_FILE).read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # the last line of a run killed mid-write
-        if isinstance(record, dict) and isinstance(record.get("step"), int):
-            history.append(record)
-    return RunResult(folder, config, history, _final_eval(folder / EVAL_RESULTS))
+    return RunResult(folder, config, RunFolder(folder).metric_records(), _final_eval(folder / EVAL_RESULTS))
 
 
 def _final_eval(path: Path) -> dict[str, float]:

@@ -60,7 +60,7 @@ class PlannedRun:
 
     @property
     def finished(self) -> bool:
-        return RunFolder(self.out_dir).weights.is_file()  # a run folder holds its final weights exactly when its run went the whole way
+        return RunFolder(self.out_dir).finished
 
     @property
     def started(self) -> bool:

@@ -21,7 +21,8 @@ from typing import Optional
 import torch
 
 from slmkit.atomic import atomic_write_text
-from slmkit.checkpoint import CONFIG_FILE, WEIGHTS_FILE, latest_checkpoint
+from slmkit.checkpoint import CONFIG_FILE
+from slmkit.checkpoint.run_folder import RunFolder
 from slmkit.config import RunConfig, load_run_config
 from slmkit.errors import SlmkitError
 from slmkit.model import Model
@@ -32,7 +33,6 @@ from slmkit.scaling.sizes import non_embedding_parameters, shape_for
 
 PLAN_FILE = "ladder.json"
 RESULTS_FILE = "results.json"
-METRICS_FILE = "metrics.jsonl"  # the run folder's, read for a finished rung's final validation loss
 
 
 @dataclass
@@ -152,11 +152,7 @@ def _write_plan(folder: Path, recipe: str, overrides: list[str], rungs: list[Run
 
 def final_val_loss(run: Path) -> float | None:
     """The last validation loss a run folder's metrics.jsonl recorded."""
-    path = run / METRICS_FILE
-    if not path.is_file():
-        return None
-    losses = [record["val_loss"] for record in map(json.loads, path.read_text(encoding="utf-8").splitlines())
-              if "val_loss" in record]
+    losses = [record["val_loss"] for record in RunFolder(run).metric_records() if "val_loss" in record]
     return losses[-1] if losses else None
 
 
@@ -180,7 +176,7 @@ def rung_record(rung: dict, run: Path) -> dict:
 
 def finished(run: Path) -> bool:
     """A run folder has its final weights exactly when its run went the whole way (training/run.py)."""
-    return (run / WEIGHTS_FILE).is_file() and final_val_loss(run) is not None
+    return RunFolder(run).finished and final_val_loss(run) is not None
 
 
 def run_ladder(recipe: str, overrides: list[str], args: LadderArgs, train=None) -> str:
@@ -197,7 +193,7 @@ def run_ladder(recipe: str, overrides: list[str], args: LadderArgs, train=None) 
             lines.append(f"{rung.name}: finished before, skipped")
         else:
             # An interrupted rung continues from its checkpoint (a stop signal writes one); without one it starts over.
-            resume = ["resume=true"] if (run / "checkpoints").is_dir() and latest_checkpoint(run / "checkpoints") else []
+            resume = ["resume=true"] if RunFolder(run).checkpoints() else []
             config: RunConfig = resolve_recipe(recipe, [*rung.overrides, f"out_dir={run}", *resume])
             train(config)
             lines.append(f"{rung.name}: trained")
