@@ -26,7 +26,7 @@ from data_prep.report import REPORT_MARKDOWN, write_report
 from data_prep.sources import resolve_data_root, resolve_source_files, source_name
 from data_prep.tokenizer import tokenizer_sha256, train_tokenizer
 from slmkit.atomic import atomic_copy, remove_temporaries
-from slmkit.data import FORMAT, MANIFEST, PreparedData, token_dtype
+from slmkit.data import FORMAT, MANIFEST, PreparedData, cache_root, token_dtype
 from slmkit.data_config import DataConfig, TokenizerConfig
 from slmkit.errors import SlmkitError
 from slmkit.options import check_values
@@ -56,10 +56,6 @@ class Plan:
     def work(self) -> Path:
         """Intermediate chunk files of this corpus; kept so that a crashed run resumes instead of restarting."""
         return self.folder / "work" / self.corpus_sha256[:16]
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("SLMKIT_CACHE") or "~/.cache/slmkit").expanduser()
 
 
 def sha256_json(value: Any) -> str:

@@ -104,8 +104,11 @@ def resolve_recipe(name: str, overrides: Sequence[str] = (), follow_init_from: b
 def init_from_layer(config: RunConfig) -> dict:
     """The source run's model section and tokenizer file, as the lowest layer of a run that starts from its weights."""
     from slmkit.checkpoint import CONFIG_FILE, locate_run
+    from slmkit.checkpoint.hf_import import import_layer, is_transformers_source
     from slmkit.tokenizer import TOKENIZER_FILE
 
+    if is_transformers_source(config.init_from):
+        return import_layer(config)
     run_dir = locate_run(config.init_from, "init_from")
     source = load_run_config(run_dir / CONFIG_FILE)
     return {"model": dataclasses.asdict(source.model), "tokenizer": {"path": str(run_dir / TOKENIZER_FILE)}}
@@ -114,8 +117,11 @@ def init_from_layer(config: RunConfig) -> dict:
 def check_init_tokenizer(config: RunConfig) -> None:
     """A run from trained weights must read text as they were trained: with the source run's tokenizer."""
     from slmkit.checkpoint import locate_run
+    from slmkit.checkpoint.hf_import import check_import_fits, is_transformers_source
     from slmkit.tokenizer import TOKENIZER_FILE
 
+    if is_transformers_source(config.init_from):
+        return check_import_fits(config)
     own = locate_run(config.init_from, "init_from") / TOKENIZER_FILE
     chosen = Path(config.tokenizer.path)
     if chosen.resolve() != own.resolve() and (not chosen.is_file() or chosen.read_bytes() != own.read_bytes()):

@@ -9,11 +9,12 @@ ever held; pickle-only weights are refused unless the run allows them.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -21,6 +22,10 @@ from slmkit.errors import SlmkitError
 from slmkit.export.targets import TARGETS, Piece, Target, same_copies, target_mismatches
 from slmkit.model import HeadSpec, Model, ModelConfig
 from slmkit.tokenizer import TOKENIZER_FILE
+
+if TYPE_CHECKING:
+    from slmkit.checkpoint.files import InitReport
+    from slmkit.config import RunConfig
 
 log = logging.getLogger("slmkit")
 
@@ -147,6 +152,7 @@ def describe_import(source: str, allow_pickle: bool = False, key: str = "init_fr
             "`AutoTokenizer.from_pretrained(folder).save_pretrained(folder)`"
         )
     _check_tokenizer_fits(tokenizer, config, key, source)
+    tokenizer = run_tokenizer(folder, tokenizer, hf, config.causal, key, source)
     return ImportedModel(folder, target, config, head, tokenizer, weights, pickled)
 
 
@@ -238,6 +244,69 @@ def _check_tokenizer_fits(tokenizer: Path, c: ModelConfig, key: str, source: str
     if size > c.vocab_size:
         raise SlmkitError(f"{key}={source}: its {TOKENIZER_FILE} has {size} tokens and the model {c.vocab_size} "
                           "embedding rows: the tokenizer does not belong to these weights")
+
+
+def document_token(folder: Path, hf: dict[str, Any], causal: bool) -> str | None:
+    """The token that plays slmkit's document token for this model: its end-of-text token (a decoder), or the token
+    it reads every text after (an encoder's [CLS]); from the tokenizer's config, else the model's; None when unnamed."""
+    name = "eos_token" if causal else "cls_token"
+    for file in ("tokenizer_config.json", "special_tokens_map.json"):
+        path = folder / file
+        if path.is_file():
+            try:
+                value = json.loads(path.read_text(encoding="utf-8")).get(name)
+            except (OSError, ValueError):
+                value = None
+            if isinstance(value, dict):
+                value = value.get("content")
+            if isinstance(value, str) and value:
+                return value
+    token_id = hf.get(f"{name}_id")
+    if isinstance(token_id, list):
+        token_id = token_id[0] if token_id else None
+    if token_id is None:
+        return None
+    from slmkit.tokenizer import load_tokenizer
+
+    return load_tokenizer(folder / TOKENIZER_FILE).id_to_token(int(token_id))
+
+
+def run_tokenizer(folder: Path, tokenizer: Path, hf: dict[str, Any], causal: bool, key: str, source: str) -> Path:
+    """The tokenizer file a run from this model reads: the model's own, ids and all.
+
+    slmkit takes the lowest-id special token as its document token (end_of_document_id). Where the model's own is
+    another (Llama's </s> after <unk> and <s>, BERT's [CLS] after [PAD] and [UNK]), the run reads a copy in which the
+    special tokens below it are plain added tokens: the same ids and the same encoding, only no longer skipped when
+    decoding. The copy lives in slmkit's cache, named by its content.
+    """
+    from slmkit.atomic import atomic_write_bytes
+    from slmkit.data import cache_root
+    from slmkit.tokenizer import end_of_document_id, load_tokenizer, tokenizer_sha256
+
+    token = document_token(folder, hf, causal)
+    loaded = load_tokenizer(tokenizer)
+    token_id = loaded.token_to_id(token) if token else None
+    if token is None or token_id is None:
+        return tokenizer
+    try:
+        if end_of_document_id(loaded) == token_id:
+            return tokenizer
+    except SlmkitError:
+        pass
+    data = json.loads(tokenizer.read_text(encoding="utf-8"))
+    specials = [t for t in data.get("added_tokens", []) if t.get("special")]
+    if not any(t["id"] == token_id for t in specials):
+        raise SlmkitError(f"{key}={source}: its tokenizer names {token!r} as its {'end-of-text' if causal else 'first'} "
+                          f"token, and {TOKENIZER_FILE} does not hold it as a special token: the tokenizer files disagree")
+    for t in specials:
+        if t["id"] < token_id:
+            t["special"] = False
+    text = json.dumps(data, ensure_ascii=False).encode("utf-8")
+    path = cache_root() / "imported-tokenizers" / hashlib.sha256(text).hexdigest()[:16] / TOKENIZER_FILE
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, text)
+    return path
 
 
 class ClassTensors:
@@ -387,3 +456,51 @@ def load_transformers_model(source: str, allow_pickle: bool = False, heads: list
     model = Model(imported.model, chosen)
     import_weights(model, imported, source)
     return model.eval(), imported
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A run that starts from a transformers model: what resolve_recipe and train call when init_from names one.
+
+def import_layer(config: "RunConfig") -> dict[str, Any]:
+    """The model's config and tokenizer, as the lowest layer of a run that starts from its weights."""
+    imported = describe_import(config.init_from, config.init_from_allow_pickle)
+    return {"model": dataclasses.asdict(imported.model), "tokenizer": {"path": str(imported.tokenizer_path)}}
+
+
+def check_import_fits(config: "RunConfig") -> None:
+    """Before anything is written: the run keeps the model's tokenizer, and its model.* keys change no imported
+    weight's shape (a change of anything else, dropout or the context of a RoPE model, is the run's choice)."""
+    imported = describe_import(config.init_from, config.init_from_allow_pickle)
+    chosen = Path(config.tokenizer.path)
+    own = imported.tokenizer_path
+    if chosen.resolve() != own.resolve() and (not chosen.is_file() or chosen.read_bytes() != own.read_bytes()):
+        raise SlmkitError(
+            f"tokenizer.path={chosen} is not the tokenizer of init_from={config.init_from} ({own}): a model can only "
+            "continue with the tokenizer it was trained with; drop the tokenizer.path override (tokenizer.extend adds "
+            "domain tokens to the model's own)"
+        )
+    with torch.device("meta"):
+        theirs = slmkit_shapes(Model(imported.model))
+        try:
+            ours = slmkit_shapes(Model(config.model))
+        except SlmkitError as err:
+            raise SlmkitError(f"init_from={config.init_from}: this run's model section does not build ({err})") from None
+    changed = [f"{name} {theirs[name]} -> {ours.get(name)}" for name in theirs if ours.get(name) != theirs[name]]
+    changed += [f"{name} (new)" for name in ours if name not in theirs and not name.startswith("heads.")]
+    if changed:
+        fields = [f"model.{f.name}={getattr(config.model, f.name)!r}" for f in dataclasses.fields(ModelConfig)
+                  if getattr(config.model, f.name) != getattr(imported.model, f.name)]
+        raise SlmkitError(
+            f"init_from={config.init_from}: {', '.join(fields) or 'the model section'} change the shape of imported "
+            f"weights ({'; '.join(changed[:3])}{'; ...' if len(changed) > 3 else ''}): drop these model.* overrides, "
+            "the imported model's config sets them"
+        )
+
+
+def init_from_source(model: Model, config: "RunConfig") -> "InitReport":
+    """init_from's weights into the run's freshly built model: a transformers model, or an slmkit run or checkpoint."""
+    if is_transformers_source(config.init_from):
+        return import_weights(model, describe_import(config.init_from, config.init_from_allow_pickle), config.init_from)
+    from slmkit.checkpoint.files import init_from_checkpoint
+
+    return init_from_checkpoint(model, config.init_from)

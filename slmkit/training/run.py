@@ -21,8 +21,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from slmkit.atomic import atomic_copy, remove_temporaries
-from slmkit.checkpoint import (CONFIG_FILE, WEIGHTS_FILE, build_model, checkpoint_step, init_from_checkpoint,
-                               latest_checkpoint, save_inference_checkpoint)
+from slmkit.checkpoint import (CONFIG_FILE, WEIGHTS_FILE, build_model, checkpoint_step, latest_checkpoint,
+                               save_inference_checkpoint)
+from slmkit.checkpoint.hf_import import init_from_source
 from slmkit.checkpoint.files import checkpoint_problem, remove_checkpoint, step_checkpoints
 from slmkit.checksum import checksum_file
 from slmkit.config import RunConfig, load_run_config, save_run_config
@@ -85,7 +86,7 @@ def train(config: RunConfig) -> TrainResult:
     model = build_model(config)
     objective = objective_class(config, load_tokenizer(out_dir / TOKENIZER_FILE))
     if config.init_from and ckpt_path is None:
-        for line in init_from_checkpoint(model, config.init_from).lines():
+        for line in init_from_source(model, config).lines():
             log.warning("init_from %s: %s", config.init_from, line)
     for line in objective.init_weights(model) if ckpt_path is None else []:
         log.warning("%s: %s", config.objective.name, line)
