@@ -100,6 +100,13 @@ def test_lora_fine_tunes_an_imported_model(gpt2_folder, tmp_path):
     assert train(config).steps == 4
 
 
+def test_an_imported_model_distills_as_student_from_an_imported_teacher(gpt2_folder, shared_dir, tmp_path):
+    config = resolve_recipe("finance-from-legal-tiny", [
+        f"init_from={gpt2_folder}", f"distill.teacher={gpt2_folder}", "objective.name=distill_lm", "distill.alpha=0.5",
+        f"out_dir={tmp_path / 'run'}", CORPUS, f"data.root={shared_dir / 'corpora'}", *FAST])
+    assert train(config).steps == 4
+
+
 # --- bad input: one message, no traceback, non-zero exit, nothing written ---------------------------------------
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
