@@ -30,7 +30,7 @@ KEY = "distill.teacher"
 SLMKIT, TRANSFORMERS = "slmkit", "transformers"
 HF_CONFIG = "config.json"
 # The transformers classes a teacher may be, by the slmkit head whose output they give.
-HF_HEADS = {"ForCausalLM": LM_HEAD.kind, "ForSequenceClassification": CLASSIFIER_HEAD}
+HF_HEADS = {"ForCausalLM": LM_HEAD.kind, "LMHeadModel": LM_HEAD.kind, "ForSequenceClassification": CLASSIFIER_HEAD}  # GPT2LMHeadModel
 HF_AUTO_CLASSES = {LM_HEAD.kind: "AutoModelForCausalLM", CLASSIFIER_HEAD: "AutoModelForSequenceClassification"}
 
 
