@@ -11,7 +11,6 @@ import dataclasses
 import glob
 import hashlib
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from data_prep.report import REPORT_MARKDOWN, write_report
 from data_prep.sources import resolve_data_root, resolve_source_files, source_name
 from data_prep.tokenizer import tokenizer_sha256, train_tokenizer
 from slmkit.atomic import atomic_copy, remove_temporaries
-from slmkit.data import FORMAT, MANIFEST, PreparedData, token_dtype
+from slmkit.data import FORMAT, MANIFEST, PreparedData, cache_root, token_dtype
 from slmkit.data_config import DataConfig, TokenizerConfig
 from slmkit.errors import SlmkitError
 from slmkit.options import check_values
@@ -40,10 +39,6 @@ PACK_ONLY_FIELDS = ("shard_tokens",)
 HELDOUT_CHARS = 2_000_000  # held-out text for the tokenizer's bytes-per-token figure
 TOKENIZER_REPORT = "tokenizer_report.json"
 REPORT_DIR = "report"
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("SLMKIT_CACHE") or "~/.cache/slmkit").expanduser()
 
 
 def sha256_json(value: Any) -> str:

@@ -8,6 +8,7 @@ defined here, and registers the preparer that `slmkit train` calls.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -22,6 +23,11 @@ MANIFEST = "manifest.json"
 RUN_MANIFEST = "data_manifest.json"  # the manifest a run trained on, copied into its run folder
 FORMAT = "slmkit-shards/1"
 REQUIRED_KEYS = ("format", "dtype", "eos_id", "vocab_size", "tokenizer_sha256", "inputs_sha256", "sources", "splits")
+
+
+def cache_root() -> Path:
+    """Where slmkit keeps what it derives from its inputs (prepared data, tokenizers): $SLMKIT_CACHE, else ~/.cache/slmkit."""
+    return Path(os.environ.get("SLMKIT_CACHE") or "~/.cache/slmkit").expanduser()
 
 
 def token_dtype(vocab_size: int) -> np.dtype:

@@ -73,10 +73,18 @@ def resolve_recipe(name: str, overrides: Sequence[str] = (), follow_init_from: b
             from slmkit.distill.teacher import teacher_layer
 
             lowest.append(teacher_layer(config))
-        source = starting_point(config.init_from, "init_from") if config.init_from else None
+        from slmkit.checkpoint.hf_import import check_import_fits, import_layer, is_transformers_source
+
+        # A transformers model (a folder or hf:ORG/NAME) is read through its family's row of the export table.
+        imported = is_transformers_source(config.init_from)
+        source = starting_point(config.init_from, "init_from") if config.init_from and not imported else None
+        if imported:
+            lowest.append(import_layer(config))
         if source is not None:
             lowest.append(source.layer(model=True))
         config = build_config(RunConfig, *lowest, raw, overrides=values)
+        if imported:
+            check_import_fits(config)
         if source is not None:
             source.check_same_tokenizer(Path(config.tokenizer.path))
     # vocab_size 0 means "the tokenizer's size", resolved when the tokenizer exists; check everything else now.

@@ -33,7 +33,7 @@ def train_tokenizer(path: Path, vocab_size: int = 300, pre_tokenizer=None, ignor
 
 
 # The objective that gives a model each head, so a run folder written here rebuilds the same model.
-OBJECTIVE_OF_HEAD = {"lm": "causal_lm", "sequence_classification": "classification",
+OBJECTIVE_OF_HEAD = {"lm": "causal_lm", "masked_lm": "masked_lm", "sequence_classification": "classification",
                      "token_classification": "token_classification", "span": "span_qa"}
 
 
@@ -54,7 +54,8 @@ def write_run(folder: Path, tokenizer_path: Path, model: Model, name: str = "tin
     head = model.head_specs[0]
     config = RunConfig(name=name)
     config.model = model.config
-    config.objective = ObjectiveConfig(name=OBJECTIVE_OF_HEAD[head.kind], labels=list(head.labels), pooling=head.pooling)
+    config.objective = ObjectiveConfig(name=OBJECTIVE_OF_HEAD[head.kind], labels=list(head.labels), pooling=head.pooling,
+                                       head_transform=head.transform)
     save_inference_checkpoint(folder, model, config, tokenizer_path)
     return folder
 

@@ -27,7 +27,7 @@ def tiny(**overrides) -> ModelConfig:
 def test_every_part_kind_has_its_registry_of_names():
     assert NORMS.names() == ["layernorm", "rmsnorm"]
     assert POSITIONS.names() == ["alibi", "learned", "none", "rope", "sinusoidal"]
-    assert FEEDFORWARDS.names() == ["geglu", "gelu", "relu2", "swiglu"]
+    assert FEEDFORWARDS.names() == ["geglu", "gelu", "gelu_tanh", "relu2", "swiglu"]
     assert BLOCKS.names() == ["postnorm", "prenorm"]
     assert ATTENTION_KERNELS.names() == ["eager", "sdpa"]
     assert ATTENTION_LAYERS.names() == ["multihead"]

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 KEY = "distill.teacher"
 SLMKIT, TRANSFORMERS = "slmkit", "transformers"
 # The transformers classes a teacher may be, by the slmkit head whose output they give.
-HF_HEADS = {"ForCausalLM": LM_HEAD, "ForSequenceClassification": CLASSIFIER_HEAD}
+HF_HEADS = {"ForCausalLM": LM_HEAD, "LMHeadModel": LM_HEAD, "ForSequenceClassification": CLASSIFIER_HEAD}  # GPT2LMHeadModel
 HF_AUTO_CLASSES = {LM_HEAD: "AutoModelForCausalLM", CLASSIFIER_HEAD: "AutoModelForSequenceClassification"}
 
 

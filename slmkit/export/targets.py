@@ -1,7 +1,10 @@
-"""The stock transformers families an slmkit model can become, one row each: what it accepts, its config, its weights.
+"""The stock transformers families an slmkit model can become and come from, one row each: what it accepts, its
+config and its weights, both ways.
 
 `select_target` takes the first row, in table order, that represents a config exactly and refuses with the closest
 rows' reasons otherwise — never an approximation. The most widely supported class comes first: Llama-shaped ships as Llama.
+Read backwards (`reads`, each weight map's `back`), a row turns the family's config.json into a ModelConfig and names
+which class tensors become which slmkit tensors; slmkit/checkpoint/hf_import.py streams them in.
 """
 
 from __future__ import annotations
@@ -18,6 +21,56 @@ from slmkit.model import (CLASSIFIER_HEAD, EMBEDDING_HEAD, LM_HEAD, MASKED_LM_HE
 
 State = dict[str, torch.Tensor]
 WeightMap = Callable[[State, ModelConfig], State]  # slmkit's flat state dict -> the class's tensors
+Shapes = dict[str, tuple[int, ...]]  # slmkit's tensor shapes by flat name (tok_embeddings.weight, heads.lm.proj.weight)
+
+
+def _same(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One slmkit tensor read back from the class: `ours` = combine(*tensors named `theirs`).
+
+    A piece names tensors only, so an importer can read them one at a time from the weights file.
+    """
+
+    ours: str  # slmkit's flat name (as slmkit_state names it)
+    theirs: tuple[str, ...]
+    combine: Callable[..., torch.Tensor] = _same
+
+
+BackMap = Callable[[ModelConfig, Shapes], list[Piece]]  # which class tensors make each slmkit tensor
+
+
+@dataclass(frozen=True)
+class TwoWay:
+    """A weight map that also reads back: called as the forward map (slmkit -> class), `back` lists the pieces."""
+
+    forward: WeightMap
+    back: BackMap
+
+    def __call__(self, state: State, c: ModelConfig) -> State:
+        return self.forward(state, c)
+
+
+def _rows(t: torch.Tensor, start: int, size: int) -> torch.Tensor:
+    return t[start:start + size]
+
+
+def _split(ours: tuple[str, ...], theirs: str, shapes: Shapes, transposed: bool = False) -> list[Piece]:
+    """The slmkit tensors `ours` stacked along dim 0 into the one class tensor `theirs` (fused q/k/v, gate/up); a
+    transposed (Conv1D) class tensor is turned back first."""
+    pieces, start = [], 0
+    for name in ours:
+        size = shapes[name][0]
+        pieces.append(Piece(name, (theirs,), lambda t, start=start, size=size: _rows(t.t() if transposed else t, start, size)))
+        start += size
+    return pieces
+
+
+def _transposed(t: torch.Tensor) -> torch.Tensor:
+    return t.t()
 
 
 @dataclass(frozen=True)
@@ -29,30 +82,40 @@ class HeadClass:
     causal LM (LlamaForQuestionAnswering has `transformer.` where LlamaForCausalLM has `model.`); `output` reads the
     class's output as slmkit's head returns it (with `bare`, the class is the bare body and its output is compared
     with slmkit's hidden states); `poolings` and `transforms` are the poolings and head transforms the class computes
-    (None = any); `config` adds the config keywords that describe the head (its pooling).
+    (None = any); `config` adds the config keywords that describe the head (its pooling); `reads` is its inverse,
+    the HeadSpec fields of the head a config describes (labels come from the config's id2label).
     """
 
     model_class: str
     auto_class: str
-    weights: WeightMap
+    weights: TwoWay
     body_prefix: tuple[str, str] | None = None
     output: Callable[[Any], torch.Tensor] = lambda out: out.logits
     poolings: tuple[str, ...] | None = None
     transforms: tuple[str, ...] | None = ("none",)
     config: Callable[[HeadSpec], dict[str, Any]] = lambda spec: {}
     bare: bool = False
+    reads: Callable[[dict[str, Any]], dict[str, Any]] = lambda hf: {}
 
 
 @dataclass(frozen=True)
 class Target:
-    """One stock family: what it accepts, its config keywords, where the body's tensors go, and its heads by kind."""
+    """One stock family: what it accepts, its config keywords, where the body's tensors go, and its heads by kind.
+
+    `reads` is `config` backwards: the ModelConfig fields of a config.json of the family (as transformers' config
+    class dict). It need not check anything: the importer writes the result forward again with `config` and refuses
+    every key that then differs, so whatever the row cannot represent is named by its field. `exports` = False keeps
+    a row for import only (a family slmkit reads exactly but never writes, as another row writes the same model).
+    """
 
     name: str
     model_type: str  # transformers' config type, as AutoConfig.for_model takes it
     accepts: Accepts
     config: Callable[[ModelConfig], dict[str, Any]]  # config-class keywords; the caller adds the special token ids
-    body: WeightMap  # embeddings, blocks, final norm; a bias the class has and slmkit lacks is zero-filled later
+    body: TwoWay | "Renames"  # embeddings, blocks, final norm; a bias the class has and slmkit lacks is zero-filled
     heads: dict[str, HeadClass]  # by slmkit head kind: lm, sequence_classification, token_classification, span
+    reads: Callable[[dict[str, Any]], dict[str, Any]]
+    exports: bool = True
 
 
 # Rows in preference order; a row added later is tried last.
@@ -80,12 +143,31 @@ class Renames:
     layer: dict[str | tuple[str, ...], str]
     transposed: tuple[str, ...] = ()
 
-    def __call__(self, state: State, c: ModelConfig) -> State:
+    def pairs(self, c: ModelConfig) -> list[tuple[tuple[str, ...], str]]:
         pairs = [((ours,), theirs) for ours, theirs in self.top.items()]
         for i in range(c.n_layer):
             pairs += [(_in_block(i, ours), self.layers.format(i=i) + theirs) for ours, theirs in self.layer.items()]
+        return pairs
+
+    def back(self, c: ModelConfig, shapes: Shapes) -> list[Piece]:
+        pieces = []
+        for ours, theirs in self.pairs(c):
+            for kind in ("weight", "bias"):
+                keys = tuple(f"{module}.{kind}" for module in ours)
+                if keys[0] not in shapes:
+                    continue
+                transposed = kind == "weight" and theirs.endswith(self.transposed)
+                if len(keys) > 1:
+                    pieces += _split(keys, f"{theirs}.{kind}", shapes, transposed)
+                elif transposed:
+                    pieces.append(Piece(keys[0], (f"{theirs}.{kind}",), _transposed))
+                else:
+                    pieces.append(Piece(keys[0], (f"{theirs}.{kind}",)))
+        return pieces
+
+    def __call__(self, state: State, c: ModelConfig) -> State:
         out = {}
-        for ours, theirs in pairs:
+        for ours, theirs in self.pairs(c):
             for kind in ("weight", "bias"):
                 keys = [f"{module}.{kind}" for module in ours]
                 if keys[0] in state:
@@ -98,17 +180,36 @@ def _in_block(i: int, ours: str | tuple[str, ...]) -> tuple[str, ...]:
     return tuple(f"blocks.{i}.{module}" for module in (ours if isinstance(ours, tuple) else (ours,)))
 
 
-def _lm_head_weights(state: State, c: ModelConfig) -> State:
+def _in_head(kind: str, layers: dict[str, str]) -> TwoWay:
+    """The head's layers (weight and bias where they exist) under the class's names: {slmkit layer: class layer}."""
+    names = [(f"heads.{kind}.{ours}.{p}", f"{theirs}.{p}") for ours, theirs in layers.items() for p in ("weight", "bias")]
+
+    def weights(state: State, c: ModelConfig) -> State:
+        return {theirs: state[ours] for ours, theirs in names if ours in state}
+
+    return TwoWay(weights, lambda c, shapes: [Piece(ours, (theirs,)) for ours, theirs in names if ours in shapes])
+
+
+def same_copies(*tensors: torch.Tensor) -> torch.Tensor:
+    """Copies that must agree (BERT's decoder bias twice, StableLM's per-head norms): the first, when all are equal."""
+    for t in tensors[1:]:
+        if not torch.equal(t, tensors[0]):
+            raise ValueError("copies differ")
+    return tensors[0]
+
+
+def _lm_head_forward(state: State, c: ModelConfig) -> State:
     """The LM head's own matrix; a tied one is the token embedding, which the class ties too."""
     return {} if c.tie_embeddings else {"lm_head.weight": state["heads.lm.proj.weight"]}
 
 
-def _renamed(kind: str, ours: str, theirs: str) -> WeightMap:
-    """The head's layer `ours` (weight, and bias where it has one) as the class's layer `theirs`."""
-    def weights(state: State, c: ModelConfig) -> State:
-        return {f"{theirs}.{p}": state[f"heads.{kind}.{ours}.{p}"] for p in ("weight", "bias") if f"heads.{kind}.{ours}.{p}" in state}
+# Tied, the importer reads nothing more: the head shares the embeddings read with the body, as the class ties them.
+_lm_head_weights = TwoWay(_lm_head_forward, lambda c, shapes: [Piece("heads.lm.proj.weight", ("lm_head.weight",))])
 
-    return weights
+
+def _renamed(kind: str, ours: str, theirs: str) -> TwoWay:
+    """The head's layer `ours` (weight, and bias where it has one) as the class's layer `theirs`."""
+    return _in_head(kind, {ours: theirs})
 
 
 def lm_head(model_class: str) -> HeadClass:
@@ -196,6 +297,38 @@ def _window_layers(c: ModelConfig) -> dict[str, Any]:
     }
 
 
+def _rope_theta(hf: dict[str, Any], layer_type: str | None = None) -> float:
+    rope = hf.get("rope_parameters") or {}
+    if layer_type is not None:
+        rope = rope.get(layer_type) or {}
+    return float(rope.get("rope_theta", hf.get("rope_theta", 10000.0)))
+
+
+def _read_rope_decoder(hf: dict[str, Any]) -> dict[str, Any]:
+    """`_rope_decoder_config` backwards."""
+    return {
+        "vocab_size": hf["vocab_size"],
+        "d_model": hf["hidden_size"],
+        "ffn_hidden": hf["intermediate_size"],
+        "n_layer": hf["num_hidden_layers"],
+        "n_head": hf["num_attention_heads"],
+        "n_kv_heads": hf.get("num_key_value_heads") or hf["num_attention_heads"],
+        "block_size": hf["max_position_embeddings"],
+        "tie_embeddings": hf["tie_word_embeddings"],
+        "positions": "rope",
+        "rope_theta": _rope_theta(hf),
+    }
+
+
+def _read_llama(hf: dict[str, Any], **more: Any) -> dict[str, Any]:
+    return {**_read_rope_decoder(hf), "ffn": "swiglu", "norm": "rmsnorm", "norm_eps": hf["rms_norm_eps"],
+            "bias": bool(hf.get("attention_bias", False)), **more}
+
+
+def _read_window(hf: dict[str, Any]) -> int | None:
+    return hf.get("sliding_window") if hf.get("use_sliding_window", True) else None
+
+
 # rope + swiglu + rmsnorm, any heads, biases via attention_bias/mlp_bias; no window, no qk-norm.
 register(Target(
     name="llama",
@@ -204,6 +337,7 @@ register(Target(
     config=lambda c: {**_llama_config(c), "attention_bias": c.bias, "mlp_bias": c.bias},
     body=LLAMA_WEIGHTS,
     heads=task_heads("Llama", qa_prefix=MODEL_AS_TRANSFORMER),
+    reads=_read_llama,
 ))
 
 # Llama plus a sliding window (token i sees j when i - window < j <= i, as slmkit); no biases at all.
@@ -217,6 +351,7 @@ register(Target(
     config=lambda c: {**_llama_config(c), "sliding_window": c.sliding_window},
     body=LLAMA_WEIGHTS,
     heads=task_heads("Mistral"),
+    reads=lambda hf: _read_llama(hf, bias=False, sliding_window=hf.get("sliding_window")),
 ))
 
 # Llama plus per-head RMS qk-norm before RoPE, optional sliding window on every layer; MLP without biases.
@@ -230,6 +365,20 @@ register(Target(
     config=lambda c: {**_llama_config(c), "attention_bias": False, "max_window_layers": 0, **_window_layers(c)},
     body=LLAMA_WEIGHTS,
     heads=task_heads("Qwen3", qa_prefix=MODEL_AS_TRANSFORMER),
+    reads=lambda hf: _read_llama(hf, bias=False, qk_norm=True, sliding_window=_read_window(hf)),
+))
+
+# Llama with biases on q, k and v only: read as slmkit's biases everywhere, the output projection's and the MLP's zero
+# (the same function). Import only: slmkit writes such a model as Llama with attention and MLP biases.
+register(Target(
+    name="qwen2",
+    model_type="qwen2",
+    accepts=Accepts(positions=("rope",), ffn=("swiglu",), norm=("rmsnorm",), bias=(True,), qk_norm=(False,)),
+    config=lambda c: {k: v for k, v in _llama_config(c).items() if k != "head_dim"} | {"max_window_layers": 0, **_window_layers(c)},
+    body=LLAMA_WEIGHTS,
+    heads=task_heads("Qwen2", qa_prefix=MODEL_AS_TRANSFORMER),
+    reads=lambda hf: _read_llama(hf, bias=True, sliding_window=_read_window(hf)),
+    exports=False,
 ))
 
 # Llama with per-layer RoPE on/off (all off = no positions), biases, and a sliding window on every layer.
@@ -246,13 +395,25 @@ register(Target(
     },
     body=LLAMA_WEIGHTS,
     heads=task_heads("SmolLM3", qa_prefix=MODEL_AS_TRANSFORMER),
+    reads=lambda hf: _read_llama(hf, positions="rope" if any(hf.get("no_rope_layers") or [1]) else "none",
+                                 bias=bool(hf.get("attention_bias", False)), sliding_window=_read_window(hf)),
 ))
 
 
 STABLELM_WEIGHTS = Renames(top=LLAMA_WEIGHTS.top, layers=LLAMA_WEIGHTS.layers, layer={**ROPE_DECODER_LAYER, **GATED_MLP})
 
 
-def _stablelm_weights(state: State, c: ModelConfig) -> State:
+def _stablelm_back(c: ModelConfig, shapes: Shapes) -> list[Piece]:
+    pieces = STABLELM_WEIGHTS.back(c, shapes)
+    if c.qk_norm:  # the heads' copies must agree: slmkit keeps one norm for all heads
+        for i in range(c.n_layer):
+            for ours, theirs, heads in (("q_norm", "q_layernorm", c.n_head), ("k_norm", "k_layernorm", c.kv_heads)):
+                pieces.append(Piece(f"blocks.{i}.attn.{ours}.weight",
+                                    tuple(f"model.layers.{i}.self_attn.{theirs}.norms.{h}.weight" for h in range(heads)), same_copies))
+    return pieces
+
+
+def _stablelm_forward(state: State, c: ModelConfig) -> State:
     out = STABLELM_WEIGHTS(state, c)
     if c.qk_norm:
         # StableLM keeps one LayerNorm per head; slmkit shares one across heads, so each head gets a copy.
@@ -261,6 +422,9 @@ def _stablelm_weights(state: State, c: ModelConfig) -> State:
                 for h in range(heads):
                     out[f"model.layers.{i}.self_attn.{theirs}.norms.{h}.weight"] = state[f"blocks.{i}.attn.{ours}.weight"]
     return out
+
+
+_stablelm_weights = TwoWay(_stablelm_forward, _stablelm_back)
 
 
 # rope + swiglu + LayerNorm (bias zero when slmkit has none), optional per-head LayerNorm qk-norm; no biases.
@@ -282,16 +446,27 @@ register(Target(
     },
     body=_stablelm_weights,
     heads=task_heads("StableLm", qa=False),
+    reads=lambda hf: {**_read_rope_decoder(hf), "ffn": "swiglu", "norm": "layernorm", "norm_eps": hf["layer_norm_eps"],
+                      "bias": False, "qk_norm": bool(hf.get("qk_layernorm"))},
 ))
 
-# rope + non-gated MLP (exact gelu or relu2) + LayerNorm, any heads, biases, optional sliding window.
+def _activation(names: dict[str, str]) -> tuple[Callable[[ModelConfig], str], Callable[[str], str]]:
+    """A class's activation name for slmkit's ffn and back; a name slmkit lacks reads as itself and is refused by name."""
+    ours = {theirs: ffn for ffn, theirs in names.items()}
+    return (lambda c: names[c.ffn]), (lambda theirs: ours.get(theirs, theirs))
+
+
+# "gelu" is the exact erf GELU in transformers, "gelu_pytorch_tanh" and "gelu_new" its tanh approximation.
+STARCODER2_ACT, STARCODER2_FFN = _activation({"gelu": "gelu", "relu2": "relu2", "gelu_tanh": "gelu_pytorch_tanh"})
+
+# rope + non-gated MLP (exact or tanh gelu, relu2) + LayerNorm, any heads, biases, optional sliding window.
 register(Target(
     name="starcoder2",
     model_type="starcoder2",
-    accepts=Accepts(positions=("rope",), ffn=("gelu", "relu2"), norm=("layernorm",), qk_norm=(False,)),
+    accepts=Accepts(positions=("rope",), ffn=("gelu", "relu2", "gelu_tanh"), norm=("layernorm",), qk_norm=(False,)),
     config=lambda c: {
         **_rope_decoder_config(c),
-        "hidden_act": "gelu" if c.ffn == "gelu" else "relu2",  # "gelu" is the exact erf GELU in transformers
+        "hidden_act": STARCODER2_ACT(c),
         "norm_epsilon": c.norm_eps,
         "use_bias": c.bias,
         "sliding_window": c.sliding_window,
@@ -304,6 +479,8 @@ register(Target(
         layer={**ROPE_DECODER_LAYER, "ffn.up_proj": "mlp.c_fc", "ffn.down_proj": "mlp.c_proj"},
     ),
     heads=task_heads("Starcoder2", qa=False),
+    reads=lambda hf: {**_read_rope_decoder(hf), "ffn": STARCODER2_FFN(hf["hidden_act"]), "norm": "layernorm",
+                      "norm_eps": hf["norm_epsilon"], "bias": bool(hf.get("use_bias")), "sliding_window": hf.get("sliding_window")},
 ))
 
 
@@ -316,8 +493,13 @@ GPT2_WEIGHTS = Renames(
 )
 
 
-def _gpt2_weights(state: State, c: ModelConfig) -> State:
+def _gpt2_forward(state: State, c: ModelConfig) -> State:
     return {**GPT2_WEIGHTS(state, c), "transformer.wpe.weight": _position_table(state, c)}
+
+
+# An imported GPT-2 has learned positions: its wpe is the table slmkit learns.
+_gpt2_weights = TwoWay(_gpt2_forward, lambda c, shapes: [*GPT2_WEIGHTS.back(c, shapes),
+                                                          Piece("pos_embeddings.weight", ("transformer.wpe.weight",))])
 
 
 def _position_table(state: State, c: ModelConfig) -> torch.Tensor:
@@ -333,12 +515,14 @@ def _position_table(state: State, c: ModelConfig) -> torch.Tensor:
     return POSITIONS.get("sinusoidal")(c).add_to_embeddings(zeros, 0)[0]
 
 
+GPT2_ACT, GPT2_FFN = _activation({"gelu": "gelu", "relu2": "relu2", "gelu_tanh": "gelu_new"})
+
 # Absolute positions (learned; sinusoidal and none become a fixed wpe table) + gelu/relu2 MLP + LayerNorm, MHA.
 register(Target(
     name="gpt2",
     model_type="gpt2",
     accepts=Accepts(
-        positions=("learned", "sinusoidal", "none"), ffn=("gelu", "relu2"), norm=("layernorm",),
+        positions=("learned", "sinusoidal", "none"), ffn=("gelu", "relu2", "gelu_tanh"), norm=("layernorm",),
         grouped_query=(False,), sliding_window=(False,), qk_norm=(False,),
     ),
     config=lambda c: {
@@ -348,7 +532,7 @@ register(Target(
         "n_layer": c.n_layer,
         "n_head": c.n_head,
         "n_inner": c.ffn_hidden_size,
-        "activation_function": "gelu" if c.ffn == "gelu" else "relu2",  # not gelu_new: slmkit uses the exact erf GELU
+        "activation_function": GPT2_ACT(c),
         "layer_norm_epsilon": c.norm_eps,
         "resid_pdrop": 0.0,
         "embd_pdrop": 0.0,
@@ -360,6 +544,13 @@ register(Target(
     },
     body=_gpt2_weights,
     heads={**task_heads("GPT2", token_layer="classifier"), LM_HEAD: lm_head("GPT2LMHeadModel")},
+    # GPT-2 always has biases, so an imported one does too.
+    reads=lambda hf: {
+        "vocab_size": hf["vocab_size"], "block_size": hf["n_positions"], "d_model": hf["n_embd"], "n_layer": hf["n_layer"],
+        "n_head": hf["n_head"], "ffn_hidden": hf.get("n_inner") or 4 * hf["n_embd"], "positions": "learned",
+        "ffn": GPT2_FFN(hf["activation_function"]), "norm": "layernorm", "norm_eps": hf["layer_norm_epsilon"],
+        "bias": True, "tie_embeddings": hf["tie_word_embeddings"],
+    },
 ))
 
 # ALiBi (MPT's slopes equal the paper's for every head count) + exact GELU MLP of width 4*d + bias-free LayerNorm.
@@ -392,22 +583,19 @@ register(Target(
                "ffn.up_proj": "ffn.up_proj", "ffn.down_proj": "ffn.down_proj"},
     ),
     heads=task_heads("Mpt", token_layer="classifier"),
+    reads=lambda hf: {
+        "vocab_size": hf["vocab_size"], "d_model": hf["d_model"], "n_head": hf["n_heads"], "n_layer": hf["n_layers"],
+        "ffn_hidden": hf["expansion_ratio"] * hf["d_model"], "block_size": hf["max_seq_len"], "positions": "alibi",
+        "ffn": "gelu", "norm": "layernorm", "norm_eps": hf["layer_norm_epsilon"], "bias": False,
+        "tie_embeddings": hf["tie_word_embeddings"],
+    },
 ))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Encoders (model.causal=false): the masked-LM head and the task heads, each class with the head transform it applies.
 
-def _in_head(kind: str, layers: dict[str, str]) -> WeightMap:
-    """The head's layers (weight and bias where they exist) under the class's names: {slmkit layer: class layer}."""
-    def weights(state: State, c: ModelConfig) -> State:
-        return {f"{theirs}.{p}": state[f"heads.{kind}.{ours}.{p}"]
-                for ours, theirs in layers.items() for p in ("weight", "bias") if f"heads.{kind}.{ours}.{p}" in state}
-
-    return weights
-
-
-def _masked_lm_weights(transform: dict[str, str], decoder: str, extra_bias: tuple[str, ...] = ()) -> WeightMap:
+def _masked_lm_weights(transform: dict[str, str], decoder: str, extra_bias: tuple[str, ...] = ()) -> TwoWay:
     """The prediction transform and the decoder (tied or not, the class holds its weight); BERT keeps the decoder's
     bias a second time as `cls.predictions.bias`."""
     layers = _in_head(MASKED_LM_HEAD, {f"transform.{ours}": theirs for ours, theirs in transform.items()})
@@ -417,12 +605,19 @@ def _masked_lm_weights(transform: dict[str, str], decoder: str, extra_bias: tupl
         return {**layers(state, c), f"{decoder}.weight": state["heads.masked_lm.decoder.weight"], f"{decoder}.bias": bias,
                 **{name: bias for name in extra_bias}}
 
-    return weights
+    def back(c: ModelConfig, shapes: Shapes) -> list[Piece]:
+        return [*layers.back(c, shapes), Piece("heads.masked_lm.decoder.weight", (f"{decoder}.weight",)),
+                Piece("heads.masked_lm.decoder.bias", (f"{decoder}.bias", *extra_bias), same_copies)]
+
+    return TwoWay(weights, back)
+
+
+NO_WEIGHTS = TwoWay(lambda state, c: {}, lambda c, shapes: [])
 
 
 def _bare_body(model_class: str, body_prefix: tuple[str, str]) -> HeadClass:
     """The body alone (AutoModel): what an embedding model exports as, its vectors pooled by sentence-transformers."""
-    return HeadClass(model_class, "AutoModel", lambda state, c: {}, body_prefix, output=lambda out: out.last_hidden_state,
+    return HeadClass(model_class, "AutoModel", NO_WEIGHTS, body_prefix, output=lambda out: out.last_hidden_state,
                 transforms=None, bare=True)
 
 
@@ -439,7 +634,7 @@ def _modernbert_config(c: ModelConfig) -> dict[str, Any]:
         "intermediate_size": c.ffn_hidden_size,
         "num_hidden_layers": c.n_layer,
         "num_attention_heads": c.n_head,
-        "hidden_activation": "gelu" if c.ffn == "geglu" else "silu",  # "gelu" is the exact erf GELU in transformers
+        "hidden_activation": MODERNBERT_ACT(c),  # "gelu" is the exact erf GELU in transformers
         "max_position_embeddings": c.block_size,
         "norm_eps": c.norm_eps,
         "norm_bias": c.bias,
@@ -460,6 +655,26 @@ def _modernbert_config(c: ModelConfig) -> dict[str, Any]:
         "tie_word_embeddings": c.tie_embeddings,
     }
 
+
+def _read_modernbert(hf: dict[str, Any]) -> dict[str, Any]:
+    """`_modernbert_config` backwards: the layer types give the window's layers, local_attention its width."""
+    types = hf.get("layer_types") or ["full_attention"] * hf["num_hidden_layers"]
+    full = [i for i, kind in enumerate(types) if kind == "full_attention"]
+    windowed = len(full) < len(types)
+    global_every = (full[1] if len(full) > 1 else len(types)) if windowed and full else 0
+    return {
+        "vocab_size": hf["vocab_size"], "d_model": hf["hidden_size"], "ffn_hidden": hf["intermediate_size"],
+        "n_layer": hf["num_hidden_layers"], "n_head": hf["num_attention_heads"], "block_size": hf["max_position_embeddings"],
+        "causal": False, "embedding_norm": True, "positions": "rope", "norm": "layernorm", "norm_eps": hf["norm_eps"],
+        "ffn": MODERNBERT_FFN(hf["hidden_activation"]), "bias": bool(hf.get("norm_bias")),
+        "sliding_window": hf["local_attention"] // 2 + 1 if windowed else None, "global_every": global_every,
+        "rope_theta": _rope_theta(hf, "full_attention"),
+        "local_rope_theta": _rope_theta(hf, "sliding_attention") if windowed else None,
+        "tie_embeddings": hf["tie_word_embeddings"],
+    }
+
+
+MODERNBERT_ACT, MODERNBERT_FFN = _activation({"geglu": "gelu", "swiglu": "silu"})
 
 # Pre-norm encoder: LayerNorm after the embeddings (the first block reads them unnormed again), RoPE with its own base
 # on the sliding-window layers, GeGLU or SwiGLU, multi-head attention; every head passes its prediction head first.
@@ -485,7 +700,8 @@ register(Target(
             "ModernBertForSequenceClassification", "AutoModelForSequenceClassification",
             _in_head(CLASSIFIER_HEAD, {"transform.dense": "head.dense", "transform.norm": "head.norm", "score": "classifier"}),
             poolings=tuple(MODERNBERT_POOLING), transforms=("prediction",),
-            config=lambda spec: {"classifier_pooling": MODERNBERT_POOLING.get(spec.pooling, spec.pooling)}),
+            config=lambda spec: {"classifier_pooling": MODERNBERT_POOLING.get(spec.pooling, spec.pooling)},
+            reads=lambda hf: {"pooling": {v: k for k, v in MODERNBERT_POOLING.items()}.get(hf["classifier_pooling"], hf["classifier_pooling"])}),
         TOKEN_HEAD: HeadClass(
             "ModernBertForTokenClassification", "AutoModelForTokenClassification",
             _in_head(TOKEN_HEAD, {"transform.dense": "head.dense", "transform.norm": "head.norm", "score": "classifier"}),
@@ -496,13 +712,27 @@ register(Target(
             output=lambda out: torch.stack([out.start_logits, out.end_logits], dim=-1), transforms=("prediction",)),
         EMBEDDING_HEAD: _bare_body("ModernBertModel", ("model.", "")),
     },
+    reads=_read_modernbert,
 ))
 
 
-def _bert_weights(state: State, c: ModelConfig) -> State:
+def _bert_forward(state: State, c: ModelConfig) -> State:
     # BERT adds a token-type embedding to every token; with one type of zeros it adds nothing.
     return {**BERT_WEIGHTS(state, c), "bert.embeddings.position_embeddings.weight": _position_table(state, c),
             "bert.embeddings.token_type_embeddings.weight": torch.zeros(1, c.d_model)}
+
+
+def _with_first_type(positions: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+    return positions + types[0]
+
+
+# slmkit reads every text as BERT's first segment (token type 0), which BERT adds to every position: an imported BERT
+# folds that row into its learned position table, so it computes the same for every input slmkit gives it.
+_bert_weights = TwoWay(_bert_forward, lambda c, shapes: [
+    *BERT_WEIGHTS.back(c, shapes),
+    Piece("pos_embeddings.weight", ("bert.embeddings.position_embeddings.weight", "bert.embeddings.token_type_embeddings.weight"),
+          _with_first_type),
+])
 
 
 BERT_WEIGHTS = Renames(
@@ -553,6 +783,12 @@ register(Target(
                                      _renamed(TOKEN_HEAD, "score", "classifier")),
         SPAN_HEAD: span_head("BertForQuestionAnswering"),
     },
+    reads=lambda hf: {
+        "vocab_size": hf["vocab_size"], "d_model": hf["hidden_size"], "n_layer": hf["num_hidden_layers"],
+        "n_head": hf["num_attention_heads"], "ffn_hidden": hf["intermediate_size"], "block_size": hf["max_position_embeddings"],
+        "causal": False, "block": "postnorm", "embedding_norm": True, "positions": "learned", "ffn": "gelu",
+        "norm": "layernorm", "norm_eps": hf["layer_norm_eps"], "bias": True, "tie_embeddings": hf["tie_word_embeddings"],
+    },
 ))
 
 
@@ -566,7 +802,7 @@ def target_mismatches(c: ModelConfig, target: Target, head: str = LM_HEAD) -> li
 
 def select_target(c: ModelConfig, head: str = LM_HEAD) -> Target:
     """The first row whose `head` class represents `c` exactly; SlmkitError naming the unrepresentable parts otherwise."""
-    rows = [t for t in TARGETS.values() if head in t.heads]
+    rows = [t for t in TARGETS.values() if head in t.heads and t.exports]
     if not rows:
         raise SlmkitError(f"no stock transformers class has a {head} head of this kind; slmkit exports {head} models to none")
     found = {t.name: target_mismatches(c, t, head) for t in rows}
@@ -586,4 +822,5 @@ def select_target(c: ModelConfig, head: str = LM_HEAD) -> Target:
 
 def exportable_forms(head: str = LM_HEAD) -> str:
     """What each row's `head` class takes, from the table: 'LlamaForCausalLM (rope, swiglu, rmsnorm, ...); ...'."""
-    return "; ".join(f"{t.heads[head].model_class} ({describe(t.accepts)})" for t in TARGETS.values() if head in t.heads)
+    return "; ".join(f"{t.heads[head].model_class} ({describe(t.accepts)})" for t in TARGETS.values()
+                     if head in t.heads and t.exports)

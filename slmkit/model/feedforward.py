@@ -81,6 +81,15 @@ class GeGLU(GatedLinearUnit):
     activation = staticmethod(F.gelu)
 
 
+@FEEDFORWARDS.register("gelu_tanh")
+class GeluTanhMLP(GeluMLP):
+    """down_proj(gelu(up_proj(x))) with GELU's tanh approximation: GPT-2's `gelu_new`, StarCoder2's
+    `gelu_pytorch_tanh`; a model imported from them computes exactly what it was trained with."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.gelu(self.up_proj(x), approximate="tanh"))
+
+
 @FEEDFORWARDS.register("relu2")
 class SquaredReluMLP(FeedForward):
     """down_proj(relu(up_proj(x)) ** 2), the squared ReLU of Primer (So et al., 2021)."""

@@ -18,7 +18,8 @@ import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from slmkit.atomic import atomic_copy, check_writable
-from slmkit.checkpoint import build_model, init_from_checkpoint, run_heads, save_inference_checkpoint, with_heads
+from slmkit.checkpoint import build_model, run_heads, save_inference_checkpoint, with_heads
+from slmkit.checkpoint.hf_import import init_from_source
 from slmkit.checkpoint.run_folder import RunFolder, checkpoint_step
 from slmkit.config import RunConfig, load_run_config, save_run_config
 from slmkit.data import MANIFEST, data_preparer
@@ -145,7 +146,7 @@ def _start_weights(config: RunConfig, model: Model, objective: Objective, resume
     from the checkpoint when fitting starts."""
     if resume_from is None:
         if config.init_from:
-            for line in init_from_checkpoint(model, config.init_from).lines():
+            for line in init_from_source(model, config).lines():
                 log.info("init_from %s: %s", config.init_from, line)
         for line in objective.init_weights(model):
             log.info("%s: %s", config.objective.name, line)
