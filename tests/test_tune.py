@@ -104,3 +104,16 @@ def test_a_study_file_can_hold_a_search(shared_dir, tmp_path):
     assert config.trials == 5 and config.name == "search" and config.overrides == base(shared_dir)
     path.write_text(yaml.safe_dump({"name": "search", "recipe": "legal-tiny", "tune": {"spaec": {}}}))
     assert main(["study", "run", str(path)]) == 2
+
+
+def test_a_search_whose_trials_all_fail_ends_with_a_message(shared_dir, tmp_path, capsys):
+    # Each trial's run fails when it trains (its corpus folder is empty), which no check before the search can see:
+    # the search must stop after as many failures as trials requested instead of replacing them for ever.
+    empty = tmp_path / "empty-corpora"
+    empty.mkdir()
+    args = ["tune", "recipe=legal-tiny", "space.optim.lr=loguniform(1e-4,1e-2)", "trials=2", f"runs_root={tmp_path}",
+            "name=failing", *base(shared_dir), f"data.root={empty}"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "no trial of failing finished unpruned" in err and "Traceback" not in err
+    assert sorted(p.name for p in (tmp_path / "failing").glob("trial-*")) == ["trial-0", "trial-1"]

@@ -174,8 +174,17 @@ def run_tune(config: TuneConfig) -> str:
     if finished < config.trials:
         print(f"tune {config.name}: {finished} of {config.trials} trials finished; running the rest")
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        failed_before = len(study.get_trials(states=(optuna.trial.TrialState.FAIL,)))
+
+        def stop_when_trials_keep_failing(study: Any, trial: Any) -> None:
+            # A failed trial (a crash, a config that only fails when it trains) is replaced, but a search whose
+            # trials all fail would otherwise run for ever: as many failures as trials requested ends it.
+            if len(study.get_trials(states=(optuna.trial.TrialState.FAIL,))) - failed_before >= config.trials:
+                study.stop()
+
         study.optimize(lambda trial: _trial(config, space, trial), catch=(SlmkitError,),
-                       callbacks=[optuna.study.MaxTrialsCallback(config.trials, states=done)])
+                       callbacks=[optuna.study.MaxTrialsCallback(config.trials, states=done),
+                                  stop_when_trials_keep_failing])
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     if not complete:
         raise SlmkitError(f"no trial of {config.name} finished unpruned, so there is no best configuration: see the "
