@@ -5,6 +5,7 @@ refused with one message before anything is written."""
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -88,6 +89,7 @@ def test_an_imported_llama_exports_to_gguf(gpt2_folder, tmp_path):
 
 
 def test_a_classifier_fine_tunes_from_an_imported_model(gpt2_folder, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="slmkit")  # the init_from report is information (shown with -v)
     config = resolve_recipe("finance-sentiment", [f"init_from={gpt2_folder}", f"out_dir={tmp_path / 'run'}", *FAST])
     result = train(config)
     assert "heads the checkpoint lacks, initialized fresh: sequence_classification" in caplog.text

@@ -20,7 +20,7 @@ def test_data_prep_is_declared_as_a_plugin_and_registers_its_parts():
     assert "data_prep.plugin" in [entry.value for entry in metadata.entry_points(group="slmkit.plugins")]
     assert {"data prepare", "data report", "tokenizer train"} <= set(RECIPE_COMMANDS.names())
     assert {"bpe", "char"} <= set(TOKENIZER_KINDS.names()) and "en" in STOPWORD_LANGUAGES
-    assert data_preparer().prepare.__module__ == "data_prep.prepare"
+    assert data_preparer().prepare.__module__ == "data_prep.pipeline"
 
 
 def test_without_data_prep_the_cli_says_that_the_plugin_did_not_load():

@@ -196,7 +196,7 @@ def _data_module(config: RunConfig, objective: Objective, shards_dir: Path | Non
         return TokenDataModule(shards_dir, block_size=config.model.block_size, micro_batch_size=trainer.micro_batch_size,
                                grad_accum=trainer.grad_accum, val_batches=trainer.val_batches, seed=trainer.seed,
                                num_workers=trainer.num_workers, train_windows=objective.train_windows(shards_dir),
-                               example=objective.window_example)
+                               example=objective.window_example, data_order=trainer.data_order)
     return TaskDataModule(objective, micro_batch_size=trainer.micro_batch_size, grad_accum=trainer.grad_accum,
                           val_batches=trainer.val_batches, seed=trainer.seed, num_workers=trainer.num_workers)
 
