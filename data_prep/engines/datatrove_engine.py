@@ -247,15 +247,23 @@ def run_stage_here(spec: RunSpec, layout: keyed.Layout, stage: Stage, pool: conc
     if pool is None or len(ranks) == 1:
         run_local_ranks(spec, stage, first, count)
         return
-    futures = [pool.submit(run_local_ranks, spec, stage, rank, 1) for rank in ranks]
+    try:
+        futures = [pool.submit(run_local_ranks, spec, stage, rank, 1) for rank in ranks]
+    except (BrokenProcessPool, OSError):
+        # a worker killed while the rest are still being submitted breaks the pool under submit(): in the race
+        # with the pool closing its pipes that surfaces as OSError("handle is closed"), not BrokenProcessPool
+        raise SlmkitError(died_without_a_word(spec, stage)) from None
     try:
         for future in concurrent.futures.as_completed(futures):
             future.result()
     except BrokenProcessPool:
-        raise SlmkitError(
-            f"a datatrove task process of stage {stage.name!r} died without a word (killed, most likely by the "
+        raise SlmkitError(died_without_a_word(spec, stage)) from None
+
+
+def died_without_a_word(spec: RunSpec, stage: Stage) -> str:
+    return (f"a datatrove task process of stage {stage.name!r} died without a word (killed, most likely by the "
             f"out-of-memory killer); nothing is published. Run again: finished tasks are kept and only the rest run "
-            f"(lower data.workers, {spec.data.workers}, if memory is short)") from None
+            f"(lower data.workers, {spec.data.workers}, if memory is short)")
 
 
 def wait_for_stage(layout: keyed.Layout, stage: Stage, published: Callable[[], bool]) -> None:
