@@ -3,6 +3,7 @@
     python scripts/bench_scaling.py fitter          # Hoffmann et al.'s law, 16 noisy points: recovery, time, determinism
     python scripts/bench_scaling.py coord-check     # μP coordinate check on shakespeare-char, widths 64..1024, 3 seeds
     python scripts/bench_scaling.py lr-transfer     # lr grid (7 lrs, factor 2) x widths 64/128/256, μP and standard
+    python scripts/bench_scaling.py lr-transfer-seeds  # the same without gradient clipping, 3 seeds per point
     python scripts/bench_scaling.py ladder          # 6 rungs on shakespeare-char, resumable: call again to continue
     python scripts/bench_scaling.py holdout         # the fit's prediction for a 2x rung, then that rung trained
 
@@ -57,31 +58,39 @@ def coord_check() -> None:
     slmkit("mup", "coord-check", "recipe=shakespeare-char", "model.tie_embeddings=false", f"out={OUT / 'coord-check'}")
 
 
-def lr_transfer(tag: str = "", extra: tuple[str, ...] = (), parametrizations: tuple[str, ...] = ("mup", "standard")) -> None:
-    """Each (parametrization, width, lr): 2 layers, 200 steps of 12 x 64 characters, final val loss."""
+def lr_transfer(tag: str = "", extra: tuple[str, ...] = (), parametrizations: tuple[str, ...] = ("mup", "standard"),
+                seeds: tuple[int | None, ...] = (None,)) -> None:
+    """Each (parametrization, width, lr, seed): 2 layers, 200 steps of 12 x 64 characters, final val loss. Seed None is
+    the recipe's own seed (the first, one-seed measurements); several seeds give each width's best rate per seed and
+    the mean curve's best."""
     results_path = OUT / f"lr-transfer{tag}.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     for parametrization in parametrizations:
         for width in WIDTHS:
-            for lr in LRS:
-                key = f"{parametrization}-{width}-{lr:g}"
+            for lr, seed in ((lr, seed) for lr in LRS for seed in seeds):
+                key = f"{parametrization}-{width}-{lr:g}" + ("" if seed is None else f"-seed{seed}")
                 if key in results:
                     continue
                 run = OUT / f"lr-transfer{tag}" / key
+                seeding = () if seed is None else (f"trainer.seed={seed}",)
                 slmkit("train", "recipe=shakespeare-char", f"out_dir={run}", "model.n_layer=2", f"model.d_model={width}",
                        f"model.n_head={width // 32}", "model.tie_embeddings=false",
                        f"model.parametrization={parametrization}", "model.mup_base_width=64", f"optim.lr={lr}",
                        f"optim.min_lr={lr / 10}", "trainer.max_steps=200", "optim.decay_steps=200", "optim.warmup_steps=20",
                        "trainer.val_every=200", "trainer.checkpoint_every=0", "trainer.progress_bar=false",
-                       "trainer.log_every=100", *extra)
+                       "trainer.log_every=100", *seeding, *extra)
                 records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
                 results[key] = [r["val_loss"] for r in records if "val_loss" in r][-1]
                 results_path.write_text(json.dumps(results, indent=1))
     for parametrization in parametrizations:
         print(parametrization)
         for width in WIDTHS:
-            losses = [results[f"{parametrization}-{width}-{lr:g}"] for lr in LRS]
-            print(f"  width {width}: best lr {LRS[int(np.argmin(losses))]:g}; " + ", ".join(f"{x:.3f}" for x in losses))
+            table = np.array([[results[f"{parametrization}-{width}-{lr:g}" + ("" if s is None else f"-seed{s}")]
+                               for s in seeds] for lr in LRS])  # lr x seed
+            mean, std = table.mean(axis=1), table.std(axis=1, ddof=1) if len(seeds) > 1 else np.zeros(len(LRS))
+            per_seed = ", ".join(f"{LRS[int(i)]:g}" for i in table.argmin(axis=0))
+            print(f"  width {width}: best lr {LRS[int(np.argmin(mean))]:g} (per seed: {per_seed}); "
+                  + ", ".join(f"{m:.3f}±{d:.3f}" for m, d in zip(mean, std)))
 
 
 def ladder() -> None:
@@ -106,7 +115,10 @@ if __name__ == "__main__":
     parts = {"fitter": fitter, "coord-check": coord_check, "lr-transfer": lr_transfer, "ladder": ladder, "holdout": holdout,
              # The same grid under μP without the recipe's global gradient-norm clipping (a clip on the norm of all
              # gradients together bites harder the more parameters a width has, which μP's rules do not account for).
-             "lr-transfer-noclip": lambda: lr_transfer("-noclip", ("trainer.grad_clip=0",), ("mup",))}
+             "lr-transfer-noclip": lambda: lr_transfer("-noclip", ("trainer.grad_clip=0",), ("mup",)),
+             # The unclipped grid over three seeds, both parametrizations: whether the best rate's move is larger than
+             # the seed-to-seed noise.
+             "lr-transfer-seeds": lambda: lr_transfer("-seeds", ("trainer.grad_clip=0",), ("mup", "standard"), (0, 1, 2))}
     if len(sys.argv) != 2 or sys.argv[1] not in parts:
         sys.exit(f"usage: python scripts/bench_scaling.py {{{','.join(parts)}}}")
     print(f"shared data: {SHARED}", flush=True)
