@@ -80,6 +80,6 @@ def test_the_objectives_decoding_is_recorded_with_its_head_and_checked_before_tr
     assert head.kind == TOKEN_HEAD and head.decoding == "bio" and head.labels == ("O", "B-Disease", "I-Disease")
     with pytest.raises(SlmkitError, match="'Disease'"):
         TokenClassification.complete(resolve_recipe(
-            "ncbi-disease-ner", ["objective.decoding=bio", "objective.labels=[O,Disease]"], follow_init_from=False)))
+            "ncbi-disease-ner", ["objective.decoding=bio", "objective.labels=[O,Disease]"], follow_init_from=False))
     with pytest.raises(SlmkitError, match="objective.decoding"):
         resolve_recipe("ncbi-disease-ner", ["objective.decoding=crf"], follow_init_from=False)
