@@ -32,6 +32,8 @@ def test_the_finance_tweets_corpus_is_the_sentiment_train_texts_and_never_the_sc
     [(path, _)] = resolve_source_files(source, shared_dir / "corpora")
     assert path.resolve() == (shared_dir / "eval" / "finance" / "twitter_sentiment" / "train.jsonl").resolve()
     assert source.text_field == "text"  # the tweet only, not its label
+    scored = shared_dir / "eval" / "finance" / "twitter_sentiment" / "valid.jsonl"  # what fin_sentiment scores
+    assert [(shared_dir / "corpora" / f).resolve() for f in config.data.decontaminate.eval_files] == [scored.resolve()]
     sentiment = resolve_recipe("finance-sentiment-tweets-encoder", follow_init_from=False)
     assert sentiment.init_from == "runs/finance-tweets-encoder/latest" and sentiment.objective.task == "fin_sentiment"
     assert resolve_recipe("biomedical-encoder-tiny-long").trainer.max_steps == 3 * resolve_recipe("biomedical-encoder-tiny").trainer.max_steps

@@ -24,7 +24,8 @@ from slmkit.training.throughput import peak_flops_per_device, peak_memory_gb
 
 class MetricsLogger(L.Callback):
     """Every `log_every` steps and at the last one: one JSON object in metrics.jsonl (and the same scalars in
-    TensorBoard).
+    TensorBoard). Every record holds the counts comparisons are drawn against (examples, tokens, FLOPs, wall_s) and
+    the run's seed, commit, version and config_hash (`provenance`), which are labels and go to no tracker.
 
     Validation finishes right after the step it follows, so its val_loss joins that step's record; a record is
     written when the next one starts or the run ends. A checkpoint carries the record still waiting, and a resumed run
