@@ -103,6 +103,7 @@ def test_token_classification_finetune_scores_entities(ner_run):
     report = eval_results(ner_run)["ncbi_disease"]
     assert {"entity_f1", "entity_precision", "entity_recall"} <= set(report["metrics"])
     assert report["baselines"]["gazetteer entity_f1"]["value"] > 0.3
+    assert report["details"]["decoding"] == "argmax"  # the recipe's default, as its head records it
 
 
 def test_bio_decoding_reads_a_trained_head_into_valid_bio_agreeing_with_valid_argmax(ner_run):

@@ -183,5 +183,6 @@ class TokenClassificationTask:
             n=len(test),
             metrics=entity_scores(gold, predicted),
             baselines=baselines,
-            details={"scored_with": "token-classification head", "entities": sum(len(bio_entities(g)) for g in gold)},
+            details={"scored_with": "token-classification head", "decoding": scorer.model.heads[TOKEN_HEAD].spec.decoding,
+                     "entities": sum(len(bio_entities(g)) for g in gold)},
         )
