@@ -67,6 +67,16 @@ def provenance_of(config: Any) -> dict[str, str]:
             "machine": machine_description()}
 
 
+# What every metrics.jsonl record repeats besides its counts and wall_s: a record read alone (one line, one file of
+# many gathered from several machines) still says which configuration, seed and source it belongs to.
+RECORD_KEYS = ("seed", "commit", "version", "config_hash")
+
+
+def record_provenance(config: Any) -> dict[str, Any]:
+    """The RECORD_KEYS of a run whose config has its provenance filled in (with_provenance)."""
+    return {key: config.trainer.seed if key == "seed" else getattr(config.provenance, key) for key in RECORD_KEYS}
+
+
 def with_provenance(config: Any) -> Any:
     """The RunConfig with its provenance section filled in for a run starting now."""
     from slmkit.config import ProvenanceConfig

@@ -3,6 +3,7 @@ LoRA, exact resume, and the mistakes a user can make on the way."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -13,9 +14,15 @@ from safetensors import safe_open
 
 from slmkit.checkpoint import build_model, init_from_checkpoint, load_checkpoint
 from slmkit.errors import SlmkitError
+from slmkit.eval.catalog import resolve_task
+from slmkit.eval.loglikelihood import Scorer
+from slmkit.eval.prompting import task_records
+from slmkit.eval.token_classification import predict_tags, sentences, word_spans
+from slmkit.model import TOKEN_HEAD
 from slmkit.predict import WORD, PredictArgs, run_predict
 from slmkit.recipe import resolve_recipe
 from slmkit.training.run import train
+from tests.test_tag_decoding import is_valid_bio
 from tests.test_training import TINY, read_metrics, tiny_config
 
 FAST = ["trainer.max_steps=6", "trainer.micro_batch_size=4", "trainer.log_every=1", "trainer.val_every=3",
@@ -96,6 +103,23 @@ def test_token_classification_finetune_scores_entities(ner_run):
     report = eval_results(ner_run)["ncbi_disease"]
     assert {"entity_f1", "entity_precision", "entity_recall"} <= set(report["metrics"])
     assert report["baselines"]["gazetteer entity_f1"]["value"] > 0.3
+    assert report["details"]["decoding"] == "argmax"  # the recipe's default, as its head records it
+
+
+def test_bio_decoding_reads_a_trained_head_into_valid_bio_agreeing_with_valid_argmax(ner_run):
+    loaded = load_checkpoint(ner_run)
+    scorer = Scorer(loaded.model.eval(), loaded.tokenizer())
+    spec = resolve_task("ncbi_disease")
+    inputs = [word_spans(s.words) for s in sentences(spec, task_records(spec, "data"))[:40]]
+    names = list(loaded.config.objective.labels)
+    argmax = predict_tags(scorer, inputs, names)
+    head = loaded.model.heads[TOKEN_HEAD]
+    head.spec = dataclasses.replace(head.spec, decoding="bio")  # as objective.decoding=bio records it
+    bio = predict_tags(scorer, inputs, names)
+    for argmax_tags, bio_tags in zip(argmax, bio):
+        assert len(bio_tags) == len(argmax_tags) and is_valid_bio(bio_tags)
+        if is_valid_bio(argmax_tags):
+            assert bio_tags == argmax_tags
 
 
 def test_span_qa_finetune_scores_exact_match_and_f1(span_run):

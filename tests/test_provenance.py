@@ -10,7 +10,8 @@ import pytest
 import slmkit
 from slmkit.checkpoint import load_checkpoint
 from slmkit.config import load_run_config
-from slmkit.provenance import config_hash
+from slmkit.provenance import RECORD_KEYS, config_hash
+from slmkit.research.results import read_run
 from slmkit.recipe import resolve_recipe
 from slmkit.training.run import train
 from tests.test_training import tiny_config
@@ -30,10 +31,16 @@ def test_a_run_records_tokens_flops_wall_time_and_its_provenance(shared_dir, tmp
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     flops_per_token = load_checkpoint(run).model.flops_per_token()
     assert [r["flops"] for r in records] == [pytest.approx(r["tokens"] * flops_per_token) for r in records]
-    walls = [r["wall_s"] for r in records if "wall_s" in r]
+    walls = [r["wall_s"] for r in records]
     assert len(walls) == 4 and walls == sorted(walls) and walls[0] > 0
     config = load_run_config(run / "config.yaml")
     assert config.trainer.seed == 7
     assert config.provenance.version == slmkit.__version__
     assert config.provenance.commit and config.provenance.machine
     assert config.provenance.config_hash == config_hash(config)
+    # Every record says which seed, source and configuration it belongs to, as the run's config does.
+    for record in records:
+        assert {key: record[key] for key in RECORD_KEYS} == {
+            "seed": 7, "commit": config.provenance.commit, "version": slmkit.__version__,
+            "config_hash": config.provenance.config_hash}
+    assert not set(RECORD_KEYS) & set(read_run(run).metric_names())  # labels, not metrics to compare

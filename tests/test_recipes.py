@@ -18,6 +18,27 @@ def test_shipped_recipes_resolve():
         assert resolve_recipe(name).name == name
 
 
+def test_every_shipped_recipe_resolves_with_its_data_group():
+    # Without reading the run a fine-tuning recipe starts from (init_from), which a checkout does not have.
+    for name in recipe_names():
+        assert resolve_recipe(name, follow_init_from=False).name == name
+
+
+def test_the_finance_tweets_corpus_is_the_sentiment_train_texts_and_never_the_scored_split(shared_dir):
+    from data_prep.sources import resolve_source_files
+
+    config = resolve_recipe("finance-tweets-encoder")
+    [source] = config.data.sources
+    [(path, _)] = resolve_source_files(source, shared_dir / "corpora")
+    assert path.resolve() == (shared_dir / "eval" / "finance" / "twitter_sentiment" / "train.jsonl").resolve()
+    assert source.text_field == "text"  # the tweet only, not its label
+    scored = shared_dir / "eval" / "finance" / "twitter_sentiment" / "valid.jsonl"  # what fin_sentiment scores
+    assert [(shared_dir / "corpora" / f).resolve() for f in config.data.decontaminate.eval_files] == [scored.resolve()]
+    sentiment = resolve_recipe("finance-sentiment-tweets-encoder", follow_init_from=False)
+    assert sentiment.init_from == "runs/finance-tweets-encoder/latest" and sentiment.objective.task == "fin_sentiment"
+    assert resolve_recipe("biomedical-encoder-tiny-long").trainer.max_steps == 3 * resolve_recipe("biomedical-encoder-tiny").trainer.max_steps
+
+
 def test_group_choice_and_dotted_override_compose():
     config = resolve_recipe("legal-tiny", ["trainer=deepspeed-z3", "trainer.max_steps=7", "model.n_layer=2"])
     assert config.trainer.strategy == "deepspeed" and config.trainer.zero_stage == 3

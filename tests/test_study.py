@@ -16,8 +16,9 @@ from slmkit.errors import SlmkitError
 from slmkit.research.launch import plan_text, sbatch_script
 from slmkit.research.report import study_report, study_results, study_statistics
 from slmkit.research.stats import compare_cells
-from slmkit.research.study import load_study
+from slmkit.research.study import check_study_runs, load_study
 from slmkit.training.run import train
+from tests.conftest import REPO_ROOT
 from tests.test_training import TINY, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -145,3 +146,22 @@ def test_the_research_layer_composes_runs_and_never_reaches_into_the_trainer():
     for path in modules("slmkit/research"):
         inside = sorted(m for m in imports(path) if is_within(m, ("slmkit.training", "lightning")) and m != "slmkit.training.run")
         assert not inside, f"{module_name(path)} imports {inside}; studies go through slmkit.training.run.train only"
+
+
+@pytest.mark.parametrize("path", sorted((REPO_ROOT / "studies").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_study_loads_with_every_cell_resolved(path):
+    study = load_study(path)  # every cell resolved as `slmkit train` would, before anything runs
+    assert study.baseline in study.cells and study.config.seeds >= 2
+
+
+@pytest.mark.parametrize("name, metric", [("fin-sentiment", "eval/fin_sentiment/acc"),
+                                          ("ncbi-ner", "eval/ncbi_disease/entity_f1")])
+def test_the_baseline_gap_studies_compare_fine_tuning_lengths_over_three_seeds(name, metric):
+    study = load_study(REPO_ROOT / "studies" / f"{name}.yaml")
+    assert list(study.cells) == ["ft600", "ft1200"] and study.baseline == "ft600" and study.seeds() == [0, 1, 2]
+    assert study.config.metrics[0] == metric
+    configs = check_study_runs(study)
+    assert [c.trainer.max_steps for c in configs] == [600, 1200]
+    if name == "ncbi-ner":
+        assert {c.objective.decoding for c in configs} == {"bio"}
+        assert {c.init_from for c in configs} == {"runs/biomedical-encoder-tiny-long/latest"}

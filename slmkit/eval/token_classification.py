@@ -20,6 +20,7 @@ from slmkit.eval.loglikelihood import Scorer
 from slmkit.eval.metrics import TaskResult, bio_entities, entity_scores
 from slmkit.eval.prompting import RecordOptions, load_examples, task_records
 from slmkit.eval.records import CONLL_TAGS, CONLL_TOKENS
+from slmkit.eval.tag_decoding import TAG_DECODINGS
 from slmkit.eval.task import TASK_TYPES, RunSettings, TaskSpec
 from slmkit.model import IGNORE_INDEX, TOKEN_HEAD
 from slmkit.options import option
@@ -115,13 +116,15 @@ def labelled_tokens(tokenizer: Tokenizer, sentence: Sentence, names: list[str], 
 
 
 def predict_tags(scorer: Scorer, texts_and_spans: list[tuple[str, list[tuple[int, int]]]], names: list[str]) -> list[list[str]]:
-    """One predicted tag per word (O for words past the window) with the model's token-classification head."""
+    """One predicted tag per word (O for words past the window) with the model's token-classification head, read
+    from the scores of each word's first sub-token by the head's decoding."""
+    decode = TAG_DECODINGS.get(scorer.model.heads[TOKEN_HEAD].spec.decoding)
     encoded = [encode_words(scorer.tokenizer, text, spans, scorer.window, scorer.prefix_id) for text, spans in texts_and_spans]
     logits = head_outputs(scorer.model, [ids for ids, _ in encoded], TOKEN_HEAD, scorer.pad_id, scorer.batch_size)
     tags = []
     for (_, first), row in zip(encoded, logits):
-        best = row.argmax(-1).tolist()
-        tags.append([names[best[p]] if p is not None else "O" for p in first])
+        decoded = iter(decode(row[[p for p in first if p is not None]], names))  # the words the window holds, in order
+        tags.append([names[next(decoded)] if p is not None else "O" for p in first])
     return tags
 
 
@@ -180,5 +183,6 @@ class TokenClassificationTask:
             n=len(test),
             metrics=entity_scores(gold, predicted),
             baselines=baselines,
-            details={"scored_with": "token-classification head", "entities": sum(len(bio_entities(g)) for g in gold)},
+            details={"scored_with": "token-classification head", "decoding": scorer.model.heads[TOKEN_HEAD].spec.decoding,
+                     "entities": sum(len(bio_entities(g)) for g in gold)},
         )

@@ -7,7 +7,7 @@ from slmkit.model.attention import ATTENTION_KERNELS, ATTENTION_LAYERS, Attentio
 from slmkit.model.cache import KVCache, KVSlot
 from slmkit.model.config import ModelConfig
 from slmkit.model.feedforward import FEEDFORWARDS, FeedForward
-from slmkit.model.heads import (CLASSIFIER_HEAD, EMBEDDING_HEAD, HEADS, IGNORE_INDEX, LM_HEAD, MASKED_LM_HEAD, POOLINGS, SPAN_HEAD,
+from slmkit.model.heads import (ARGMAX_DECODING, CLASSIFIER_HEAD, EMBEDDING_HEAD, HEADS, IGNORE_INDEX, LM_HEAD, MASKED_LM_HEAD, POOLINGS, SPAN_HEAD,
                                  TOKEN_HEAD, TRANSFORMS, Head, HeadSpec, resolve_pooling)
 from slmkit.model.model import Model
 from slmkit.model.norms import NORMS, RMSNorm
@@ -15,6 +15,7 @@ from slmkit.model.positions import POSITIONS, PositionEncoding, alibi_slopes
 from slmkit.model.transformer import BLOCKS, Block, Transformer
 
 __all__ = [
+    "ARGMAX_DECODING",
     "ATTENTION_KERNELS",
     "ATTENTION_LAYERS",
     "BLOCKS",

@@ -35,16 +35,22 @@ EMBEDDING_HEAD = "embedding"
 # convention of transformers' data collators, so encoded tasks mean the same on both sides.
 IGNORE_INDEX = -100
 
+# How a token-classification head's scores are read unless its spec says otherwise: each token's best label
+# (slmkit.eval.tag_decoding holds the decodings by name; the model only records the choice).
+ARGMAX_DECODING = "argmax"
+
 
 @dataclass(frozen=True)
 class HeadSpec:
     """Which head, and what it needs beyond the model config: its label names (in output order), its pooling and the
-    transform its hidden states pass through first."""
+    transform its hidden states pass through first; and, for a token-classification head, how its scores become tags
+    (the layers do not depend on it, but it travels with them to every evaluation and prediction)."""
 
     kind: str
     labels: tuple[str, ...] = ()
     pooling: str = "last"
     transform: str = "none"
+    decoding: str = ARGMAX_DECODING
 
     @property
     def num_labels(self) -> int:

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from slmkit.eval.encoding import pad_batch
+from slmkit.eval.tag_decoding import check_decoding
 from slmkit.eval.token_classification import labelled_tokens, sentences, tag_set
 from slmkit.model import IGNORE_INDEX, TOKEN_HEAD, HeadSpec, Model
 from slmkit.objectives.base import OBJECTIVES, Batch, Example, TaskObjective
@@ -23,11 +24,13 @@ class TokenClassification(TaskObjective):
     @classmethod
     def complete(cls, config):
         labels = config.objective.labels or tag_set(cls.task_spec(config))
+        check_decoding(config.objective.decoding, labels)  # before training, not at the first evaluation
         return dataclasses.replace(config, objective=dataclasses.replace(config.objective, labels=list(labels)))
 
     @classmethod
     def heads(cls, config) -> list[HeadSpec]:
-        return [HeadSpec(TOKEN_HEAD, tuple(config.objective.labels), transform=config.objective.head_transform)]
+        return [HeadSpec(TOKEN_HEAD, tuple(config.objective.labels), transform=config.objective.head_transform,
+                         decoding=config.objective.decoding)]
 
     def examples(self, split: str) -> list[Example]:
         names = list(self.config.objective.labels)

@@ -14,6 +14,7 @@ from slmkit.config import RunConfig, load_run_config
 from slmkit.errors import SlmkitError
 from slmkit.eval.report import RESULTS_JSON
 from slmkit.checkpoint.run_folder import METRICS_FILE, RunFolder
+from slmkit.provenance import RECORD_KEYS
 
 EVAL_RESULTS = Path("eval") / RESULTS_JSON
 
@@ -42,7 +43,8 @@ class RunResult:
     def metric_names(self) -> list[str]:
         names = dict.fromkeys(self.final_eval)
         for record in self.history:
-            names.update(dict.fromkeys(k for k, v in record.items() if isinstance(v, (int, float))))
+            names.update(dict.fromkeys(k for k, v in record.items()
+                                       if isinstance(v, (int, float)) and k not in RECORD_KEYS))
         return list(names)
 
 

@@ -24,7 +24,8 @@ from slmkit.training.throughput import peak_flops_per_device, peak_memory_gb
 
 class MetricsLogger(L.Callback):
     """Every `log_every` steps and at the last one: one JSON object in metrics.jsonl (and the same scalars in
-    TensorBoard).
+    TensorBoard). Every record holds the counts comparisons are drawn against (examples, tokens, FLOPs, wall_s) and
+    the run's seed, commit, version and config_hash (`provenance`), which are labels and go to no tracker.
 
     Validation finishes right after the step it follows, so its val_loss joins that step's record; a record is
     written when the next one starts or the run ends. A checkpoint carries the record still waiting, and a resumed run
@@ -33,13 +34,14 @@ class MetricsLogger(L.Callback):
     """
 
     def __init__(self, path: Path, log_every: int, examples_per_step: int, tokens_per_example: int | None,
-                 flops_per_token: float, precision: str):
+                 flops_per_token: float, precision: str, provenance: dict[str, Any] | None = None):
         self.path = Path(path)
         self.log_every = log_every
         self.examples_per_step = examples_per_step
         self.tokens_per_example = tokens_per_example  # None when examples differ in length (padded task examples)
         self.flops_per_token = flops_per_token
         self.precision = precision
+        self.provenance = dict(provenance or {})  # seed, commit, version, config_hash: repeated in every record
         self.pending: dict[str, Any] | None = None
         self._restored: dict[str, Any] | None = None  # the record a checkpoint held while it waited
         self._last_time: float | None = None
@@ -57,6 +59,12 @@ class MetricsLogger(L.Callback):
             return {"examples": examples}
         tokens = examples * self.tokens_per_example
         return {"examples": examples, "tokens": tokens, "flops": tokens * self.flops_per_token}
+
+    def _new_record(self, step: int) -> dict[str, Any]:
+        """A record begun outside a logging step (validation, evaluation): the counts, the wall time so far, and the
+        run's provenance, like every record."""
+        since_record = time.perf_counter() - self._last_time if self._last_time is not None else 0.0
+        return {"step": step, **self._counts(step), "wall_s": self.wall_s + since_record, **self.provenance}
 
     def state_dict(self) -> dict[str, Any]:
         # A checkpoint between logging steps carries the time trained since the last record too.
@@ -114,6 +122,7 @@ class MetricsLogger(L.Callback):
             "lr": trainer.optimizers[0].param_groups[0]["lr"],
             "grad_norm": _grad_norm(trainer, pl_module),
             "examples_per_s": examples_per_s,
+            **self.provenance,
         }
         if self.tokens_per_example:
             tokens_per_s = examples_per_s * self.tokens_per_example
@@ -134,7 +143,7 @@ class MetricsLogger(L.Callback):
         step = trainer.global_step
         if self.pending is None or self.pending["step"] != step:
             self._flush(trainer)
-            self.pending = {"step": step, **self._counts(step)}
+            self.pending = self._new_record(step)
         self.pending["val_loss"] = val_loss
         # An objective's own validation metrics (masked-token accuracy) join the record beside val_loss.
         self.pending.update({name: float(value) for name, value in trainer.callback_metrics.items()
@@ -147,7 +156,7 @@ class MetricsLogger(L.Callback):
         """Joins extra metrics (e.g. evaluation tasks) to the record of `step`."""
         if self.pending is None or self.pending["step"] != step:
             self._flush(trainer)
-            self.pending = {"step": step, **self._counts(step)}
+            self.pending = self._new_record(step)
         self.pending.update(metrics)
 
     def _flush(self, trainer: L.Trainer) -> None:
@@ -158,7 +167,8 @@ class MetricsLogger(L.Callback):
             return
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
-        scalars = {k: v for k, v in record.items() if k not in ("step",) and isinstance(v, (int, float))}
+        scalars = {k: v for k, v in record.items()
+                   if k != "step" and k not in self.provenance and isinstance(v, (int, float))}
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=record["step"])
 

@@ -28,7 +28,7 @@ from slmkit.eval.run import run_tasks_of
 from slmkit.lora import add_lora, merge_lora
 from slmkit.model import Model
 from slmkit.objectives import OBJECTIVES, TOKEN_WINDOWS, Objective
-from slmkit.provenance import with_provenance
+from slmkit.provenance import record_provenance, with_provenance
 from slmkit.tokenizer import load_tokenizer
 from slmkit.training.callbacks import (MetricsLogger, PeriodicEvaluation, RecordRun, StepCheckpoints, StepProgressBar,
                                       StopOnSignal, ValidateTheLastStep)
@@ -241,7 +241,8 @@ def _callbacks(config: RunConfig, folder: RunFolder, task: TrainingTask,
     windows = task.objective.reads == TOKEN_WINDOWS
     metrics = MetricsLogger(folder.metrics, trainer.log_every, examples_per_step,
                             config.model.block_size if windows else None,
-                            task.model.flops_per_token(config.model.block_size), trainer.precision)
+                            task.model.flops_per_token(config.model.block_size), trainer.precision,
+                            record_provenance(config))
     # In this order at each step's end: a stop request is known before the step is logged (a stopped run logs its
     # last step) and before it is checkpointed.
     record, stop, checkpoints = run_control
