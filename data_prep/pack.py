@@ -7,6 +7,7 @@ split lives here too: by seeded document hash, or the tail of the token stream (
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import json
 import os
@@ -39,7 +40,8 @@ def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
 
 
 class ShardWriter:
-    """Appends token arrays to {split}_{index:05d}.bin files of at most shard_tokens tokens each."""
+    """Appends token arrays to {split}_{index:05d}.bin files of at most shard_tokens tokens each, recording each
+    file's sha256 as it is written (training checks a streamed copy of a shard against it)."""
 
     def __init__(self, out_dir: Path, split: str, dtype: np.dtype, shard_tokens: int):
         self.out_dir = out_dir
@@ -55,14 +57,17 @@ class ShardWriter:
         while len(tokens):
             if self.handle is None:
                 name = f"{self.split}_{len(self.shards):05d}.bin"
-                self.shards.append({"file": name, "tokens": 0})
+                self.shards.append({"file": name, "tokens": 0, "sha256": ""})
+                self.digest = hashlib.sha256()
                 self.tmp = self.out_dir / f".{name}.{os.getpid()}.tmp"
                 with self.naming_errors():
                     self.handle = open(self.tmp, "wb")
                 self.filled = 0
             room = self.shard_tokens - self.filled
+            data = tokens[:room].tobytes()
+            self.digest.update(data)
             with self.naming_errors():
-                self.handle.write(tokens[:room].tobytes())
+                self.handle.write(data)
             taken = min(room, len(tokens))
             self.filled += taken
             self.shards[-1]["tokens"] = self.filled
@@ -71,6 +76,7 @@ class ShardWriter:
                 self.finish_shard()
 
     def finish_shard(self) -> None:
+        self.shards[-1]["sha256"] = self.digest.hexdigest()
         with self.naming_errors():
             self.handle.close()
             os.replace(self.tmp, self.out_dir / self.shards[-1]["file"])
@@ -195,14 +201,14 @@ def cut_tail(
             target = train if end <= cut else val
             name = next_shard_name(target)
             os.replace(path, out_dir / name)
-            target.shards.append({"file": name, "tokens": shard["tokens"]})
+            target.shards.append({"file": name, "tokens": shard["tokens"], "sha256": shard["sha256"]})
             target.tokens += shard["tokens"]
             continue
         tokens = np.memmap(path, dtype=dtype, mode="r")
         for target, part in ((train, tokens[: cut - start]), (val, tokens[cut - start :])):
-            name = next_shard_name(target)
-            atomic_write_bytes(out_dir / name, part.tobytes())
-            target.shards.append({"file": name, "tokens": len(part)})
+            name, data = next_shard_name(target), part.tobytes()
+            atomic_write_bytes(out_dir / name, data)
+            target.shards.append({"file": name, "tokens": len(part), "sha256": hashlib.sha256(data).hexdigest()})
             target.tokens += len(part)
         del tokens
         path.unlink()

@@ -11,14 +11,9 @@ from pathlib import PurePosixPath
 from typing import IO, Any
 
 from slmkit.errors import SlmkitError
+from slmkit.filesystems import filesystem, is_url, unreachable
 
-# The backends of the usual object stores and the package each needs (fsspec names it too, less plainly).
-BACKENDS = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs"}
-
-
-def is_url(path: str) -> bool:
-    """A path with a protocol (s3://bucket/key, memory://x); `file://` URLs count too."""
-    return "://" in str(path)
+__all__ = ["RemotePath", "is_url", "list_files", "source_file", "relative_name", "check_writable", "publish_copy"]
 
 
 @dataclass(frozen=True)
@@ -51,26 +46,6 @@ class RemotePath:
         version = next((info[key] for key in ("mtime", "LastModified", "updated", "created", "ETag", "etag")
                         if info.get(key) is not None), None)
         return [self.url, info.get("size"), str(version)]
-
-
-def filesystem(url: str) -> tuple[Any, str]:
-    """(fsspec file system, path inside it) of a URL; a SlmkitError naming the package when its backend is missing."""
-    import fsspec
-
-    protocol = url.split("://", 1)[0]
-    try:
-        return fsspec.core.url_to_fs(url)
-    except ImportError:
-        package = BACKENDS.get(protocol, f"the fsspec backend for {protocol}://")
-        raise SlmkitError(f"{url}: reading {protocol}:// needs {package}, which is not installed: pip install {package}"
-                          ) from None
-    except ValueError as error:  # an unknown protocol
-        raise SlmkitError(f"{url}: {error}; use a local path or an fsspec URL (s3://, gs://, memory://, file://)") from None
-
-
-def unreachable(url: str, error: Exception) -> SlmkitError:
-    return SlmkitError(f"{url} cannot be reached ({type(error).__name__}: {error}); check the URL, the network and "
-                       f"the credentials of its store")
 
 
 def list_files(url: str) -> tuple[list[RemotePath], str]:

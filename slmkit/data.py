@@ -23,6 +23,7 @@ MANIFEST = "manifest.json"
 RUN_MANIFEST = "data_manifest.json"  # the manifest a run trained on, copied into its run folder
 FORMAT = "slmkit-shards/1"
 REQUIRED_KEYS = ("format", "dtype", "eos_id", "vocab_size", "tokenizer_sha256", "inputs_sha256", "sources", "splits")
+REMEDY = "run `slmkit data prepare recipe=...` to (re)write it"
 
 
 def cache_root() -> Path:
@@ -72,44 +73,66 @@ def data_preparer() -> DataPreparer:
 
 def read_manifest(shards_dir: Path) -> dict[str, Any]:
     path = Path(shards_dir) / MANIFEST
-    remedy = "run `slmkit data prepare recipe=...` to (re)write it"
     if not path.is_file():
-        raise SlmkitError(f"no {MANIFEST} in {shards_dir}: the token shards are missing or incomplete; {remedy}")
+        raise SlmkitError(f"no {MANIFEST} in {shards_dir}: the token shards are missing or incomplete; {REMEDY}")
+    return parse_manifest(path.read_bytes(), str(path))
+
+
+def parse_manifest(content: bytes, where: str) -> dict[str, Any]:
+    """The manifest in `content` (read from `where`, a file or URL), checked for the keys and format training reads."""
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(content.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise SlmkitError(f"{path} is not valid JSON ({error}); {remedy}") from None
+        raise SlmkitError(f"{where} is not valid JSON ({error}); {REMEDY}") from None
     missing = [key for key in REQUIRED_KEYS if key not in manifest] if isinstance(manifest, dict) else list(REQUIRED_KEYS)
     if missing:
-        raise SlmkitError(f"{path} lacks {', '.join(missing)}: the shards are incomplete; {remedy}")
+        raise SlmkitError(f"{where} lacks {', '.join(missing)}: the shards are incomplete; {REMEDY}")
     if manifest["format"] != FORMAT:
-        raise SlmkitError(f"{path} has format {manifest['format']!r}, this slmkit reads {FORMAT!r}; {remedy}")
+        raise SlmkitError(f"{where} has format {manifest['format']!r}, this slmkit reads {FORMAT!r}; {REMEDY}")
     return manifest
 
 
 class TokenShards:
-    """One split of a prepared folder as one read-only token sequence spread over memory-mapped shard files."""
+    """One split of a prepared folder as one read-only token sequence spread over memory-mapped shard files.
 
-    def __init__(self, shards_dir: Path, split: str):
+    A shard is opened when a window first reads from it. `fetch`, when given, is called with the shard's manifest
+    entry first and brings its file into the folder (a streamed copy, `slmkit.streamed`), so a reader fetches only
+    the shards it reads; without it every file must be in the folder already, which is checked at once.
+    """
+
+    def __init__(self, shards_dir: Path, split: str, fetch: Optional[Callable[[dict[str, Any]], Path]] = None):
         self.shards_dir = Path(shards_dir)
         self.split = split
+        self.fetch = fetch
         self.manifest = read_manifest(self.shards_dir)
         splits = self.manifest["splits"]
         if split not in splits:
             raise SlmkitError(f"{self.shards_dir} has no {split!r} split (it has: {', '.join(splits)})")
         self.dtype = np.dtype(self.manifest["dtype"])
-        self.shards: list[np.memmap] = []
-        for shard in splits[split]["shards"]:
-            path = self.shards_dir / shard["file"]
-            expected = shard["tokens"] * self.dtype.itemsize
-            if not path.is_file() or path.stat().st_size != expected:
-                raise SlmkitError(
-                    f"shard {path} is missing or not {expected} bytes as the manifest says; the prepared folder is "
-                    f"damaged: delete it and run `slmkit data prepare recipe=...` again"
-                )
-            self.shards.append(np.memmap(path, dtype=self.dtype, mode="r", shape=(shard["tokens"],)))
+        self.entries: list[dict[str, Any]] = splits[split]["shards"]
+        self.shards: list[Optional[np.memmap]] = [None] * len(self.entries)
+        if fetch is None:
+            for entry in self.entries:
+                self._checked(self.shards_dir / entry["file"], entry)
         # starts[i] is the position of shard i's first token in the split
-        self.starts = np.cumsum([0] + [len(shard) for shard in self.shards])
+        self.starts = np.cumsum([0] + [entry["tokens"] for entry in self.entries])
+
+    def _checked(self, path: Path, entry: dict[str, Any]) -> Path:
+        expected = entry["tokens"] * self.dtype.itemsize
+        if not path.is_file() or path.stat().st_size != expected:
+            raise SlmkitError(
+                f"shard {path} is missing or not {expected} bytes as the manifest says; the prepared folder is "
+                f"damaged: delete it and run `slmkit data prepare recipe=...` again"
+            )
+        return path
+
+    def shard(self, index: int) -> np.memmap:
+        """Shard `index` memory-mapped, fetched first when the folder is a streamed copy."""
+        if self.shards[index] is None:
+            entry = self.entries[index]
+            path = self.fetch(entry) if self.fetch is not None else self.shards_dir / entry["file"]
+            self.shards[index] = np.memmap(self._checked(path, entry), dtype=self.dtype, mode="r", shape=(entry["tokens"],))
+        return self.shards[index]
 
     def __len__(self) -> int:
         return int(self.starts[-1])
@@ -122,7 +145,7 @@ class TokenShards:
         pieces = []
         while length > 0:
             offset = start - int(self.starts[first])
-            piece = self.shards[first][offset : offset + length]
+            piece = self.shard(first)[offset : offset + length]
             pieces.append(piece)
             start += len(piece)
             length -= len(piece)

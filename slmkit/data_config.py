@@ -202,6 +202,7 @@ class DataConfig:
     node_rank: int = option(0, "datatrove local executor: which of data.nodes this machine is (0 .. nodes-1); node 0 publishes the result.", bounds=at_least(0))
     slurm: SlurmConfig = field(default_factory=SlurmConfig, metadata={"doc": "SLURM settings of data.executor=slurm."})
     publish_to: str = option("", "Also copy the prepared shards, tokenizer and report to this folder or fsspec URL (s3://, gs://), the manifest last; checked for writing before any work.")
+    shards_from: str = option("", "Train on the prepared folder at this folder or fsspec URL (s3://, gs://; what data.publish_to wrote) instead of preparing data: each shard is fetched, checked against the manifest's sha256, into $SLMKIT_CACHE/streamed/ when first read. The sources and tokenizer settings are then unused.")
 
 
 @dataclass

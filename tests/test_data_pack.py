@@ -113,4 +113,5 @@ def test_missing_or_incomplete_manifest_says_to_prepare(tmp_path, char_tokenizer
 def test_token_shards_only_memory_map(tmp_path, char_tokenizer):
     out, _ = pack(tmp_path, char_tokenizer, [("train", "s", d) for d in DOCS])
     shards = TokenShards(out, "train")
-    assert all(isinstance(shard, np.memmap) and shard.mode == "r" for shard in shards.shards)
+    opened = [shards.shard(index) for index in range(len(shards.entries))]  # each opened when first read
+    assert all(isinstance(shard, np.memmap) and shard.mode == "r" for shard in opened)

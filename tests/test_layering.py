@@ -17,14 +17,15 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 
-# What data_prep may use of slmkit: the error type, atomic files, documented options, registries and plugin
-# registration, the data and tokenizer contracts. Never the model, training, the run config or the CLI.
+# What data_prep may use of slmkit: the error type, atomic files, fsspec file systems, documented options, registries
+# and plugin registration, the data and tokenizer contracts. Never the model, training, the run config or the CLI.
 SLMKIT_BASE = (
     "slmkit.atomic",
     "slmkit.commands",
     "slmkit.data",
     "slmkit.data_config",
     "slmkit.errors",
+    "slmkit.filesystems",
     "slmkit.options",
     "slmkit.registry",
     "slmkit.tokenizer",

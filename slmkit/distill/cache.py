@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 
 from slmkit.atomic import atomic_path
 from slmkit.data import TokenShards, read_manifest
+from slmkit.streamed import token_shards
 from slmkit.distill.teacher import TeacherSpec
 from slmkit.errors import SlmkitError
 from slmkit.model import LM_HEAD
@@ -122,7 +123,7 @@ def teacher_topk_cache(config: "RunConfig", spec: TeacherSpec, shards_dir: Path,
     elif explicit and folder.exists() and any(folder.iterdir()):
         raise SlmkitError(f"distill.cache_dir={folder} is a folder with other files and no teacher-logits manifest: "
                           "point distill.cache_dir at an empty or new folder")
-    build_cache(plan, folder, spec, TokenShards(shards_dir, "train"), config, progress)
+    build_cache(plan, folder, spec, token_shards(shards_dir, "train"), config, progress)
     return TopkCache(folder)
 
 

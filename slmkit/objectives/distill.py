@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slmkit.data import TokenShards
 from slmkit.distill.cache import TeacherTopkWindows, check_cache_k, teacher_topk_cache
 from slmkit.distill.losses import blend, hidden_cosine_loss, kl_at_temperature, masked_mean
 from slmkit.distill.student_init import check_student_fits, init_student
@@ -28,6 +27,7 @@ from slmkit.model import CLASSIFIER_HEAD, IGNORE_INDEX, LM_HEAD, HeadSpec, Model
 from slmkit.objectives.base import OBJECTIVES, Batch, Example, Objective
 from slmkit.objectives.classification import SequenceClassification
 from slmkit.objectives.language_model import next_token_loss
+from slmkit.streamed import token_shards
 from slmkit.tokenizer import load_tokenizer
 
 if TYPE_CHECKING:
@@ -130,7 +130,7 @@ class DistillLanguageModeling(Objective):
         if self.config.distill.cache != "topk" or not self.distiller.uses_teacher:
             return None
         cache = teacher_topk_cache(self.config, self.teacher_spec, shards_dir, self.vocabulary, self.config.trainer.progress_bar)
-        return TeacherTopkWindows(TokenShards(shards_dir, "train"), self.config.model.block_size, cache)
+        return TeacherTopkWindows(token_shards(shards_dir, "train"), self.config.model.block_size, cache)
 
     def loss(self, model: Model, batch: Batch) -> torch.Tensor:
         ids, targets = batch["input_ids"], batch["targets"]

@@ -22,6 +22,7 @@ from slmkit.data import TokenShards
 from slmkit.errors import SlmkitError
 from slmkit.objectives import TaskObjective
 from slmkit.objectives.base import next_token_example
+from slmkit.streamed import token_shards
 
 
 Example = Callable[[torch.Tensor, int], dict[str, Any]]
@@ -145,7 +146,7 @@ class TokenDataModule(L.LightningDataModule):
         self.val_windows = self._windows("val") if self.val_batches > 0 else None
 
     def _windows(self, split: str) -> TokenWindows:
-        shards = TokenShards(self.shards_dir, split)
+        shards = token_shards(self.shards_dir, split)
         if len(shards) <= self.block_size:
             raise SlmkitError(
                 f"the {split} split has {len(shards)} tokens, fewer than one window of model.block_size+1="

@@ -29,6 +29,8 @@ from slmkit.lora import add_lora, merge_lora
 from slmkit.model import Model
 from slmkit.objectives import OBJECTIVES, TOKEN_WINDOWS, Objective
 from slmkit.provenance import record_provenance, with_provenance
+from slmkit.streamed import describe as describe_streamed
+from slmkit.streamed import open_streamed
 from slmkit.tokenizer import load_tokenizer
 from slmkit.training.callbacks import (MetricsLogger, PeriodicEvaluation, RecordRun, StepCheckpoints, StepProgressBar,
                                       StopOnSignal, ValidateTheLastStep)
@@ -118,7 +120,8 @@ def _prepare_inputs(config: RunConfig, objective_class: type[Objective]) -> RunI
     config: vocabulary from the tokenizer, what the objective derives, and the heads the checkpoint will record."""
     shards_dir = None
     if objective_class.reads == TOKEN_WINDOWS:
-        prepared = data_preparer().prepare(config.data, config.tokenizer)
+        prepared = open_streamed(config.data.shards_from, config.tokenizer.path) if config.data.shards_from else \
+            data_preparer().prepare(config.data, config.tokenizer)
         tokenizer_path, shards_dir = prepared.tokenizer_path, prepared.shards_dir
     else:
         tokenizer_path = _task_tokenizer(config)
@@ -296,5 +299,6 @@ def describe(config: RunConfig) -> str:
         from slmkit.training.trainer import deepspeed_config
 
         lines.append("deepspeed config: " + json.dumps(deepspeed_config(trainer)))
-    lines.append(data_preparer().status(config.data, config.tokenizer))
+    lines.append(describe_streamed(config.data.shards_from) if config.data.shards_from else
+                 data_preparer().status(config.data, config.tokenizer))
     return "\n".join(lines)
