@@ -21,6 +21,7 @@ from slmkit.atomic import atomic_copy, check_writable
 from slmkit.checkpoint import build_model, run_heads, save_inference_checkpoint, with_heads
 from slmkit.checkpoint.hf_import import init_from_source
 from slmkit.checkpoint.run_folder import RunFolder, checkpoint_step
+from slmkit.checkpoint.vocabulary import grow_vocabulary
 from slmkit.config import RunConfig, load_run_config, save_run_config
 from slmkit.data import MANIFEST, data_preparer
 from slmkit.errors import SlmkitError, Stopped
@@ -29,7 +30,7 @@ from slmkit.lora import add_lora, merge_lora
 from slmkit.model import Model
 from slmkit.objectives import OBJECTIVES, TOKEN_WINDOWS, Objective
 from slmkit.provenance import with_provenance
-from slmkit.tokenizer import load_tokenizer
+from slmkit.tokenizer import load_tokenizer, new_token_segmentations
 from slmkit.training.callbacks import (MetricsLogger, PeriodicEvaluation, RecordRun, StepCheckpoints, StepProgressBar,
                                       StopOnSignal, ValidateTheLastStep)
 from slmkit.training.datamodule import TaskDataModule, TokenDataModule
@@ -57,6 +58,7 @@ class RunInputs:
     config: RunConfig
     tokenizer_path: Path
     shards_dir: Path | None
+    starting_vocab_size: int  # model.vocab_size of the weights init_from gives, before a domain vocabulary grows it
 
 
 def train(config: RunConfig) -> TrainResult:
@@ -82,7 +84,7 @@ def train(config: RunConfig) -> TrainResult:
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
     model = build_model(config)
     objective = objective_class(config, load_tokenizer(inputs.tokenizer_path))
-    _start_weights(config, model, objective, resume_from)  # its refusals (LoRA targets, init_from shapes) come first
+    _start_weights(config, model, objective, resume_from, inputs)  # its refusals (LoRA targets, init_from shapes) come first
     record = RecordRun(lambda: _record_run(folder, inputs, start_step))  # once the checkpoint has loaded
     task = TrainingTask(config, parallelize(model, config.trainer), objective)
     stop = StopOnSignal()
@@ -117,6 +119,7 @@ def _prepare_inputs(config: RunConfig, objective_class: type[Objective]) -> RunI
     """Prepares the shards and tokenizer (reused when unchanged) or checks a task's tokenizer, then completes the
     config: vocabulary from the tokenizer, what the objective derives, and the heads the checkpoint will record."""
     shards_dir = None
+    starting_vocab_size = config.model.vocab_size
     if objective_class.reads == TOKEN_WINDOWS:
         prepared = data_preparer().prepare(config.data, config.tokenizer)
         tokenizer_path, shards_dir = prepared.tokenizer_path, prepared.shards_dir
@@ -125,7 +128,7 @@ def _prepare_inputs(config: RunConfig, objective_class: type[Objective]) -> RunI
     config = objective_class.complete(fit_vocabulary(config, tokenizer_path))
     config = with_heads(config, objective_class.heads(config))  # the checkpoint rebuilds its model from these alone
     config = with_provenance(config)  # commit, version, machine and the seedless config hash, for comparisons
-    return RunInputs(config, tokenizer_path, shards_dir)
+    return RunInputs(config, tokenizer_path, shards_dir, starting_vocab_size)
 
 
 def _record_run(folder: RunFolder, inputs: RunInputs, start_step: int | None) -> None:
@@ -140,14 +143,25 @@ def _record_run(folder: RunFolder, inputs: RunInputs, start_step: int | None) ->
         atomic_copy(inputs.shards_dir / MANIFEST, folder.data_manifest)  # what the run trained on, for its model card
 
 
-def _start_weights(config: RunConfig, model: Model, objective: Objective, resume_from: Path | None) -> None:
-    """The weights training starts from, set in the freshly built model: (a new run only) the init_from weights and
-    what the objective sets itself (a student from its teacher), then LoRA adapters; a resumed run gets its weights
-    from the checkpoint when fitting starts."""
+def _start_weights(config: RunConfig, model: Model, objective: Objective, resume_from: Path | None,
+                   inputs: RunInputs) -> None:
+    """The weights training starts from, set in the freshly built model: (a new run only) the init_from weights, with
+    the rows of a domain vocabulary's new tokens, and what the objective sets itself (a student from its teacher),
+    then LoRA adapters; a resumed run gets its weights from the checkpoint when fitting starts."""
     if resume_from is None:
         if config.init_from:
-            for line in init_from_source(model, config).lines():
+            extended = config.tokenizer.extends
+            # A domain vocabulary: the weights load into a model of their own vocabulary, then grow into the run's.
+            source = build_model(dataclasses.replace(config, model=dataclasses.replace(
+                config.model, vocab_size=inputs.starting_vocab_size))) if extended else model
+            for line in init_from_source(source, config).lines():
                 log.info("init_from %s: %s", config.init_from, line)
+            if extended:
+                segmentations = new_token_segmentations(config.tokenizer.path, inputs.tokenizer_path)
+                grow_vocabulary(model, source, segmentations)
+                log.info("tokenizer.extend: %d new tokens, each starting as the mean of the rows of its old "
+                         "segmentation; model.vocab_size %d -> %d", len(segmentations), inputs.starting_vocab_size,
+                         config.model.vocab_size)
         for line in objective.init_weights(model):
             log.info("%s: %s", config.objective.name, line)
     if config.lora.rank:
@@ -185,6 +199,12 @@ def _task_tokenizer(config: RunConfig) -> Path:
             f"objective {config.objective.name} reads a task, not a corpus, so it trains no tokenizer: start from a "
             "pretrained run with init_from=RUN (its tokenizer comes along) or set tokenizer.path=FILE"
         )
+    if config.tokenizer.extends:
+        raise SlmkitError(
+            f"tokenizer.extend learns new tokens from the corpus, and objective {config.objective.name} reads a task, "
+            "not a corpus: extend the vocabulary in a continued-pretraining run (init_from=... tokenizer.extend=N on "
+            "a corpus), then fine-tune from that run; or drop tokenizer.extend"
+        )
     path = Path(config.tokenizer.path)
     load_tokenizer(path)  # a clear message now for a missing or broken file
     return path
@@ -202,11 +222,12 @@ def _data_module(config: RunConfig, objective: Objective, shards_dir: Path | Non
 
 
 def fit_vocabulary(config: RunConfig, tokenizer_path: Path) -> RunConfig:
-    """Sets model.vocab_size from the tokenizer when the recipe leaves it at 0; refuses a tokenizer that does not fit."""
+    """Sets model.vocab_size from the tokenizer when the recipe leaves it at 0, or grows it to a tokenizer with a
+    domain vocabulary; refuses a tokenizer that does not fit."""
     from tokenizers import Tokenizer
 
     size = Tokenizer.from_file(str(tokenizer_path)).get_vocab_size(with_added_tokens=True)
-    if config.model.vocab_size <= 0:
+    if config.model.vocab_size <= 0 or (config.tokenizer.extends and size > config.model.vocab_size):
         return dataclasses.replace(config, model=dataclasses.replace(config.model, vocab_size=size))
     if size > config.model.vocab_size:
         raise SlmkitError(
