@@ -75,7 +75,7 @@ def train(config: RunConfig) -> TrainResult:
     objective_class = OBJECTIVES.get(config.objective.name)
     objective_class.check(config)  # before any data is prepared: a teacher that cannot teach this student
     check_trackers(config.logger)  # a tracker's missing package, before any data is prepared
-    inputs = _prepare_inputs(config, objective_class)
+    inputs = prepare_inputs(config, objective_class)
     config = inputs.config
     if resume_from is not None:
         check_same_tokenizer(folder, inputs.tokenizer_path, config.tokenizer.path)
@@ -84,7 +84,7 @@ def train(config: RunConfig) -> TrainResult:
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
     model = build_model(config)
     objective = objective_class(config, load_tokenizer(inputs.tokenizer_path))
-    _start_weights(config, model, objective, resume_from, inputs)  # its refusals (LoRA targets, init_from shapes) come first
+    start_weights(config, model, objective, resume_from, inputs)  # its refusals (LoRA targets, init_from shapes) come first
     record = RecordRun(lambda: _record_run(folder, inputs, start_step))  # once the checkpoint has loaded
     task = TrainingTask(config, parallelize(model, config.trainer), objective)
     stop = StopOnSignal()
@@ -115,7 +115,7 @@ def train(config: RunConfig) -> TrainResult:
                        final_val_loss=float(val_loss) if val_loss is not None else None, is_global_zero=trainer.is_global_zero)
 
 
-def _prepare_inputs(config: RunConfig, objective_class: type[Objective]) -> RunInputs:
+def prepare_inputs(config: RunConfig, objective_class: type[Objective]) -> RunInputs:
     """Prepares the shards and tokenizer (reused when unchanged) or checks a task's tokenizer, then completes the
     config: vocabulary from the tokenizer, what the objective derives, and the heads the checkpoint will record."""
     shards_dir = None
@@ -143,7 +143,7 @@ def _record_run(folder: RunFolder, inputs: RunInputs, start_step: int | None) ->
         atomic_copy(inputs.shards_dir / MANIFEST, folder.data_manifest)  # what the run trained on, for its model card
 
 
-def _start_weights(config: RunConfig, model: Model, objective: Objective, resume_from: Path | None,
+def start_weights(config: RunConfig, model: Model, objective: Objective, resume_from: Path | None,
                    inputs: RunInputs) -> None:
     """The weights training starts from, set in the freshly built model: (a new run only) the init_from weights, with
     the rows of a domain vocabulary's new tokens, and what the objective sets itself (a student from its teacher),
