@@ -101,7 +101,10 @@ def make_plan(data: DataConfig, tokenizer: TokenizerConfig, out_dir: Optional[Pa
     tokenizer_fields = dataclasses.asdict(tokenizer)
     if tokenizer.path:
         tokenizer_fields["path"] = tokenizer_sha256(user_tokenizer_path(tokenizer))
-    if tokenizer.extend_from:
+    if not tokenizer.extends:  # keyed as before the extension existed: data prepared then is reused
+        for key in ("extend", "extend_from"):
+            tokenizer_fields.pop(key)
+    elif tokenizer.extend_from:
         tokenizer_fields["extend_from"] = tokenizer_sha256(user_tokenizer_path(tokenizer, "extend_from"))
     tokenizer_key = sha256_json({"corpus": corpus_sha256, "tokenizer": tokenizer_fields})
     pack_fields = {k: getattr(data, k) for k in PACK_ONLY_FIELDS}

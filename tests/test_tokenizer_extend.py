@@ -7,6 +7,9 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -175,11 +178,14 @@ def test_a_tokenizer_without_a_bpe_model_is_refused_before_anything_is_written(s
     char = train_char(TokenizerConfig(kind="char", vocab_size=200), iter([TEXT]))
     char.save(str(tmp_path / "char.json"))
     run = write_run(tmp_path / "char-run", tmp_path / "char.json", tiny_model(vocab_size=64))
-    out = tmp_path / "run"
-    with pytest.raises(SlmkitError, match="is a WordLevel tokenizer: extend a \\(byte-level\\) BPE tokenizer"):
-        resolve_recipe("finance-from-legal-tiny", [f"init_from={run}", "tokenizer.extend=8", f"out_dir={out}", CORPUS,
-                                                   f"data.root={shared_dir / 'corpora'}", *FAST])
-    assert not out.exists()
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    done = subprocess.run(
+        [sys.executable, "-m", "slmkit.cli", "train", "recipe=finance-from-legal-tiny", f"init_from={run}",
+         "tokenizer.extend=8", f"out_dir={out}", CORPUS, f"data.root={shared_dir / 'corpora'}"],
+        cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "SLMKIT_CACHE": str(cache)})
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert f"tokenizer.path={run / 'tokenizer.json'} is a WordLevel tokenizer: extend a (byte-level) BPE" in done.stderr
+    assert not out.exists() and not cache.exists()
 
 
 def test_a_run_that_trains_its_own_tokenizer_is_refused_an_extension(shared_dir):
