@@ -20,6 +20,7 @@ from data_prep.tokenizer import bytes_per_token, train_bpe, train_char
 from data_prep.vocabulary import extend_tokenizer
 from slmkit.checkpoint import load_checkpoint
 from slmkit.checkpoint.vocabulary import grow_vocabulary
+from slmkit.data import data_preparer
 from slmkit.data_config import TokenizerConfig
 from slmkit.errors import SlmkitError
 from slmkit.export import ExportArgs, run_export
@@ -55,9 +56,12 @@ def base(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def extended(base, shared_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("extended") / "run"
-    train(resolve_recipe("finance-from-legal-tiny", [f"init_from={base}", f"tokenizer.extend={ADDED}", f"out_dir={out}",
-                                                     CORPUS, f"data.root={shared_dir / 'corpora'}", *FAST]))
+    train(resolve_recipe("finance-from-legal-tiny", [*extending(base, shared_dir), f"out_dir={out}", *FAST]))
     return out
+
+
+def extending(base: Path, shared_dir: Path) -> list[str]:
+    return [f"init_from={base}", f"tokenizer.extend={ADDED}", CORPUS, f"data.root={shared_dir / 'corpora'}"]
 
 
 def test_the_tokens_chosen_save_tokens_on_held_out_domain_text(base, shared_dir, tmp_path):
@@ -102,12 +106,15 @@ def test_each_new_row_is_the_mean_of_the_rows_of_its_old_segmentation(extended, 
                and "heads." not in name)  # the body is the source's
 
 
-def test_an_extended_run_grows_its_vocabulary_and_trains_on_the_extended_tokenizer(extended, base):
+def test_an_extended_run_grows_its_vocabulary_and_trains_on_the_extended_tokenizer(extended, base, shared_dir):
     loaded = load_checkpoint(extended)
     size = load_tokenizer(extended / "tokenizer.json").get_vocab_size(with_added_tokens=True)
     assert size == 300 + ADDED and loaded.config.model.vocab_size == size  # 340 tokens outgrow the 320 rows
     manifest = json.loads((extended / "data_manifest.json").read_text())
     assert manifest["vocab_size"] == size
+    config = resolve_recipe("finance-from-legal-tiny", extending(base, shared_dir))
+    prepared = data_preparer().prepare(config.data, config.tokenizer)  # the run's own, reused
+    assert prepared.reused and f"before {ADDED} domain tokens were added" in prepared.report_path.read_text()
 
 
 def _loss_per_byte(model: Model, tokenizer, texts: list[str]) -> float:

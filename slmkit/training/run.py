@@ -144,14 +144,15 @@ def _record_run(folder: RunFolder, inputs: RunInputs, start_step: int | None) ->
 
 
 def start_weights(config: RunConfig, model: Model, objective: Objective, resume_from: Path | None,
-                   inputs: RunInputs) -> None:
+                  inputs: RunInputs) -> None:
     """The weights training starts from, set in the freshly built model: (a new run only) the init_from weights, with
     the rows of a domain vocabulary's new tokens, and what the objective sets itself (a student from its teacher),
     then LoRA adapters; a resumed run gets its weights from the checkpoint when fitting starts."""
     if resume_from is None:
         if config.init_from:
             extended = config.tokenizer.extends
-            # A domain vocabulary: the weights load into a model of their own vocabulary, then grow into the run's.
+            # A domain vocabulary: the weights load into a model of their own vocabulary (for a moment the memory of
+            # two models), then grow into the run's.
             source = build_model(dataclasses.replace(config, model=dataclasses.replace(
                 config.model, vocab_size=inputs.starting_vocab_size))) if extended else model
             for line in init_from_source(source, config).lines():
