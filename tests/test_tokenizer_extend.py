@@ -56,7 +56,9 @@ def base(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def extended(base, shared_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("extended") / "run"
-    train(resolve_recipe("finance-from-legal-tiny", [*extending(base, shared_dir), f"out_dir={out}", *FAST]))
+    with pytest.MonkeyPatch.context() as patch:  # a module fixture starts before conftest's per-test cache is set
+        patch.setenv("SLMKIT_CACHE", str(tmp_path_factory.getbasetemp() / "slmkit-cache"))
+        train(resolve_recipe("finance-from-legal-tiny", [*extending(base, shared_dir), f"out_dir={out}", *FAST]))
     return out
 
 
