@@ -25,6 +25,7 @@ from data_prep.remote import RemotePath
 from data_prep.report import REPORT_MARKDOWN, write_report
 from data_prep.sources import resolve_data_root, resolve_source_files, source_name
 from data_prep.tokenizer import tokenizer_sha256, train_tokenizer
+from data_prep.vocabulary import extend_tokenizer
 from slmkit.atomic import atomic_copy, remove_temporaries
 from slmkit.data import FORMAT, MANIFEST, PreparedData, cache_root, token_dtype
 from slmkit.data_config import DataConfig, TokenizerConfig
@@ -100,6 +101,11 @@ def make_plan(data: DataConfig, tokenizer: TokenizerConfig, out_dir: Optional[Pa
     tokenizer_fields = dataclasses.asdict(tokenizer)
     if tokenizer.path:
         tokenizer_fields["path"] = tokenizer_sha256(user_tokenizer_path(tokenizer))
+    if not tokenizer.extends:  # keyed as before the extension existed: data prepared then is reused
+        for key in ("extend", "extend_from"):
+            tokenizer_fields.pop(key)
+    elif tokenizer.extend_from:
+        tokenizer_fields["extend_from"] = tokenizer_sha256(user_tokenizer_path(tokenizer, "extend_from"))
     tokenizer_key = sha256_json({"corpus": corpus_sha256, "tokenizer": tokenizer_fields})
     pack_fields = {k: getattr(data, k) for k in PACK_ONLY_FIELDS}
     inputs_sha256 = sha256_json({"tokenizer": tokenizer_key, "pack": pack_fields, "format": FORMAT})
@@ -112,10 +118,11 @@ def make_plan(data: DataConfig, tokenizer: TokenizerConfig, out_dir: Optional[Pa
     return Plan(root, folder, fingerprints, corpus_sha256, tokenizer_key, inputs_sha256, eval_file_paths(data, root))
 
 
-def user_tokenizer_path(tokenizer: TokenizerConfig) -> Path:
-    path = Path(tokenizer.path).expanduser()
+def user_tokenizer_path(tokenizer: TokenizerConfig, key: str = "path") -> Path:
+    given = getattr(tokenizer, key)
+    path = Path(given).expanduser()
     if not path.is_file():
-        raise SlmkitError(f"tokenizer.path={tokenizer.path!r}: no such file; point it at a tokenizer.json or unset it to train one")
+        raise SlmkitError(f"tokenizer.{key}={given!r}: no such file; point it at a tokenizer.json or unset it")
     return path
 
 
@@ -187,7 +194,7 @@ def cached_tokenizer_folder(plan: Plan) -> Path:
 def known_tokenizer(plan: Plan, tokenizer: TokenizerConfig) -> Optional[Path]:
     """The tokenizer file when it exists before the corpus does (the recipe's own, or one cached for these inputs),
     so chunks can be encoded as they are curated; None when it must first be trained on the curated corpus."""
-    if tokenizer.path:
+    if tokenizer.path and not tokenizer.extends:
         return user_tokenizer_path(tokenizer)
     cached = cached_tokenizer_folder(plan)
     if (cached / TOKENIZER_FILE).is_file() and (cached / "report.json").is_file():
@@ -205,9 +212,10 @@ def token_spec(plan: Plan, path: Path) -> TokenSpec:
 def ensure_tokenizer(
     plan: Plan, data: DataConfig, tokenizer: TokenizerConfig, corpus: dict[str, Any]
 ) -> tuple[Path, dict[str, Any]]:
-    """The tokenizer for this corpus: the recipe's own file, a cached one trained on the same inputs, or a new one."""
+    """The tokenizer for this corpus: the recipe's own file, a cached one trained (or extended) on the same inputs, or
+    a new one."""
     target = plan.folder / TOKENIZER_FILE
-    if tokenizer.path:
+    if tokenizer.path and not tokenizer.extends:
         source = user_tokenizer_path(tokenizer)
         report = {"path": str(source), "sha256": tokenizer_sha256(source)}
     else:
@@ -218,7 +226,8 @@ def ensure_tokenizer(
             report = read_json(report_path)
         else:
             texts, heldout = tokenizer_texts(plan, data, corpus)
-            report = train_tokenizer(tokenizer, texts, source, heldout)
+            learn = extend_tokenizer if tokenizer.extends else train_tokenizer
+            report = learn(tokenizer, texts, source, heldout)
             write_json(report_path, report)
     end_of_document_id(load_tokenizer(source))  # fail now, not after packing, when there is no EOS
     atomic_copy(source, target)

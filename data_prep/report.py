@@ -63,6 +63,8 @@ def render_markdown(report: dict[str, Any], examples: bool = True) -> str:
         f"{splits['train']['tokens']:,} train and {splits['val']['tokens']:,} val tokens "
         f"({manifest['dtype']}, vocabulary {manifest['vocab_size']:,}"
         + (f", {tokenizer['bytes_per_token']:.2f} bytes per token on held-out text" if tokenizer.get("bytes_per_token") else "")
+        + (f" ({tokenizer['bytes_per_token_before']:.2f} before {tokenizer['added_tokens']:,} domain tokens were added "
+           f"to {tokenizer['base']})" if tokenizer.get("bytes_per_token_before") else "")
         + ").",
         "",
         "## Documents and characters per source after each stage",

@@ -218,3 +218,10 @@ class TokenizerConfig:
     min_frequency: int = option(2, "Minimum pair/token frequency for a merge (bpe, wordpiece).", bounds=at_least(0))
     path: Optional[str] = option(None, "Use this existing tokenizer.json instead of training one.")
     train_chars: int = option(200_000_000, "Train on at most this many characters of the train split (bounds time and memory).", bounds=at_least(1))
+    extend: int = option(0, "Domain vocabulary: add up to this many tokens to the tokenizer the run starts from (init_from's, or tokenizer.path), those that save the most tokens on the corpus (BPE merges learned on train_chars of the train split, continuing from that tokenizer's own segmentation); the model's embedding and head rows of each new token start as the mean of the rows of the tokens that spelled it. 0 = no extension.", bounds=at_least(0))
+    extend_from: Optional[str] = option(None, "Domain vocabulary: take the new tokens only from the vocabulary of this domain tokenizer.json (still chosen by the tokens they save); with extend 0, every one of its tokens that saves any.")
+
+    @property
+    def extends(self) -> bool:
+        """Whether the tokenizer at `path` gets a domain vocabulary added to it."""
+        return bool(self.extend or self.extend_from)

@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 from slmkit.config import RunConfig, build_config, load_run_config, yaml_problem
 from slmkit.errors import SlmkitError
 from slmkit.registry import did_you_mean
+from slmkit.tokenizer import check_extension
 
 GROUPS = ("model", "tokenizer", "data", "optim", "trainer")
 
@@ -87,6 +88,8 @@ def resolve_recipe(name: str, overrides: Sequence[str] = (), follow_init_from: b
             check_import_fits(config)
         if source is not None:
             source.check_same_tokenizer(Path(config.tokenizer.path))
+    if follow_init_from or not config.init_from:
+        check_extension(config.tokenizer)  # a domain vocabulary needs a BPE tokenizer to start from, before any work
     # vocab_size 0 means "the tokenizer's size", resolved when the tokenizer exists; check everything else now.
     dataclasses.replace(config.model, vocab_size=max(config.model.vocab_size, 1)).validate()
     return config

@@ -93,3 +93,39 @@ def end_of_document_id(tokenizer: Tokenizer) -> int:
             "train one with tokenizer.special_tokens (the first is the EOS), or use a tokenizer.json that has one"
         )
     return min(special)
+
+
+# ---- a domain vocabulary (tokenizer.extend) ------------------------------------------------------------------------
+
+def check_extension(config: TokenizerConfig) -> None:
+    """Refuses a tokenizer.extend that cannot apply: new tokens are BPE merges added to the tokenizer the run starts
+    from, so there must be one (tokenizer.path, which init_from sets), its model must be a BPE, and, the merges being
+    learned within its pre-tokenized words, it must have a pre-tokenizer."""
+    if not config.extends:
+        return
+    if not config.path:
+        raise SlmkitError(
+            "tokenizer.extend adds tokens to the tokenizer a run starts from (init_from's, or tokenizer.path), and "
+            "this run trains its own tokenizer on the corpus: start from a model (init_from=...), or drop "
+            "tokenizer.extend and set tokenizer.vocab_size for a larger vocabulary"
+        )
+    load_tokenizer(config.path)  # a missing or broken file, named
+    data = json.loads(Path(config.path).read_text(encoding="utf-8"))
+    kind = (data.get("model") or {}).get("type")
+    if kind != "BPE" or data.get("pre_tokenizer") is None:
+        what = f"a {kind} tokenizer" if kind != "BPE" else "a BPE tokenizer without a pre-tokenizer"
+        raise SlmkitError(
+            f"tokenizer.extend adds BPE merges to the tokenizer the run starts from, and tokenizer.path={config.path} "
+            f"is {what}: extend a (byte-level) BPE tokenizer such as slmkit's bpe kind or GPT-2's, or drop "
+            "tokenizer.extend and tokenizer.extend_from"
+        )
+
+
+def new_token_segmentations(base: str | Path, extended: str | Path) -> dict[int, list[int]]:
+    """Each token of `extended` that `base` lacks (by id), with the ids `base` spells it with: its BPE model applied
+    to the token's text, as it segments that text inside a word."""
+    old, new = load_tokenizer(base), load_tokenizer(extended)
+    known = old.get_vocab(with_added_tokens=True)
+    return {i: [piece.id for piece in old.model.tokenize(token)]
+            for token, i in sorted(new.get_vocab(with_added_tokens=True).items(), key=lambda item: item[1])
+            if token not in known}

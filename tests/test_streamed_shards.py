@@ -285,3 +285,21 @@ def test_slmkit_train_streams_the_shards_of_a_published_folder(shared_dir, tmp_p
         [(r["step"], r["train_loss"]) for r in read_metrics(streamed_run.out_dir)]
     assert streamed_run.final_val_loss == local.final_val_loss
     assert (tmp_path / "streamed" / RUN_MANIFEST).read_bytes() == (prepared.shards_dir / MANIFEST).read_bytes()
+
+
+def test_a_streamed_run_is_refused_a_vocabulary_extension(shared_dir, tmp_path):
+    """tokenizer.extend learns its tokens while preparing the corpus, which a streamed run never does: refused before
+    anything is fetched, rather than training on shards of the unextended tokenizer."""
+    from test_training import tiny_config
+
+    from slmkit.data import data_preparer
+    from slmkit.training.run import train
+
+    config = tiny_config(shared_dir, tmp_path / "local")
+    prepared = data_preparer().prepare(config.data, config.tokenizer)
+    url = f"file://{tmp_path / 'published'}"
+    publish_copy(prepared.shards_dir, url, MANIFEST)
+    with pytest.raises(SlmkitError, match=r"tokenizer\.extend .* data\.shards_from"):
+        train(tiny_config(shared_dir, tmp_path / "streamed", f"data.shards_from={url}", "data.sources=[]",
+                          f"tokenizer.path={prepared.tokenizer_path}", "tokenizer.extend=8"))
+    assert not (cache_root() / CACHE_DIR).exists()

@@ -31,7 +31,9 @@ SAFE_ON_RESUME = (
 )
 # Where the run is, and what the run derives when it starts (compared once derived, or by content).
 # The trackers a run reports to and its provenance (rewritten by each attempt) do not change what the weights mean.
-NOT_COMPARED = ("out_dir", "resume", "heads", "init_from", "tokenizer.path", "logger", "track.", "provenance.")
+# The tokenizer (its path, and the domain vocabulary added to it) is compared by content: the run's own copy.
+NOT_COMPARED = ("out_dir", "resume", "heads", "init_from", "tokenizer.path", "tokenizer.extend", "logger", "track.",
+                "provenance.")
 _OFF = ("", "false", "none", "null")
 
 
@@ -93,7 +95,8 @@ def recorded_config(name: str, overrides: Sequence[str]) -> RunConfig | None:
                           f"continues as recorded; pass recipe={raw['name']}, or start a new run in another out_dir")
     if (raw.get("tokenizer") or {}).get("path") and folder.tokenizer.is_file():
         # The tokenizer the weights learned with is the run's own copy, wherever the file it was copied from went.
-        raw = {**raw, "tokenizer": {**raw["tokenizer"], "path": str(folder.tokenizer)}}
+        # That copy holds the run's domain vocabulary already (tokenizer.extend): it is not extended a second time.
+        raw = {**raw, "tokenizer": {**raw["tokenizer"], "path": str(folder.tokenizer), "extend": 0, "extend_from": None}}
     return build_config(RunConfig, raw, overrides=values)
 
 

@@ -21,6 +21,7 @@ from slmkit.atomic import atomic_copy, check_writable
 from slmkit.checkpoint import build_model, run_heads, save_inference_checkpoint, with_heads
 from slmkit.checkpoint.hf_import import init_from_source
 from slmkit.checkpoint.run_folder import RunFolder, checkpoint_step
+from slmkit.checkpoint.vocabulary import grow_vocabulary
 from slmkit.config import RunConfig, load_run_config, save_run_config
 from slmkit.data import MANIFEST, data_preparer
 from slmkit.errors import SlmkitError, Stopped
@@ -31,7 +32,7 @@ from slmkit.objectives import OBJECTIVES, TOKEN_WINDOWS, Objective
 from slmkit.provenance import record_provenance, with_provenance
 from slmkit.streamed import describe as describe_streamed
 from slmkit.streamed import open_streamed
-from slmkit.tokenizer import load_tokenizer
+from slmkit.tokenizer import load_tokenizer, new_token_segmentations
 from slmkit.training.callbacks import (MetricsLogger, PeriodicEvaluation, RecordRun, StepCheckpoints, StepProgressBar,
                                       StopOnSignal, ValidateTheLastStep)
 from slmkit.training.datamodule import TaskDataModule, TokenDataModule
@@ -59,6 +60,7 @@ class RunInputs:
     config: RunConfig
     tokenizer_path: Path
     shards_dir: Path | None
+    starting_vocab_size: int  # model.vocab_size of the weights init_from gives, before a domain vocabulary grows it
 
 
 def train(config: RunConfig) -> TrainResult:
@@ -75,7 +77,7 @@ def train(config: RunConfig) -> TrainResult:
     objective_class = OBJECTIVES.get(config.objective.name)
     objective_class.check(config)  # before any data is prepared: a teacher that cannot teach this student
     check_trackers(config.logger)  # a tracker's missing package, before any data is prepared
-    inputs = _prepare_inputs(config, objective_class)
+    inputs = prepare_inputs(config, objective_class)
     config = inputs.config
     if resume_from is not None:
         check_same_tokenizer(folder, inputs.tokenizer_path, config.tokenizer.path)
@@ -84,7 +86,7 @@ def train(config: RunConfig) -> TrainResult:
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
     model = build_model(config)
     objective = objective_class(config, load_tokenizer(inputs.tokenizer_path))
-    _start_weights(config, model, objective, resume_from)  # its refusals (LoRA targets, init_from shapes) come first
+    start_weights(config, model, objective, resume_from, inputs)  # its refusals (LoRA targets, init_from shapes) come first
     record = RecordRun(lambda: _record_run(folder, inputs, start_step))  # once the checkpoint has loaded
     task = TrainingTask(config, parallelize(model, config.trainer), objective)
     stop = StopOnSignal()
@@ -115,11 +117,18 @@ def train(config: RunConfig) -> TrainResult:
                        final_val_loss=float(val_loss) if val_loss is not None else None, is_global_zero=trainer.is_global_zero)
 
 
-def _prepare_inputs(config: RunConfig, objective_class: type[Objective]) -> RunInputs:
+def prepare_inputs(config: RunConfig, objective_class: type[Objective]) -> RunInputs:
     """Prepares the shards and tokenizer (reused when unchanged) or checks a task's tokenizer, then completes the
     config: vocabulary from the tokenizer, what the objective derives, and the heads the checkpoint will record."""
     shards_dir = None
+    starting_vocab_size = config.model.vocab_size
     if objective_class.reads == TOKEN_WINDOWS:
+        if config.data.shards_from and config.tokenizer.extends:
+            raise SlmkitError(
+                f"tokenizer.extend learns new tokens while preparing the corpus, and data.shards_from="
+                f"{config.data.shards_from} trains on shards already prepared: extend the vocabulary where the data is "
+                "prepared (slmkit data prepare with tokenizer.extend, published with data.publish_to), or drop one"
+            )
         prepared = open_streamed(config.data.shards_from, config.tokenizer.path) if config.data.shards_from else \
             data_preparer().prepare(config.data, config.tokenizer)
         tokenizer_path, shards_dir = prepared.tokenizer_path, prepared.shards_dir
@@ -128,7 +137,7 @@ def _prepare_inputs(config: RunConfig, objective_class: type[Objective]) -> RunI
     config = objective_class.complete(fit_vocabulary(config, tokenizer_path))
     config = with_heads(config, objective_class.heads(config))  # the checkpoint rebuilds its model from these alone
     config = with_provenance(config)  # commit, version, machine and the seedless config hash, for comparisons
-    return RunInputs(config, tokenizer_path, shards_dir)
+    return RunInputs(config, tokenizer_path, shards_dir, starting_vocab_size)
 
 
 def _record_run(folder: RunFolder, inputs: RunInputs, start_step: int | None) -> None:
@@ -143,14 +152,26 @@ def _record_run(folder: RunFolder, inputs: RunInputs, start_step: int | None) ->
         atomic_copy(inputs.shards_dir / MANIFEST, folder.data_manifest)  # what the run trained on, for its model card
 
 
-def _start_weights(config: RunConfig, model: Model, objective: Objective, resume_from: Path | None) -> None:
-    """The weights training starts from, set in the freshly built model: (a new run only) the init_from weights and
-    what the objective sets itself (a student from its teacher), then LoRA adapters; a resumed run gets its weights
-    from the checkpoint when fitting starts."""
+def start_weights(config: RunConfig, model: Model, objective: Objective, resume_from: Path | None,
+                  inputs: RunInputs) -> None:
+    """The weights training starts from, set in the freshly built model: (a new run only) the init_from weights, with
+    the rows of a domain vocabulary's new tokens, and what the objective sets itself (a student from its teacher),
+    then LoRA adapters; a resumed run gets its weights from the checkpoint when fitting starts."""
     if resume_from is None:
         if config.init_from:
-            for line in init_from_source(model, config).lines():
+            extended = config.tokenizer.extends
+            # A domain vocabulary: the weights load into a model of their own vocabulary (for a moment the memory of
+            # two models), then grow into the run's.
+            source = build_model(dataclasses.replace(config, model=dataclasses.replace(
+                config.model, vocab_size=inputs.starting_vocab_size))) if extended else model
+            for line in init_from_source(source, config).lines():
                 log.info("init_from %s: %s", config.init_from, line)
+            if extended:
+                segmentations = new_token_segmentations(config.tokenizer.path, inputs.tokenizer_path)
+                grow_vocabulary(model, source, segmentations)
+                log.info("tokenizer.extend: %d new tokens, each starting as the mean of the rows of its old "
+                         "segmentation; model.vocab_size %d -> %d", len(segmentations), inputs.starting_vocab_size,
+                         config.model.vocab_size)
         for line in objective.init_weights(model):
             log.info("%s: %s", config.objective.name, line)
     if config.lora.rank:
@@ -188,6 +209,12 @@ def _task_tokenizer(config: RunConfig) -> Path:
             f"objective {config.objective.name} reads a task, not a corpus, so it trains no tokenizer: start from a "
             "pretrained run with init_from=RUN (its tokenizer comes along) or set tokenizer.path=FILE"
         )
+    if config.tokenizer.extends:
+        raise SlmkitError(
+            f"tokenizer.extend learns new tokens from the corpus, and objective {config.objective.name} reads a task, "
+            "not a corpus: extend the vocabulary in a continued-pretraining run (init_from=... tokenizer.extend=N on "
+            "a corpus), then fine-tune from that run; or drop tokenizer.extend"
+        )
     path = Path(config.tokenizer.path)
     load_tokenizer(path)  # a clear message now for a missing or broken file
     return path
@@ -205,11 +232,12 @@ def _data_module(config: RunConfig, objective: Objective, shards_dir: Path | Non
 
 
 def fit_vocabulary(config: RunConfig, tokenizer_path: Path) -> RunConfig:
-    """Sets model.vocab_size from the tokenizer when the recipe leaves it at 0; refuses a tokenizer that does not fit."""
+    """Sets model.vocab_size from the tokenizer when the recipe leaves it at 0, or grows it to a tokenizer with a
+    domain vocabulary; refuses a tokenizer that does not fit."""
     from tokenizers import Tokenizer
 
     size = Tokenizer.from_file(str(tokenizer_path)).get_vocab_size(with_added_tokens=True)
-    if config.model.vocab_size <= 0:
+    if config.model.vocab_size <= 0 or (config.tokenizer.extends and size > config.model.vocab_size):
         return dataclasses.replace(config, model=dataclasses.replace(config.model, vocab_size=size))
     if size > config.model.vocab_size:
         raise SlmkitError(
