@@ -35,7 +35,7 @@ from slmkit.tokenizer import TOKENIZER_FILE, end_of_document_id, load_tokenizer
 
 # DataConfig fields that cannot change any output (where it goes, how fast), and those that only change packing
 NO_EFFECT_FIELDS = ("prepared_dir", "num_workers", "engine", "executor", "tasks", "workers", "bucket_tasks", "nodes",
-                    "node_rank", "slurm", "publish_to")
+                    "node_rank", "slurm", "publish_to", "shards_from")
 PACK_ONLY_FIELDS = ("shard_tokens",)
 HELDOUT_CHARS = 2_000_000  # held-out text for the tokenizer's bytes-per-token figure
 TOKENIZER_REPORT = "tokenizer_report.json"

@@ -13,7 +13,7 @@ from typing import IO, Any
 from slmkit.errors import SlmkitError
 from slmkit.filesystems import filesystem, is_url, unreachable
 
-__all__ = ["RemotePath", "is_url", "list_files", "source_file", "relative_name", "check_writable", "publish_copy"]
+__all__ = ["RemotePath", "list_files", "source_file", "relative_name", "check_writable", "publish_copy"]
 
 
 @dataclass(frozen=True)

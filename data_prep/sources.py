@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator, Optional
 
-from data_prep.remote import RemotePath, is_url, list_files, relative_name
+from data_prep.remote import RemotePath, list_files, relative_name
+from slmkit.filesystems import is_url
 from slmkit.data_config import SourceConfig
 from slmkit.errors import SlmkitError
 

@@ -16,6 +16,14 @@ class SlmkitError(Exception):
 
     exit_code = 2
 
+    def __str__(self) -> str:
+        # Raised in a DataLoader worker (a streamed shard that cannot be fetched), the error comes back re-raised by
+        # torch with the worker's whole traceback as its message: the user gets the original message alone.
+        message = super().__str__()
+        if message.startswith("Caught ") and "Original Traceback" in message:
+            return message.rstrip().rsplit(f"{type(self).__name__}: ", 1)[-1]
+        return message
+
 
 class Stopped(SlmkitError):
     """A command stopped by a signal, after saving what it could (training: a checkpoint); the exit status is the

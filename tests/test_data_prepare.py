@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gzip
 import json
 import os
@@ -144,3 +145,14 @@ def test_the_prepare_command_names_the_shards_and_the_report_whether_written_or_
         lines = prepare_command(recipe, argparse.Namespace()).splitlines()
         assert lines == [f"token shards {state}: {tmp_path / 'prep'}",
                          f"curation report: {tmp_path / 'prep' / 'report' / 'report.md'}"]
+
+
+@pytest.mark.parametrize("field, value", [("shards_from", "s3://bucket/prepared/legal"), ("publish_to", "memory://x"),
+                                          ("num_workers", 7)])
+def test_settings_that_do_not_change_the_data_do_not_change_its_key(tmp_path, legal_corpus, field, value):
+    """Where the shards are published or streamed from, or how many workers make them, leaves the prepared folder's
+    key (and so its reuse) as it was."""
+    data = legal_sample(legal_corpus, prepared_dir=str(tmp_path / "prep"))
+    first = prepare_module.make_plan(data, TOKENIZER, None)
+    second = prepare_module.make_plan(dataclasses.replace(data, **{field: value}), TOKENIZER, None)
+    assert (second.corpus_sha256, second.inputs_sha256) == (first.corpus_sha256, first.inputs_sha256)

@@ -121,3 +121,20 @@ def test_predict_says_when_long_inputs_are_cut(tmp_path, tokenizer_path, caplog)
     with caplog.at_level(logging.WARNING, logger="slmkit"):
         run_predict(PredictArgs(checkpoint=str(run), input=str(tmp_path / "records.jsonl")))
     assert "1 of 2 inputs fill the model's whole window of 32 tokens" in caplog.text
+
+
+def test_an_error_raised_in_a_data_loader_worker_reaches_the_user_as_its_message_alone():
+    """torch re-raises a worker's exception with the worker's traceback as the message (a streamed shard that cannot
+    be fetched fails there): the user reads the original message, not the traceback."""
+    import torch.utils.data
+
+    class Failing(torch.utils.data.Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, index):
+            raise SlmkitError("data.shards_from=memory://b has no shard 3: publish it again\nand a second line")
+
+    with pytest.raises(SlmkitError) as caught:
+        list(torch.utils.data.DataLoader(Failing(), num_workers=1))
+    assert str(caught.value) == "data.shards_from=memory://b has no shard 3: publish it again\nand a second line"

@@ -83,3 +83,27 @@ def test_the_objectives_decoding_is_recorded_with_its_head_and_checked_before_tr
             "ncbi-disease-ner", ["objective.decoding=bio", "objective.labels=[O,Disease]"], follow_init_from=False))
     with pytest.raises(SlmkitError, match="objective.decoding"):
         resolve_recipe("ncbi-disease-ner", ["objective.decoding=crf"], follow_init_from=False)
+
+
+@pytest.mark.parametrize("decoding", ["argmax", "bio"])
+def test_a_word_without_its_own_token_is_o_and_bio_does_not_continue_an_entity_across_it(monkeypatch, decoding):
+    """Punctuation the tokenizer joins to a neighbour has no first sub-token and is tagged O; under bio it is decoded
+    as that O, so the word after it cannot be I-X (read naively, B-Disease O I-Disease)."""
+    from types import SimpleNamespace
+
+    import slmkit.eval.token_classification as token_classification
+
+    scores = torch.full((4, len(NAMES)), -5.0)
+    scores[0, NAMES.index("B-Disease")] = 5.0
+    scores[1, NAMES.index("I-Disease")] = 5.0  # the third word's token, after the word that has none
+    monkeypatch.setattr(token_classification, "encode_words", lambda *args: ([7, 8, 9, 10], [0, None, 1, None]))
+    monkeypatch.setattr(token_classification, "head_outputs", lambda *args: [scores])
+    head = SimpleNamespace(spec=SimpleNamespace(decoding=decoding))
+    scorer = SimpleNamespace(model=SimpleNamespace(heads={TOKEN_HEAD: head}), tokenizer=None, window=16,
+                             prefix_id=None, pad_id=0, batch_size=1)
+    [tags] = token_classification.predict_tags(scorer, [("a ) b c", [])], NAMES)
+    assert tags[1] == tags[3] == "O" and len(tags) == 4
+    if decoding == "bio":
+        assert is_valid_bio(tags) and tags[0] == "B-Disease" and tags[2] != "I-Disease"
+    else:
+        assert tags == ["B-Disease", "O", "I-Disease", "O"]

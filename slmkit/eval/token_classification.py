@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import torch
 from tokenizers import Tokenizer
 
 from slmkit.errors import SlmkitError
@@ -121,10 +122,20 @@ def predict_tags(scorer: Scorer, texts_and_spans: list[tuple[str, list[tuple[int
     decode = TAG_DECODINGS.get(scorer.model.heads[TOKEN_HEAD].spec.decoding)
     encoded = [encode_words(scorer.tokenizer, text, spans, scorer.window, scorer.prefix_id) for text, spans in texts_and_spans]
     logits = head_outputs(scorer.model, [ids for ids, _ in encoded], TOKEN_HEAD, scorer.pad_id, scorer.batch_size)
+    outside = names.index("O") if "O" in names else None
     tags = []
     for (_, first), row in zip(encoded, logits):
-        decoded = iter(decode(row[[p for p in first if p is not None]], names))  # the words the window holds, in order
-        tags.append([names[next(decoded)] if p is not None else "O" for p in first])
+        if outside is None:  # no O to force: the words the window holds, in order, and the rest O
+            decoded = iter(decode(row[[p for p in first if p is not None]], names))
+            tags.append([names[next(decoded)] if p is not None else "O" for p in first])
+            continue
+        # A word with no sub-token of its own (punctuation the tokenizer joined to its neighbour) is tagged O, and
+        # decoded as a forced O between its neighbours, so that bio never puts an I-X right after it.
+        last = max((i for i, p in enumerate(first) if p is not None), default=-1)
+        forced = row.new_full((len(names),), float("-inf"))
+        forced[outside] = 0.0
+        scores = torch.stack([row[p] if p is not None else forced for p in first[:last + 1]]) if last >= 0 else row[:0]
+        tags.append([names[i] for i in decode(scores, names)] + ["O"] * (len(first) - last - 1))
     return tags
 
 

@@ -27,7 +27,7 @@ from slmkit.data import MANIFEST, data_preparer
 from slmkit.errors import SlmkitError, Stopped
 from slmkit.eval.run import run_tasks_of
 from slmkit.lora import add_lora, merge_lora
-from slmkit.model import Model
+from slmkit.model import ARGMAX_DECODING, HeadSpec, Model
 from slmkit.objectives import OBJECTIVES, TOKEN_WINDOWS, Objective
 from slmkit.provenance import record_provenance, with_provenance
 from slmkit.streamed import describe as describe_streamed
@@ -247,6 +247,12 @@ def fit_vocabulary(config: RunConfig, tokenizer_path: Path) -> RunConfig:
     return config
 
 
+def _weights_of(heads: list[HeadSpec]) -> list[HeadSpec]:
+    """The heads as their weights see them: a decoding reads scores and touches no weight, so a run may continue
+    under another one."""
+    return [dataclasses.replace(h, decoding=ARGMAX_DECODING) for h in heads]
+
+
 def _check_same_architecture(config: RunConfig, ckpt_path: Path) -> None:
     run = RunFolder(ckpt_path.resolve().parent.parent)
     if not run.is_run():
@@ -258,7 +264,7 @@ def _check_same_architecture(config: RunConfig, ckpt_path: Path) -> None:
                  for f in dataclasses.fields(saved) if getattr(saved, f.name) != getattr(config.model, f.name)]
         raise SlmkitError(f"cannot resume {ckpt_path}: it comes from a different architecture ({'; '.join(diffs)})")
     saved_heads, heads = run_heads(recorded), run_heads(config)
-    if saved_heads != heads:
+    if _weights_of(saved_heads) != _weights_of(heads):
         raise SlmkitError(f"cannot resume {ckpt_path}: its model has the heads {[h.kind for h in saved_heads]} "
                           f"({saved_heads}), and this run's objective makes {heads}; continue it with the objective and "
                           "labels it was started with")
