@@ -83,7 +83,7 @@ class ObjectiveConfig:
     pooling: str = option("auto", "Sequence classification and embeddings (contrastive): how one vector stands for the sequence, by name (last, first, mean); auto = last for a causal model, mean for a bidirectional one.")
     loss_on_prompt: bool = option(False, "sft: also learn to predict prompt tokens; by default only the completion (and its end token) carries loss.")
     head_transform: str = option("none", "Task heads: what the hidden states pass through before the output layer; an encoder's stock classes need theirs to export (ModernBERT: prediction; BERT's sequence classifier: pooler).", choices="slmkit.model.heads:TRANSFORMS")
-    decoding: str = option(ARGMAX_DECODING, "token_classification: how the head's per-token scores become tags wherever the model predicts (evaluation's entity F1, slmkit predict), saved with its head: argmax = each token's best label; bio = the best valid BIO sequence (Viterbi over the log-softmax scores; I-X only after B-X or I-X), which needs labels named O, B-TYPE, I-TYPE.", choices="slmkit.eval.tag_decoding:TAG_DECODINGS")
+    decoding: str = option(ARGMAX_DECODING, "token_classification: how the head's per-token scores become tags wherever the model predicts (evaluation's entity F1, slmkit predict), saved with its head: argmax = each token's best label; bio = the best valid BIO sequence (Viterbi over the log-softmax scores; I-X only after B-X or I-X), which needs labels named O, B-TYPE, I-TYPE.", choices="slmkit.model.tag_decoding:TAG_DECODINGS")
     mask_token: str = option("<|mask|>", "masked_lm: the tokenizer's mask token (list it in tokenizer.special_tokens after the end-of-document token).")
     mask_rate: float = option(0.15, "masked_lm: fraction of tokens to predict (BERT 0.15, ModernBERT 0.3); of those, 80% become the mask token, 10% a random token, 10% stay.", bounds=between(0, 1, low_open=True, high_open=True))
     whole_word_masking: bool = option(False, "masked_lm: mask whole words (every token of a chosen word) instead of single tokens.")
@@ -123,7 +123,7 @@ class HeadConfig:
     labels: list[str] = option([], "Label names in output order (classification heads); their number is the head's width.")
     pooling: str = option("last", "How one vector stands for the sequence (sequence classification, embedding), by name.", choices="slmkit.model.heads:POOLINGS")
     transform: str = option("none", "What the hidden states pass through before the head's output layer, by name.", choices="slmkit.model.heads:TRANSFORMS")
-    decoding: str = option(ARGMAX_DECODING, "Token classification: how the head's per-token scores become tags, by name (the objective's decoding, recorded here).", choices="slmkit.eval.tag_decoding:TAG_DECODINGS")
+    decoding: str = option(ARGMAX_DECODING, "Token classification: how the head's per-token scores become tags, by name (the objective's decoding, recorded here).", choices="slmkit.model.tag_decoding:TAG_DECODINGS")
 
     def spec(self) -> HeadSpec:
         return HeadSpec(self.kind, tuple(self.labels), self.pooling, self.transform, self.decoding)

@@ -33,7 +33,8 @@ def test_a_checkpoint_records_its_heads_and_loads_without_its_objective(tmp_path
     # An objective no slmkit knows (a plugin not installed here): the recorded heads are all loading needs.
     model = classifier_run(tmp_path, tokenizer_path, "someone_elses_objective")
     recorded = yaml.safe_load((tmp_path / "config.yaml").read_text())["heads"]
-    assert recorded == [{"kind": CLASSIFIER_HEAD, "labels": ["no", "yes"], "pooling": "mean", "transform": "none"}]
+    assert recorded == [{"kind": CLASSIFIER_HEAD, "labels": ["no", "yes"], "pooling": "mean", "transform": "none",
+                         "decoding": "argmax"}]
     loaded = load_checkpoint(tmp_path)
     assert loaded.model.head_specs == model.head_specs and loaded.step == 7
     ids = torch.tensor([[1, 2, 3, 4]])

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from slmkit.errors import SlmkitError
-from slmkit.eval.tag_decoding import argmax_tags, check_decoding, viterbi_tags
+from slmkit.model.tag_decoding import argmax_tags, check_decoding, viterbi_tags
 from slmkit.model import TOKEN_HEAD
 from slmkit.objectives.token_classification import TokenClassification
 from slmkit.recipe import resolve_recipe

@@ -21,7 +21,7 @@ from slmkit.eval.loglikelihood import Scorer
 from slmkit.eval.metrics import TaskResult, bio_entities, entity_scores
 from slmkit.eval.prompting import RecordOptions, load_examples, task_records
 from slmkit.eval.records import CONLL_TAGS, CONLL_TOKENS
-from slmkit.eval.tag_decoding import TAG_DECODINGS
+from slmkit.model.tag_decoding import TAG_DECODINGS
 from slmkit.eval.task import TASK_TYPES, RunSettings, TaskSpec
 from slmkit.model import IGNORE_INDEX, TOKEN_HEAD
 from slmkit.options import option

@@ -36,7 +36,7 @@ EMBEDDING_HEAD = "embedding"
 IGNORE_INDEX = -100
 
 # How a token-classification head's scores are read unless its spec says otherwise: each token's best label
-# (slmkit.eval.tag_decoding holds the decodings by name; the model only records the choice).
+# (slmkit.model.tag_decoding holds the decodings by name; the model only records the choice).
 ARGMAX_DECODING = "argmax"
 
 

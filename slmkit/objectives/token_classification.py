@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from slmkit.eval.encoding import pad_batch
-from slmkit.eval.tag_decoding import check_decoding
+from slmkit.model.tag_decoding import check_decoding
 from slmkit.eval.token_classification import labelled_tokens, sentences, tag_set
 from slmkit.model import IGNORE_INDEX, TOKEN_HEAD, HeadSpec, Model
 from slmkit.objectives.base import OBJECTIVES, Batch, Example, TaskObjective

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import torch
 
 from slmkit.errors import SlmkitError
-from slmkit.model import ARGMAX_DECODING
+from slmkit.model.heads import ARGMAX_DECODING
 from slmkit.registry import Registry
 
 BIO_DECODING = "bio"
