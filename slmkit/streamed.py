@@ -2,8 +2,10 @@
 
 The URL names a prepared folder as `slmkit data prepare` writes it (and `data.publish_to` copies it): manifest.json,
 tokenizer.json and the token shards. Training reads the manifest, and each shard is fetched into a local cache,
-`$SLMKIT_CACHE/streamed/<sha256 of the manifest>/`, when a window first reads from it, so a rank fetches only
-the shards it reads. A download is checked against the sha256 the manifest records for the shard (its size only,
+`$SLMKIT_CACHE/streamed/<sha256 of the manifest>/`, the first time one of a rank's windows reads from it (with
+random windows that is soon most shards). The ranks and DataLoader workers of one node share the cache: one of them
+downloads a shard while the others wait for it (a lock file per shard), and a brief network error is retried with a
+short backoff before it ends the run. A download is checked against the sha256 the manifest records for the shard (its size only,
 with a warning, for a manifest written before slmkit recorded them) and renamed into place only then: a file under
 a shard's name in the cache is complete and verified, a crash leaves at most a hidden temporary, and a corrupt
 download is dropped and fetched again. The cache folder, holding the manifest, is an ordinary prepared folder to
@@ -11,21 +13,24 @@ everything downstream; a note in it (`streamed_from.json`) says where its missin
 
 Where training is in the sample stream is the data module's business, saved in the checkpoint as for a local
 folder (`trainer.data_order=global_index` resumes exactly at any world size): nothing here keeps state beyond the
-cache, which is keyed by the manifest's content, so a folder published again under the same URL is a new cache.
+cache, which is keyed by the manifest's content, so a folder published again under the same URL is a new cache (and a
+run that trained on the old copy refuses to resume on it: training/resume.py, check_same_streamed_data).
 """
 
 from __future__ import annotations
 
 import hashlib
+import fcntl
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import numpy as np
 
-from slmkit.atomic import atomic_path, atomic_write_bytes, atomic_write_text, fsync_file
+from slmkit.atomic import atomic_path, atomic_write_bytes, atomic_write_text, fsync_file, remove_temporaries
 from slmkit.data import MANIFEST, PreparedData, TokenShards, cache_root, parse_manifest, read_manifest
 from slmkit.errors import SlmkitError
 from slmkit.filesystems import filesystem, unreachable
@@ -36,6 +41,8 @@ log = logging.getLogger("slmkit")
 CACHE_DIR = "streamed"  # under cache_root()
 SOURCE_NOTE = "streamed_from.json"  # in a cache folder: the URL its shards are fetched from
 ATTEMPTS = 2  # downloads of a file before a mismatch with the manifest is reported (a flipped bit in transit passes the second)
+TRIES = 4  # reads of a file before a network error is reported: shards are fetched hours into a run
+BACKOFF_SECONDS = 2.0  # the wait before the second read, doubled before each further one
 CHUNK_BYTES = 8 * 2**20
 REPUBLISH = "publish the prepared folder there again (`slmkit data prepare recipe=... data.publish_to=URL`)"
 
@@ -105,8 +112,14 @@ class ShardFetcher:
         size = entry["tokens"] * self.itemsize
         if _is_cached(target, size):  # under its own name only once checked (below)
             return target
-        fs, root = filesystem(self.url)
-        _download(fs, f"{root.rstrip('/')}/{entry['file']}", target, self.url, entry.get("sha256"), size)
+        # One download per node: the other ranks and workers that want this shard wait here, then find it cached.
+        with open(self.folder / f".{entry['file']}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if _is_cached(target, size):
+                return target
+            remove_temporaries(self.folder, of=[entry["file"]])  # a crashed fetcher's; with the lock, nobody writes one
+            fs, root = filesystem(self.url)
+            _download(fs, f"{root.rstrip('/')}/{entry['file']}", target, self.url, entry.get("sha256"), size)
         return target
 
 
@@ -128,9 +141,11 @@ def _read_manifest(fs: Any, root: str, url: str) -> bytes:
 
 def _download(fs: Any, remote: str, target: Path, url: str, sha256: Optional[str], size: Optional[int]) -> None:
     """Copies `remote` to `target` through a temporary that is renamed into place only when its sha256 (or, with
-    none recorded, its size) is the manifest's; a mismatch is fetched once more, then refused with nothing kept."""
+    none recorded, its size) is the manifest's; a mismatch is fetched once more, then refused with nothing kept, and
+    a network error is retried TRIES times, waiting longer each time, then reported."""
     name = target.name
-    for attempt in range(1, ATTEMPTS + 1):
+    mismatches, failures = 0, 0
+    while True:
         digest, written = hashlib.sha256(), 0
         try:
             with atomic_path(target) as tmp:
@@ -143,9 +158,18 @@ def _download(fs: Any, remote: str, target: Path, url: str, sha256: Optional[str
                     raise _Mismatch  # atomic_path drops the temporary: the cache keeps no copy that failed the check
                 fsync_file(tmp)
             return
+        except _Transient as transient:
+            failures += 1
+            if failures == TRIES:
+                raise unreachable(f"{name} at data.shards_from={url}", transient.error) from None
+            wait = BACKOFF_SECONDS * 2 ** (failures - 1)
+            log.warning("reading %s from %s failed (%s: %s); trying again in %.0f s", name, url,
+                        type(transient.error).__name__, transient.error, wait)
+            _sleep(wait)
         except _Mismatch:
-            pass
-        if attempt < ATTEMPTS:
+            mismatches += 1
+            if mismatches == ATTEMPTS:
+                break
             log.warning("%s from %s does not match its manifest (sha256 %s, %d bytes); fetching it again",
                         name, url, digest.hexdigest(), written)
     expected = f"sha256 {sha256}" if sha256 is not None else f"{size} bytes"
@@ -159,6 +183,19 @@ class _Mismatch(Exception):
     """A download that differs from its manifest entry (never leaves `_download`)."""
 
 
+class _Transient(Exception):
+    """A read that failed on the way (a reset connection, a timeout): `_download` tries again before it reports
+    `error`; never leaves `_download`."""
+
+    def __init__(self, error: Exception):
+        super().__init__(error)
+        self.error = error
+
+
+def _sleep(seconds: float) -> None:
+    time.sleep(seconds)  # a function of its own, so that tests wait for nothing
+
+
 def _remote_chunks(fs: Any, remote: str, url: str, name: str) -> Iterator[bytes]:
     try:
         with fs.open(remote, "rb") as source:
@@ -167,5 +204,7 @@ def _remote_chunks(fs: Any, remote: str, url: str, name: str) -> Iterator[bytes]
     except FileNotFoundError:
         raise SlmkitError(f"data.shards_from={url} has no {name}, which its manifest lists: the copy there is "
                           f"incomplete; {REPUBLISH}") from None
-    except (OSError, ValueError) as error:
+    except OSError as error:
+        raise _Transient(error) from None  # a reset connection or a timeout may pass: `_download` tries again
+    except ValueError as error:
         raise unreachable(f"{name} at data.shards_from={url}", error) from None

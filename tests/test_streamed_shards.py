@@ -1,7 +1,8 @@
 """Token shards streamed from a folder or object store (data.shards_from), on fsspec's memory:// and file:// file
 systems: the same windows as the local folder, only the shards read are fetched, each checked against its sha256
-and written whole or not at all, a warm cache fetches nothing, a resume continues the exact sample stream, and every
-bad input gets one message."""
+and written whole or not at all, once however many fetchers want it, a brief network error is retried, a warm cache
+fetches nothing, a resume continues the exact sample stream and refuses a new copy under the same URL, and every bad
+input gets one message."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import importlib.util
 import io
 import json
 import logging
+import threading
+import time
 from pathlib import Path
 
 import lightning as L
@@ -78,8 +81,17 @@ def opened(monkeypatch):
     return paths
 
 
+@pytest.fixture
+def waits(monkeypatch) -> list[float]:
+    """The backoff waits between tries of a download, recorded instead of slept."""
+    seconds: list[float] = []
+    monkeypatch.setattr(streamed, "_sleep", seconds.append)
+    return seconds
+
+
 def cached_files(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir())
+    """The cache folder's files, less the fetchers' lock files (each a shard's, kept for the next fetcher)."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock"))
 
 
 def test_pack_records_each_shards_sha256_also_for_the_cut_tail(tmp_path):
@@ -158,7 +170,7 @@ def test_a_corrupt_download_is_fetched_again(remote, monkeypatch):
     assert prepared.tokenizer_path.read_bytes() == TOKENIZER_BYTES and len(calls) == 2
 
 
-def test_a_download_cut_short_leaves_no_partial_shard(remote, monkeypatch):
+def test_a_download_cut_short_leaves_no_partial_shard(remote, monkeypatch, waits):
     prepared = open_streamed(remote)
     original = MemoryFileSystem._open
 
@@ -174,9 +186,58 @@ def test_a_download_cut_short_leaves_no_partial_shard(remote, monkeypatch):
     with pytest.raises(SlmkitError, match=r"train_00000.bin at data.shards_from=memory://bucket/prepared cannot be "
                                           r"reached \(ConnectionResetError.*check the URL, the network"):
         token_shards(prepared.shards_dir, "train").window(0, 5)
+    assert waits == [2.0, 4.0, 8.0]  # four tries, the one message only after the last
     assert cached_files(prepared.shards_dir) == [MANIFEST, "streamed_from.json", TOKENIZER_FILE]  # no temporary either
     monkeypatch.setattr(MemoryFileSystem, "_open", original)
     assert token_shards(prepared.shards_dir, "train").window(0, 5).tolist() == list(range(5))
+
+
+def test_a_brief_network_error_is_retried(remote, monkeypatch, waits, caplog):
+    prepared = open_streamed(remote)
+    original, reads = MemoryFileSystem._open, []
+
+    class ResetOnce(io.BytesIO):
+        def read(self, size=-1):
+            raise ConnectionResetError(104, "Connection reset by peer")
+
+    def flaky(self, path, mode="rb", *args, **kwargs):
+        reads.append(path.rsplit("/", 1)[-1])
+        return ResetOnce() if len(reads) == 1 else original(self, path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(MemoryFileSystem, "_open", flaky)
+    with caplog.at_level(logging.WARNING, logger="slmkit"):
+        assert token_shards(prepared.shards_dir, "train").window(0, 5).tolist() == list(range(5))
+    assert reads == ["train_00000.bin", "train_00000.bin"] and waits == [2.0]
+    assert "reading train_00000.bin from memory://bucket/prepared failed (ConnectionResetError" in caplog.text
+
+
+def test_fetchers_of_one_shard_wait_for_one_download_and_clear_a_crashed_ones_temporary(remote, opened, monkeypatch):
+    prepared = open_streamed(remote)
+    stale = [prepared.shards_dir / ".train_00000.bin.k3j9x2.tmp", prepared.shards_dir / ".train_00001.bin.a8f0q1.tmp"]
+    for path in stale:
+        path.write_bytes(b"left by a fetcher that crashed")
+    original = MemoryFileSystem._open
+
+    def slow(self, path, mode="rb", *args, **kwargs):
+        time.sleep(0.3)  # a download long enough that the other fetcher asks for the shard meanwhile
+        return original(self, path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(MemoryFileSystem, "_open", slow)
+    opened.clear()
+    start, windows = threading.Barrier(3), []
+
+    def fetcher():  # a rank or a DataLoader worker: its own TokenShards, the node's one cache folder
+        shards = token_shards(prepared.shards_dir, "train")
+        start.wait()
+        windows.append(shards.window(0, 5).tolist())
+
+    threads = [threading.Thread(target=fetcher) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert windows == [list(range(5))] * 3 and opened == ["train_00000.bin"]
+    assert not stale[0].exists() and stale[1].exists()  # only the fetched shard's leftovers: the other may be written now
 
 
 def test_bad_urls_get_one_message(remote, tmp_path, monkeypatch):
@@ -303,3 +364,35 @@ def test_a_streamed_run_is_refused_a_vocabulary_extension(shared_dir, tmp_path):
         train(tiny_config(shared_dir, tmp_path / "streamed", f"data.shards_from={url}", "data.sources=[]",
                           f"tokenizer.path={prepared.tokenizer_path}", "tokenizer.extend=8"))
     assert not (cache_root() / CACHE_DIR).exists()
+
+
+def test_a_resume_refuses_a_new_copy_published_under_the_same_url(shared_dir, tmp_path):
+    """The run's config names only the URL: a copy published there again is other data, refused before the run folder
+    is touched; the old copy restored, the run continues."""
+    from test_resume import snapshot
+    from test_training import tiny_config
+
+    from slmkit.data import RUN_MANIFEST, data_preparer
+    from slmkit.training.run import train
+
+    settings = ["trainer.max_steps=2", "trainer.checkpoint_every=2", "trainer.val_every=2", "data.sources=[]"]
+    config = tiny_config(shared_dir, tmp_path / "local")
+    prepared = data_preparer().prepare(config.data, config.tokenizer)
+    published = tmp_path / "published"
+    url = f"file://{published}"
+    publish_copy(prepared.shards_dir, url, MANIFEST)
+    run = tmp_path / "run"
+    train(tiny_config(shared_dir, run, *settings, f"data.shards_from={url}"))
+    old = (published / MANIFEST).read_bytes()
+    assert (run / RUN_MANIFEST).read_bytes() == old
+    republished = json.loads(old)
+    republished["inputs_sha256"] = "0" * 64  # the same URL, other data
+    (published / MANIFEST).write_text(json.dumps(republished))
+    before = snapshot(run)
+    with pytest.raises(SlmkitError, match=rf"cannot resume {run}: data.shards_from={url} holds other data than the "
+                                          rf"run trained on .*Restore the old copy.*publish the new data under a new URL"):
+        train(tiny_config(shared_dir, run, *settings, f"data.shards_from={url}", "trainer.max_steps=4", "resume=true"))
+    assert snapshot(run) == before
+    (published / MANIFEST).write_bytes(old)
+    assert train(tiny_config(shared_dir, run, *settings, f"data.shards_from={url}", "trainer.max_steps=4",
+                             "resume=true")).steps == 4

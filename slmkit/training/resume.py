@@ -12,6 +12,7 @@ and the requested value.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import shlex
 from pathlib import Path
 from typing import Any, Sequence
@@ -141,6 +142,23 @@ def check_same_tokenizer(folder: RunFolder, tokenizer_path: Path, given: str | N
             f"cannot resume {folder.root} with {which}: {'; '.join(differences)}. The run's "
             f"weights were learned with its own {folder.tokenizer.name}; drop the tokenizer (or init_from) override to "
             "continue it as recorded"
+        )
+
+
+def check_same_streamed_data(folder: RunFolder, manifest: Path, url: str) -> None:
+    """Refuses to continue a run on token shards streamed from `url` when the manifest there (`manifest`, its cached
+    copy) is not the one the run recorded: a new copy published under the same URL is other data, and its config,
+    which names only the URL, cannot tell (a local folder's data is named by its config, compared above)."""
+    if not folder.data_manifest.is_file():
+        return
+    recorded, now = folder.data_manifest.read_bytes(), manifest.read_bytes()
+    if recorded != now:
+        raise SlmkitError(
+            f"cannot resume {folder.root}: data.shards_from={url} holds other data than the run trained on (its "
+            f"manifest has sha256 {hashlib.sha256(now).hexdigest()[:16]}..., the run's {folder.data_manifest.name} "
+            f"{hashlib.sha256(recorded).hexdigest()[:16]}...: a new copy was published there). Restore the old copy "
+            f"at that URL to continue the run, or publish the new data under a new URL and start a new run on it "
+            f"(init_from={folder.root} starts from its weights)"
         )
 
 
