@@ -4,6 +4,7 @@
     python scripts/bench_scaling.py coord-check     # μP coordinate check on shakespeare-char, widths 64..1024, 3 seeds
     python scripts/bench_scaling.py lr-transfer     # lr grid (7 lrs, factor 2) x widths 64/128/256, μP and standard
     python scripts/bench_scaling.py lr-transfer-seeds  # the same without gradient clipping, 3 seeds per point
+    python scripts/bench_scaling.py lr-transfer-normal-readout  # μP's part of it with a normally initialized readout
     python scripts/bench_scaling.py ladder          # 6 rungs on shakespeare-char, resumable: call again to continue
     python scripts/bench_scaling.py holdout         # the fit's prediction for a 2x rung, then that rung trained
 
@@ -118,7 +119,11 @@ if __name__ == "__main__":
              "lr-transfer-noclip": lambda: lr_transfer("-noclip", ("trainer.grad_clip=0",), ("mup",)),
              # The unclipped grid over three seeds, both parametrizations: whether the best rate's move is larger than
              # the seed-to-seed noise.
-             "lr-transfer-seeds": lambda: lr_transfer("-seeds", ("trainer.grad_clip=0",), ("mup", "standard"), (0, 1, 2))}
+             "lr-transfer-seeds": lambda: lr_transfer("-seeds", ("trainer.grad_clip=0",), ("mup", "standard"), (0, 1, 2)),
+             # μP again with its readout initialized as the other matrices are (a zero readout lost at the base width).
+             "lr-transfer-normal-readout": lambda: lr_transfer("-normal-readout", ("trainer.grad_clip=0",
+                                                                                   "model.mup_readout_init=normal"),
+                                                               ("mup",), (0, 1, 2))}
     if len(sys.argv) != 2 or sys.argv[1] not in parts:
         sys.exit(f"usage: python scripts/bench_scaling.py {{{','.join(parts)}}}")
     print(f"shared data: {SHARED}", flush=True)

@@ -54,6 +54,20 @@ def test_mup_init_zero_readout_and_hidden_std_scaled_by_the_width_multiplier():
     assert model(torch.zeros(1, 4, dtype=torch.long)).abs().max().item() == 0.0
 
 
+def test_a_normal_readout_init_is_the_standard_model_at_the_base_width():
+    """mup_readout_init=normal: the readout starts as every other matrix does, and at the base width (multiplier 1)
+    the μP model then computes what the standard one computes, up to the query scale, which export folds the same way."""
+    base = {**MUP, "d_model": 16, "n_head": 2, "mup_readout_init": "normal"}
+    torch.manual_seed(0)
+    mup = Model(ModelConfig(**base))
+    assert mup.heads["lm"].proj.weight.std().item() == pytest.approx(0.02, rel=0.1)
+    torch.manual_seed(0)
+    standard = Model(ModelConfig(**{**base, "parametrization": "standard"}))
+    assert torch.equal(mup.heads["lm"].proj.weight, standard.heads["lm"].proj.weight)
+    ids = torch.randint(0, 96, (2, 8))
+    assert torch.allclose(standard_equivalent(mup)(ids), mup(ids), atol=1e-5)
+
+
 def _lr_of(optimizer, parameter) -> float:
     return next(g["lr"] for g in optimizer.param_groups if any(p is parameter for p in g["params"]))
 

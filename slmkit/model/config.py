@@ -50,6 +50,7 @@ class ModelConfig:
     mup_base_width: Optional[int] = option(None, "mup only: the width (d_model) the hyperparameters were tuned at; d_model must be a multiple of it.")
     mup_input_multiplier: float = option(1.0, "mup only: constant that multiplies the token embeddings (a tunable, width-independent alpha).", bounds=above(0))
     mup_output_multiplier: float = option(1.0, "mup only: constant of the readout; the language-model logits are multiplied by it / width multiplier.", bounds=above(0))
+    mup_readout_init: str = option("zero", "mup only: the language-model readout's init: zero (Tensor Programs V), or normal (init_std, as every other matrix; its logits, times 1/width multiplier, still vanish as the width grows). At short horizons zero starves the body of gradient until the readout has grown: docs/benchmarks.md, μP.", choices=("zero", "normal"))
 
     @property
     def kv_heads(self) -> int:

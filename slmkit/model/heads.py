@@ -171,7 +171,7 @@ class LanguageModelHead(Head):
         self.softcap = config.logit_softcap
         self.multiplier = config.readout_multiplier
         self.reset_parameters()
-        if config.mup:
+        if config.mup and config.mup_readout_init == "zero":
             nn.init.zeros_(self.proj.weight)  # μP's zero readout: the logits start at 0 whatever the width
         if config.tie_embeddings:
             self.proj.weight = body.tok_embeddings.weight
