@@ -63,13 +63,15 @@ class MetricsLogger(L.Callback):
     def _new_record(self, step: int) -> dict[str, Any]:
         """A record begun outside a logging step (validation, evaluation): the counts, the wall time so far, and the
         run's provenance, like every record."""
-        since_record = time.perf_counter() - self._last_time if self._last_time is not None else 0.0
-        return {"step": step, **self._counts(step), "wall_s": self.wall_s + since_record, **self.provenance}
+        return {"step": step, **self._counts(step), "wall_s": self._wall_s_now(), **self.provenance}
+
+    def _wall_s_now(self) -> float:
+        """Training time so far: the recorded wall_s and the time since the last record."""
+        return self.wall_s + (time.perf_counter() - self._last_time if self._last_time is not None else 0.0)
 
     def state_dict(self) -> dict[str, Any]:
         # A checkpoint between logging steps carries the time trained since the last record too.
-        since_record = time.perf_counter() - self._last_time if self._last_time is not None else 0.0
-        return {"pending": self.pending, "wall_s": self.wall_s + since_record}
+        return {"pending": self.pending, "wall_s": self._wall_s_now()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._restored = state_dict.get("pending")
