@@ -14,7 +14,7 @@ everything downstream; a note in it (`streamed_from.json`) says where its missin
 Where training is in the sample stream is the data module's business, saved in the checkpoint as for a local
 folder (`trainer.data_order=global_index` resumes exactly at any world size): nothing here keeps state beyond the
 cache, which is keyed by the manifest's content, so a folder published again under the same URL is a new cache (and a
-run that trained on the old copy refuses to resume on it: training/resume.py, check_same_streamed_data).
+run that trained on the old copy refuses to resume on it: training/resume.py, check_same_data).
 """
 
 from __future__ import annotations

@@ -65,6 +65,20 @@ def test_another_tokenizer_file_is_refused_saying_what_differs(run, shared_dir, 
     assert snapshot(run) == before
 
 
+def test_other_token_shards_under_the_same_config_are_refused(run, shared_dir):
+    """A source edited after the run began prepares into other shards under the same recipe: the run's recorded
+    manifest (here edited to stand for the data it began on) no longer matches, and the resume is refused."""
+    recorded = run / "data_manifest.json"
+    manifest = json.loads(recorded.read_text())
+    manifest["splits"]["train"]["shards"][0]["sha256"] = "0" * 64
+    recorded.write_text(json.dumps(manifest))
+    before = snapshot(run)
+    with pytest.raises(SlmkitError, match=rf"cannot resume {run}: the recipe's data now prepares into other token "
+                                          r"shards than the run trained on .*Restore the source files"):
+        train_in_process(shared_dir, run, "trainer.max_steps=8", "trainer.checkpoint_every=4", "resume=true")
+    assert snapshot(run) == before
+
+
 def test_safe_changes_go_through_and_a_longer_run_says_how_its_schedule_changes(run, shared_dir, caplog):
     with caplog.at_level(logging.WARNING, logger="slmkit"):
         result = train_in_process(shared_dir, run, "trainer.max_steps=8", "trainer.checkpoint_every=4",

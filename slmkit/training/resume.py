@@ -145,21 +145,28 @@ def check_same_tokenizer(folder: RunFolder, tokenizer_path: Path, given: str | N
         )
 
 
-def check_same_streamed_data(folder: RunFolder, manifest: Path, url: str) -> None:
-    """Refuses to continue a run on token shards streamed from `url` when the manifest there (`manifest`, its cached
-    copy) is not the one the run recorded: a new copy published under the same URL is other data, and its config,
-    which names only the URL, cannot tell (a local folder's data is named by its config, compared above)."""
+def check_same_data(folder: RunFolder, manifest: Path, shards_from: str | None) -> None:
+    """Refuses to continue a run on token shards other than the ones it trained on: `manifest` (the prepared folder's,
+    or the cached copy of the one at `shards_from`) against the copy the run recorded. The manifest lists every shard's
+    sha256 and holds no timestamp, so the same data gives the same bytes however often it is prepared again. A config
+    names the data but not its content: a new copy published under the same URL, or a source file edited after the
+    run began, is other data that the config comparison above cannot see."""
     if not folder.data_manifest.is_file():
         return
     recorded, now = folder.data_manifest.read_bytes(), manifest.read_bytes()
-    if recorded != now:
-        raise SlmkitError(
-            f"cannot resume {folder.root}: data.shards_from={url} holds other data than the run trained on (its "
-            f"manifest has sha256 {hashlib.sha256(now).hexdigest()[:16]}..., the run's {folder.data_manifest.name} "
-            f"{hashlib.sha256(recorded).hexdigest()[:16]}...: a new copy was published there). Restore the old copy "
-            f"at that URL to continue the run, or publish the new data under a new URL and start a new run on it "
-            f"(init_from={folder.root} starts from its weights)"
-        )
+    if recorded == now:
+        return
+    digests = (f"its manifest has sha256 {hashlib.sha256(now).hexdigest()[:16]}..., the run's "
+               f"{folder.data_manifest.name} {hashlib.sha256(recorded).hexdigest()[:16]}...")
+    if shards_from:
+        problem = f"data.shards_from={shards_from} holds other data than the run trained on ({digests}: a new copy was published there)"
+        remedy = (f"Restore the old copy at that URL to continue the run, or publish the new data under a new URL and "
+                  f"start a new run on it")
+    else:
+        problem = (f"the recipe's data now prepares into other token shards than the run trained on ({digests}: a "
+                   f"source file changed since the run began)")
+        remedy = "Restore the source files the run began with to continue it, or start a new run on the new data"
+    raise SlmkitError(f"cannot resume {folder.root}: {problem}. {remedy} (init_from={folder.root} starts from its weights)")
 
 
 def _derived_later(key: str, requested: Any, recorded: Any, record: RunConfig) -> bool:

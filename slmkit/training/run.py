@@ -38,7 +38,7 @@ from slmkit.training.callbacks import (MetricsLogger, PeriodicEvaluation, Record
 from slmkit.training.datamodule import TaskDataModule, TokenDataModule
 from slmkit.training.loggers import build_loggers
 from slmkit.training.module import TrainingTask
-from slmkit.training.resume import (check_resume, check_same_streamed_data, check_same_tokenizer, continue_command,
+from slmkit.training.resume import (check_resume, check_same_data, check_same_tokenizer, continue_command,
                                    run_folder_and_resume_point)
 from slmkit.training.trackers import check_trackers
 from slmkit.training.trainer import apply_cpu_fallback, build_trainer, final_model, parallelize
@@ -82,8 +82,8 @@ def train(config: RunConfig) -> TrainResult:
     config = inputs.config
     if resume_from is not None:
         check_same_tokenizer(folder, inputs.tokenizer_path, config.tokenizer.path)
-        if config.data.shards_from and inputs.shards_dir is not None:
-            check_same_streamed_data(folder, inputs.shards_dir / MANIFEST, config.data.shards_from)
+        if inputs.shards_dir is not None:
+            check_same_data(folder, inputs.shards_dir / MANIFEST, config.data.shards_from)
         _check_same_architecture(config, resume_from)
 
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
