@@ -154,14 +154,17 @@ def test_every_shipped_study_loads_with_every_cell_resolved(path):
     assert study.baseline in study.cells and study.config.seeds >= 2
 
 
-@pytest.mark.parametrize("name, metric", [("fin-sentiment", "eval/fin_sentiment/acc"),
-                                          ("ncbi-ner", "eval/ncbi_disease/entity_f1")])
-def test_the_baseline_gap_studies_compare_fine_tuning_lengths_over_three_seeds(name, metric):
+@pytest.mark.parametrize("name, metric, rates", [("fin-sentiment", "eval/fin_sentiment/acc", [3e-4, 1e-4, 1e-3, 3e-4]),
+                                                 ("ncbi-ner", "eval/ncbi_disease/entity_f1", [1e-3, 5e-4, 2e-3, 1e-3])])
+def test_the_baseline_gap_studies_compare_fine_tuning_rates_and_lengths_over_three_seeds(name, metric, rates):
     study = load_study(REPO_ROOT / "studies" / f"{name}.yaml")
-    assert list(study.cells) == ["ft600", "ft1200"] and study.baseline == "ft600" and study.seeds() == [0, 1, 2]
+    cells = ["ft600", *(f"lr{lr:.0e}".replace("e-0", "e-") for lr in rates[1:3]), "ft1200"]
+    assert list(study.cells) == cells and study.baseline == "ft600" and study.seeds() == [0, 1, 2]
     assert study.config.metrics[0] == metric
     configs = check_study_runs(study)
-    assert [c.trainer.max_steps for c in configs] == [600, 1200]
+    assert [c.trainer.max_steps for c in configs] == [600, 600, 600, 1200]
+    assert [c.optim.lr for c in configs] == pytest.approx(rates)
+    assert [c.optim.min_lr for c in configs] == pytest.approx([lr / 10 for lr in rates])
     if name == "ncbi-ner":
         assert {c.objective.decoding for c in configs} == {"bio"}
         assert {c.init_from for c in configs} == {"runs/biomedical-encoder-tiny-long/latest"}
