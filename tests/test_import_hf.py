@@ -14,8 +14,9 @@ from safetensors.torch import load_file
 from slmkit.checkpoint.hf_import import describe_import, load_transformers_model
 from slmkit.errors import SlmkitError
 from slmkit.export import ExportArgs, run_export
+from slmkit.model import HeadSpec
 
-from export_helpers import train_tokenizer, write_run
+from export_helpers import tiny_model, train_tokenizer, write_run
 
 transformers = pytest.importorskip("transformers")
 
@@ -149,3 +150,21 @@ def test_an_slmkit_export_imports_back_to_the_same_model(family, tokenizer_path,
     assert second.config == first.config
     ours, again = first.state_dict(), second.state_dict()
     assert all(torch.equal(ours[k], again[k]) for k in ours)
+
+
+def test_a_token_classifier_keeps_its_tag_decoding_through_export_and_import(tokenizer_path, tmp_path):
+    """objective.decoding travels in config.json (slmkit_tag_decoding): the re-imported head decodes as the exported
+    one did; a folder from elsewhere (no key) reads argmax; a decoding slmkit lacks is refused by name."""
+    spec = HeadSpec("token_classification", ("O", "B-Disease", "I-Disease"), decoding="bio")
+    run = write_run(tmp_path / "run", tokenizer_path, tiny_model(head=spec, n_kv_heads=2))
+    out = run_export(ExportArgs(checkpoint=str(run), out=str(tmp_path / "hf")))
+    config = json.loads((out / "config.json").read_text())
+    assert config["slmkit_tag_decoding"] == "bio"
+    model, _ = load_transformers_model(str(out))
+    assert model.head_specs[0].decoding == "bio"
+    config.pop("slmkit_tag_decoding")
+    (out / "config.json").write_text(json.dumps(config))
+    assert load_transformers_model(str(out))[0].head_specs[0].decoding == "argmax"
+    (out / "config.json").write_text(json.dumps({**config, "slmkit_tag_decoding": "crf"}))
+    with pytest.raises(SlmkitError, match="names slmkit_tag_decoding='crf', which slmkit cannot use .*delete that key"):
+        load_transformers_model(str(out))

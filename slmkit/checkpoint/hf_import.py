@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from slmkit.errors import SlmkitError
-from slmkit.export.targets import TARGETS, Piece, Target, same_copies, target_mismatches
-from slmkit.model import LM_HEAD, HeadSpec, Model, ModelConfig
+from slmkit.export.targets import TAG_DECODING_KEY, TARGETS, Piece, Target, head_keywords, same_copies, target_mismatches
+from slmkit.model import ARGMAX_DECODING, LM_HEAD, TOKEN_HEAD, HeadSpec, Model, ModelConfig
+from slmkit.model.tag_decoding import check_decoding
 from slmkit.tokenizer import TOKENIZER_FILE, tokenizer_differences
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ IGNORED_KEYS = {
     "max_window_layers",  # reads only when use_sliding_window (then every layer from 0 is windowed, as written)
     "global_attn_every_n_layers",  # ModernBERT's older spelling of layer_types, which is compared
     "reference_compile", "repad_logits_with_grad", "sparse_prediction", "sparse_pred_ignore_index", "deterministic_flash_attn",
+    TAG_DECODING_KEY,  # how tags are read from the scores, not the scores: _head_of reads it into the head
 }
 # Keys a config may leave unset (None) for the class to derive from the width, and what it derives.
 DERIVED = {"head_dim": lambda c: c.head_dim, "n_inner": lambda c: 4 * c.d_model}
@@ -188,6 +190,14 @@ def _head_of(target: Target, hf: dict[str, Any]) -> HeadSpec | None:
         id2label = {int(i): str(name) for i, name in (hf.get("id2label") or {}).items()}
         labels = tuple(id2label[i] for i in sorted(id2label))
     spec = HeadSpec(kind, labels, pooling=(head.poolings or ("last",))[0], transform=(head.transforms or ("none",))[0])
+    if kind == TOKEN_HEAD:
+        decoding = str(hf.get(TAG_DECODING_KEY, ARGMAX_DECODING))
+        try:
+            check_decoding(decoding, labels)
+        except SlmkitError as err:
+            raise SlmkitError(f"the {HF_CONFIG} of this token classifier names {TAG_DECODING_KEY}={decoding!r}, which "
+                              f"slmkit cannot use ({err}); delete that key to read its tags by argmax") from None
+        spec = dataclasses.replace(spec, decoding=decoding)
     return dataclasses.replace(spec, **head.reads(hf))
 
 
@@ -196,9 +206,8 @@ def config_differences(hf: dict[str, Any], target: Target, c: ModelConfig, head:
     (slmkit writes ...)'. Empty when slmkit represents the config exactly."""
     from transformers import AutoConfig
 
-    head_keywords = target.heads[head.kind].config(head) if head else {}
     token_ids = {name: hf[name] for name in IGNORED_KEYS if name.endswith("token_id") and name in hf}
-    ours = AutoConfig.for_model(target.model_type, **target.config(c), **head_keywords, **token_ids).to_dict()
+    ours = AutoConfig.for_model(target.model_type, **target.config(c), **(head_keywords(target, head) if head else {}), **token_ids).to_dict()
     found = []
     for name in sorted(set(hf) | set(ours)):
         if name in IGNORED_KEYS or "dropout" in name or "pdrop" in name:

@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from slmkit.errors import SlmkitError
 from slmkit.export.chat_template import chat_template
 from slmkit.export.run import EXPORT_FORMATS, ExportContext
-from slmkit.export.targets import Target, select_target
+from slmkit.export.targets import Target, head_keywords, select_target
 from slmkit.export.tokenizer_files import write_tokenizer_files
 from slmkit.model import EMBEDDING_HEAD, LM_HEAD, HeadSpec, Model, ModelConfig
 
@@ -38,8 +38,8 @@ def auto_class(target: Target, head: str = LM_HEAD):
 
 
 def hf_config(c: ModelConfig, target: Target, special_ids: dict[str, int | None], head: HeadSpec = HeadSpec(LM_HEAD)):
-    """The transformers config object for `c` as `target`'s class for `head`, with token ids, label names and the
-    class name recorded."""
+    """The transformers config object for `c` as `target`'s class for `head`, with token ids, label names (and a
+    token head's tag decoding) and the class name recorded."""
     from transformers import AutoConfig
 
     labels = {}
@@ -47,7 +47,7 @@ def hf_config(c: ModelConfig, target: Target, special_ids: dict[str, int | None]
         labels = {"num_labels": head.num_labels, "id2label": dict(enumerate(head.labels)),
                   "label2id": {name: i for i, name in enumerate(head.labels)}}
     config = AutoConfig.for_model(target.model_type, **target.config(c), **special_ids, **labels,
-                                  **target.heads[head.kind].config(head))
+                                  **head_keywords(target, head))
     for name in ("cls_token_id", "sep_token_id"):  # encoders name them too; slmkit's one document token plays both
         if hasattr(config, name) and "eos_token_id" in special_ids:
             setattr(config, name, special_ids["eos_token_id"])

@@ -19,6 +19,11 @@ from slmkit.export.accepts import Accepts, describe, unrepresentable
 from slmkit.model import (CLASSIFIER_HEAD, EMBEDDING_HEAD, LM_HEAD, MASKED_LM_HEAD, SPAN_HEAD, TOKEN_HEAD, HeadSpec,
                           ModelConfig)
 
+# The config.json key that carries a token-classification head's tag decoding (objective.decoding): transformers keeps
+# keys it does not know and ignores them, slmkit's import reads it back, so the tags a re-imported model predicts are
+# the exporter's (argmax where the key is absent: a model from elsewhere).
+TAG_DECODING_KEY = "slmkit_tag_decoding"
+
 State = dict[str, torch.Tensor]
 WeightMap = Callable[[State, ModelConfig], State]  # slmkit's flat state dict -> the class's tensors
 Shapes = dict[str, tuple[int, ...]]  # slmkit's tensor shapes by flat name (tok_embeddings.weight, heads.lm.proj.weight)
@@ -97,6 +102,15 @@ class HeadClass:
     bare: bool = False
     reads: Callable[[dict[str, Any]], dict[str, Any]] = lambda hf: {}
 
+
+
+def head_keywords(target: "Target", head: HeadSpec) -> dict[str, Any]:
+    """The config keywords that describe `head` in `target`'s class: the class's own (its pooling) and a token head's
+    tag decoding. Export writes them and import compares a folder's config against them: one list for both ways."""
+    keywords = dict(target.heads[head.kind].config(head))
+    if head.kind == TOKEN_HEAD:
+        keywords[TAG_DECODING_KEY] = head.decoding
+    return keywords
 
 @dataclass(frozen=True)
 class Target:
