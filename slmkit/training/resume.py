@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import shlex
 from pathlib import Path
 from typing import Any, Sequence
@@ -147,14 +148,18 @@ def check_same_tokenizer(folder: RunFolder, tokenizer_path: Path, given: str | N
 
 def check_same_data(folder: RunFolder, manifest: Path, shards_from: str | None) -> None:
     """Refuses to continue a run on token shards other than the ones it trained on: `manifest` (the prepared folder's,
-    or the cached copy of the one at `shards_from`) against the copy the run recorded. The manifest lists every shard's
-    sha256 and holds no timestamp, so the same data gives the same bytes however often it is prepared again. A config
-    names the data but not its content: a new copy published under the same URL, or a source file edited after the
-    run began, is other data that the config comparison above cannot see."""
+    or the cached copy of the one at `shards_from`) against the copy the run recorded. A config names the data but not
+    its content: a new copy published under the same URL, or a source file edited after the run began, is other data
+    that the config comparison above cannot see.
+
+    A published manifest is the identity of its copy, so it must be the same bytes. A local one is compared by what
+    the run reads, the tokenizer's digest and every shard's name, length and sha256: its `inputs_sha256` names the
+    config it was prepared under, which a resume may spell differently for the same tokens (the run's own copy of an
+    extended tokenizer as tokenizer.path)."""
     if not folder.data_manifest.is_file():
         return
     recorded, now = folder.data_manifest.read_bytes(), manifest.read_bytes()
-    if recorded == now:
+    if recorded == now or (not shards_from and _tokens_of(recorded) == _tokens_of(now)):
         return
     digests = (f"its manifest has sha256 {hashlib.sha256(now).hexdigest()[:16]}..., the run's "
                f"{folder.data_manifest.name} {hashlib.sha256(recorded).hexdigest()[:16]}...")
@@ -167,6 +172,12 @@ def check_same_data(folder: RunFolder, manifest: Path, shards_from: str | None) 
                    f"source file changed since the run began)")
         remedy = "Restore the source files the run began with to continue it, or start a new run on the new data"
     raise SlmkitError(f"cannot resume {folder.root}: {problem}. {remedy} (init_from={folder.root} starts from its weights)")
+
+
+def _tokens_of(manifest: bytes) -> tuple[Any, Any]:
+    """What a run reads from a prepared folder, by its manifest: the tokenizer's digest and the shards of every split."""
+    parsed = json.loads(manifest)
+    return parsed.get("tokenizer_sha256"), parsed.get("splits")
 
 
 def _derived_later(key: str, requested: Any, recorded: Any, record: RunConfig) -> bool:
