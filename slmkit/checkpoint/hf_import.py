@@ -207,7 +207,8 @@ def config_differences(hf: dict[str, Any], target: Target, c: ModelConfig, head:
     from transformers import AutoConfig
 
     token_ids = {name: hf[name] for name in IGNORED_KEYS if name.endswith("token_id") and name in hf}
-    ours = AutoConfig.for_model(target.model_type, **target.config(c), **(head_keywords(target, head) if head else {}), **token_ids).to_dict()
+    keywords = head_keywords(target, head) if head else {}
+    ours = AutoConfig.for_model(target.model_type, **target.config(c), **keywords, **token_ids).to_dict()
     found = []
     for name in sorted(set(hf) | set(ours)):
         if name in IGNORED_KEYS or "dropout" in name or "pdrop" in name:

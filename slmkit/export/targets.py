@@ -103,7 +103,6 @@ class HeadClass:
     reads: Callable[[dict[str, Any]], dict[str, Any]] = lambda hf: {}
 
 
-
 def head_keywords(target: "Target", head: HeadSpec) -> dict[str, Any]:
     """The config keywords that describe `head` in `target`'s class: the class's own (its pooling) and a token head's
     tag decoding. Export writes them and import compares a folder's config against them: one list for both ways."""
@@ -111,6 +110,7 @@ def head_keywords(target: "Target", head: HeadSpec) -> dict[str, Any]:
     if head.kind == TOKEN_HEAD:
         keywords[TAG_DECODING_KEY] = head.decoding
     return keywords
+
 
 @dataclass(frozen=True)
 class Target:
