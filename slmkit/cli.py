@@ -183,10 +183,11 @@ def cmd_study(ns: argparse.Namespace) -> None:
         return
     from slmkit.research.launch import plan_text, run_study
 
+    chosen = study.only(ns.cells.split(",")) if ns.cells else study
     if ns.dry_run:
-        print(plan_text(study))
+        print(plan_text(chosen))
         return
-    run_study(study)
+    run_study(chosen)
     from slmkit.research.report import study_report
 
     print(study_report(study))
@@ -291,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     study_run = study.add_parser("run", help="run (or continue) every run of a study file: slmkit study run FILE.yaml")
     study_run.add_argument("file", help="the study YAML")
     study_run.add_argument("--dry-run", action="store_true", help="list the runs and their state (and the sbatch script); run nothing")
+    study_run.add_argument("--cells", help="run only these cells, comma-separated (the report still covers every cell)")
     study_run.set_defaults(fn=cmd_study)
     study_report = study.add_parser("report", help="statistics over seeds, per cell and metric: slmkit study report FILE.yaml")
     study_report.add_argument("file", help="the study YAML")

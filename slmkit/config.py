@@ -37,6 +37,7 @@ class OptimConfig:
     decay_steps: Optional[int] = option(None, "Step at which the decay reaches min_lr; None = trainer.max_steps.", bounds=at_least(1))
     wsd_decay_fraction: float = option(0.2, "wsd only: the final fraction of decay_steps spent decaying to min_lr.", bounds=FRACTION)
     muon_lr: Optional[float] = option(None, "muon only: peak learning rate of the block matrices (scaled to AdamW's update size); None = lr.", bounds=above(0))
+    crf_lr_multiplier: float = option(30.0, "objective.decoding=crf only: the learning rate of the token head's CRF scores (start, tag-to-tag, end) as a multiple of lr. They start at zero and Adam moves each by about its rate per step, so at a fine-tuning rate they would barely leave zero in a short run (NCBI disease NER, 600 steps at lr 1e-3: entity F1 0.790 at 1x, 0.813 at 30x; docs/benchmarks.md).", bounds=above(0))
     muon_momentum: float = option(0.95, "muon only: momentum of the block matrices' updates (Nesterov).", bounds=between(0, 1, high_open=True))
 
 
@@ -83,7 +84,7 @@ class ObjectiveConfig:
     pooling: str = option("auto", "Sequence classification and embeddings (contrastive): how one vector stands for the sequence, by name (last, first, mean); auto = last for a causal model, mean for a bidirectional one.")
     loss_on_prompt: bool = option(False, "sft: also learn to predict prompt tokens; by default only the completion (and its end token) carries loss.")
     head_transform: str = option("none", "Task heads: what the hidden states pass through before the output layer; an encoder's stock classes need theirs to export (ModernBERT: prediction; BERT's sequence classifier: pooler).", choices="slmkit.model.heads:TRANSFORMS")
-    decoding: str = option(ARGMAX_DECODING, "token_classification: how the head's per-token scores become tags wherever the model predicts (evaluation's entity F1, slmkit predict), saved with its head: argmax = each token's best label; bio = the best valid BIO sequence (Viterbi over the log-softmax scores; I-X only after B-X or I-X), which needs labels named O, B-TYPE, I-TYPE.", choices="slmkit.model.tag_decoding:TAG_DECODINGS")
+    decoding: str = option(ARGMAX_DECODING, "token_classification: how the head's per-token scores become tags wherever the model predicts (evaluation's entity F1, slmkit predict), saved with its head: argmax = each token's best label; bio = the best valid BIO sequence (Viterbi over the log-softmax scores; I-X only after B-X or I-X), which needs labels named O, B-TYPE, I-TYPE; crf = a linear-chain CRF on the head (learned start, tag-to-tag and end scores, trained with the sentence's likelihood instead of per-token cross-entropy) decoded by Viterbi, valid BIO when the labels are BIO.", choices="slmkit.model.tag_decoding:TAG_DECODINGS")
     mask_token: str = option("<|mask|>", "masked_lm: the tokenizer's mask token (list it in tokenizer.special_tokens after the end-of-document token).")
     mask_rate: float = option(0.15, "masked_lm: fraction of tokens to predict (BERT 0.15, ModernBERT 0.3); of those, 80% become the mask token, 10% a random token, 10% stay.", bounds=between(0, 1, low_open=True, high_open=True))
     whole_word_masking: bool = option(False, "masked_lm: mask whole words (every token of a chosen word) instead of single tokens.")

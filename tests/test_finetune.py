@@ -122,6 +122,20 @@ def test_bio_decoding_reads_a_trained_head_into_valid_bio_agreeing_with_valid_ar
             assert bio_tags == argmax_tags
 
 
+def test_a_crf_head_trains_its_transitions_by_the_sentence_likelihood_and_decodes_valid_bio(pretrained, tmp_path):
+    result, _ = finetune("ncbi-disease-ner", pretrained, tmp_path / "run", "objective.decoding=crf")
+    run = result.out_dir
+    assert all(torch.isfinite(torch.tensor(r["train_loss"])) for r in read_metrics(run) if "train_loss" in r)
+    assert eval_results(run)["ncbi_disease"]["details"]["decoding"] == "crf"
+    loaded = load_checkpoint(run)
+    head = loaded.model.heads[TOKEN_HEAD]
+    assert head.spec.decoding == "crf" and head.crf.transitions.abs().sum() > 0  # learned from their zero start
+    scorer = Scorer(loaded.model.eval(), loaded.tokenizer())
+    spec = resolve_task("ncbi_disease")
+    inputs = [word_spans(s.words) for s in sentences(spec, task_records(spec, "data"))[:20]]
+    assert all(is_valid_bio(tags) for tags in predict_tags(scorer, inputs, list(head.spec.labels)))
+
+
 def test_span_qa_finetune_scores_exact_match_and_f1(span_run):
     report = eval_results(span_run)["tatqa_text_spans"]
     assert set(report["metrics"]) == {"exact_match", "f1"}

@@ -165,6 +165,28 @@ def test_a_token_classifier_keeps_its_tag_decoding_through_export_and_import(tok
     config.pop("slmkit_tag_decoding")
     (out / "config.json").write_text(json.dumps(config))
     assert load_transformers_model(str(out))[0].head_specs[0].decoding == "argmax"
-    (out / "config.json").write_text(json.dumps({**config, "slmkit_tag_decoding": "crf"}))
-    with pytest.raises(SlmkitError, match="names slmkit_tag_decoding='crf', which slmkit cannot use .*delete that key"):
+    (out / "config.json").write_text(json.dumps({**config, "slmkit_tag_decoding": "semi-markov"}))
+    with pytest.raises(SlmkitError, match="names slmkit_tag_decoding='semi-markov', which slmkit cannot use .*delete that key"):
+        load_transformers_model(str(out))
+
+
+def test_a_crf_token_classifier_keeps_its_learned_transitions_through_export_and_import(tokenizer_path, tmp_path):
+    """The crf decoding's transitions travel in config.json (slmkit_tag_transitions) beside the class's weights, which
+    hold the per-token scores: the re-imported head has them bit for bit; a folder whose entry is damaged is refused."""
+    spec = HeadSpec("token_classification", ("O", "B-Disease", "I-Disease"), decoding="crf")
+    model = tiny_model(head=spec, n_kv_heads=2)
+    crf = model.heads["token_classification"].crf
+    with torch.no_grad():
+        for weight in (crf.start, crf.transitions, crf.end):
+            weight.copy_(torch.randn(weight.shape, generator=torch.Generator().manual_seed(weight.numel())))
+    out = run_export(ExportArgs(checkpoint=str(write_run(tmp_path / "run", tokenizer_path, model)), out=str(tmp_path / "hf")))
+    config = json.loads((out / "config.json").read_text())
+    assert config["slmkit_tag_decoding"] == "crf" and set(config["slmkit_tag_transitions"]) == {"start", "transitions", "end"}
+    back, _ = load_transformers_model(str(out))
+    assert back.head_specs[0].decoding == "crf"
+    for name in ("start", "transitions", "end"):
+        assert torch.equal(getattr(back.heads["token_classification"].crf, name), getattr(crf, name)), name
+    config["slmkit_tag_transitions"]["transitions"] = [[0.0, 1.0]]
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SlmkitError, match="names the crf decoding, but its slmkit_tag_transitions is not the CRF of a 3-label head"):
         load_transformers_model(str(out))

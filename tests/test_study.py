@@ -76,6 +76,17 @@ def test_statistics_over_seeds_and_against_the_baseline():
     assert rows["one"].p_value is None and "no test possible" in rows["one"].note and rows["one"].interval is None
 
 
+def test_cells_picks_the_cells_a_run_covers_and_refuses_one_the_study_lacks(shared_dir, tmp_path, capsys):
+    path = write_study(tmp_path, shared_dir)
+    assert main(["study", "run", str(path), "--cells", "high", "--dry-run"]) == 0
+    planned = capsys.readouterr().out.splitlines()
+    assert len(planned) == 2 and all("/lr/high/seed-" in line for line in planned)
+    assert main(["study", "run", str(path), "--cells", "high,medium"]) == 2
+    err = capsys.readouterr().err
+    assert "has no cell 'medium'; its cells are low, high" in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_study_runs_reports_and_continues_where_it_stopped(shared_dir, tmp_path, capsys):
     path = write_study(tmp_path, shared_dir)
     study = load_study(path)
@@ -159,12 +170,19 @@ def test_every_shipped_study_loads_with_every_cell_resolved(path):
 def test_the_baseline_gap_studies_compare_fine_tuning_rates_and_lengths_over_three_seeds(name, metric, rates):
     study = load_study(REPO_ROOT / "studies" / f"{name}.yaml")
     cells = ["ft600", *(f"lr{lr:.0e}".replace("e-0", "e-") for lr in rates[1:3]), "ft1200"]
-    assert list(study.cells) == cells and study.baseline == "ft600" and study.seeds() == [0, 1, 2]
+    assert list(study.cells)[:4] == cells and study.baseline == "ft600" and study.seeds() == [0, 1, 2]
     assert study.config.metrics[0] == metric
-    configs = check_study_runs(study)
+    configs, later = check_study_runs(study)[:4], check_study_runs(study)[4:]
     assert [c.trainer.max_steps for c in configs] == [600, 600, 600, 1200]
     assert [c.optim.lr for c in configs] == pytest.approx(rates)
     assert [c.optim.min_lr for c in configs] == pytest.approx([lr / 10 for lr in rates])
     if name == "ncbi-ner":
         assert {c.objective.decoding for c in configs} == {"bio"}
         assert {c.init_from for c in configs} == {"runs/biomedical-encoder-tiny-long/latest"}
+        # Then the levers at the recipe's rate and length: a learned CRF (at two rates of its own) and an encoder
+        # pretrained with whole-word masking.
+        assert list(study.cells)[4:] == ["crf", "crf-lr30x", "wwm"]
+        assert [c.objective.decoding for c in later] == ["crf", "crf", "bio"]
+        assert [c.optim.crf_lr_multiplier for c in later[:2]] == [1.0, 30.0]
+        assert later[2].init_from == "runs/biomedical-encoder-tiny-wwm/latest"
+        assert {(c.trainer.max_steps, c.optim.lr) for c in later} == {(600, 1e-3)}

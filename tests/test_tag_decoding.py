@@ -1,5 +1,5 @@
-"""Token-classification decoding: argmax per token, or the best valid BIO sequence (Viterbi), chosen by
-objective.decoding and recorded with the head."""
+"""Token-classification decoding: argmax per token, the best valid BIO sequence (Viterbi) or the best sequence under
+a learned CRF (tests/test_crf.py), chosen by objective.decoding and recorded with the head."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from slmkit.errors import SlmkitError
+from slmkit.model.crf import TagTransitions
 from slmkit.model.tag_decoding import argmax_tags, check_decoding, viterbi_tags
 from slmkit.model import TOKEN_HEAD
 from slmkit.objectives.token_classification import TokenClassification
@@ -82,10 +83,10 @@ def test_the_objectives_decoding_is_recorded_with_its_head_and_checked_before_tr
         TokenClassification.complete(resolve_recipe(
             "ncbi-disease-ner", ["objective.decoding=bio", "objective.labels=[O,Disease]"], follow_init_from=False))
     with pytest.raises(SlmkitError, match="objective.decoding"):
-        resolve_recipe("ncbi-disease-ner", ["objective.decoding=crf"], follow_init_from=False)
+        resolve_recipe("ncbi-disease-ner", ["objective.decoding=semi-markov"], follow_init_from=False)
 
 
-@pytest.mark.parametrize("decoding", ["argmax", "bio"])
+@pytest.mark.parametrize("decoding", ["argmax", "bio", "crf"])
 def test_a_word_without_its_own_token_is_o_and_bio_does_not_continue_an_entity_across_it(monkeypatch, decoding):
     """Punctuation the tokenizer joins to a neighbour has no first sub-token and is tagged O; under bio it is decoded
     as that O, so the word after it cannot be I-X (read naively, B-Disease O I-Disease)."""
@@ -98,12 +99,13 @@ def test_a_word_without_its_own_token_is_o_and_bio_does_not_continue_an_entity_a
     scores[1, NAMES.index("I-Disease")] = 5.0  # the third word's token, after the word that has none
     monkeypatch.setattr(token_classification, "encode_words", lambda *args: ([7, 8, 9, 10], [0, None, 1, None]))
     monkeypatch.setattr(token_classification, "head_outputs", lambda *args: [scores])
-    head = SimpleNamespace(spec=SimpleNamespace(decoding=decoding))
+    head = SimpleNamespace(spec=SimpleNamespace(decoding=decoding),
+                           crf=TagTransitions(len(NAMES)) if decoding == "crf" else None)
     scorer = SimpleNamespace(model=SimpleNamespace(heads={TOKEN_HEAD: head}), tokenizer=None, window=16,
                              prefix_id=None, pad_id=0, batch_size=1)
     [tags] = token_classification.predict_tags(scorer, [("a ) b c", [])], NAMES)
     assert tags[1] == tags[3] == "O" and len(tags) == 4
-    if decoding == "bio":
+    if decoding in ("bio", "crf"):
         assert is_valid_bio(tags) and tags[0] == "B-Disease" and tags[2] != "I-Disease"
     else:
         assert tags == ["B-Disease", "O", "I-Disease", "O"]

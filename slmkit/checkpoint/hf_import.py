@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from slmkit.errors import SlmkitError
-from slmkit.export.targets import TAG_DECODING_KEY, TARGETS, Piece, Target, head_keywords, same_copies, target_mismatches
-from slmkit.model import ARGMAX_DECODING, LM_HEAD, TOKEN_HEAD, HeadSpec, Model, ModelConfig
+from slmkit.export.targets import (TAG_DECODING_KEY, TAG_TRANSITIONS_KEY, TARGETS, Piece, Target, head_keywords, same_copies,
+                                  target_mismatches, transitions_of)
+from slmkit.model import ARGMAX_DECODING, CRF_DECODING, LM_HEAD, TOKEN_HEAD, HeadSpec, Model, ModelConfig
 from slmkit.model.tag_decoding import check_decoding
 from slmkit.tokenizer import TOKENIZER_FILE, tokenizer_differences
 
@@ -46,6 +47,7 @@ IGNORED_KEYS = {
     "global_attn_every_n_layers",  # ModernBERT's older spelling of layer_types, which is compared
     "reference_compile", "repad_logits_with_grad", "sparse_prediction", "sparse_pred_ignore_index", "deterministic_flash_attn",
     TAG_DECODING_KEY,  # how tags are read from the scores, not the scores: _head_of reads it into the head
+    TAG_TRANSITIONS_KEY,  # the same for a crf head's transitions, which describe_import reads into the head's CRF
 }
 # Keys a config may leave unset (None) for the class to derive from the width, and what it derives.
 DERIVED = {"head_dim": lambda c: c.head_dim, "n_inner": lambda c: 4 * c.d_model}
@@ -104,6 +106,7 @@ class ImportedModel:
     tokenizer_path: Path
     weights: list[Path]
     pickled: bool
+    transitions: dict[str, torch.Tensor] | None = None  # a crf head's learned transitions, from config.json
 
     @property
     def model_class(self) -> str:
@@ -136,6 +139,12 @@ def describe_import(source: str, allow_pickle: bool = False, key: str = "init_fr
     except SlmkitError as err:
         raise SlmkitError(f"{key}={source}: slmkit cannot represent this {model_type} model: {err}") from None
     head = _head_of(target, hf)
+    transitions = None
+    if head is not None and head.decoding == CRF_DECODING:
+        try:
+            transitions = transitions_of(hf, head.num_labels)
+        except SlmkitError as err:
+            raise SlmkitError(f"{key}={source}: its {HF_CONFIG} names the crf decoding, but {err}") from None
     differences = config_differences(hf, target, config, head)
     mismatches = target_mismatches(config, target, head.kind if head else LM_HEAD)
     if differences or mismatches:
@@ -155,7 +164,7 @@ def describe_import(source: str, allow_pickle: bool = False, key: str = "init_fr
         )
     _check_tokenizer_fits(tokenizer, config, key, source)
     tokenizer = run_tokenizer(folder, tokenizer, hf, config.causal, key, source)
-    return ImportedModel(folder, target, config, head, tokenizer, weights, pickled)
+    return ImportedModel(folder, target, config, head, tokenizer, weights, pickled, transitions)
 
 
 def _read_json(path: Path, key: str, source: str) -> dict[str, Any]:
@@ -422,6 +431,10 @@ def import_weights(model: Model, imported: ImportedModel, source: str, key: str 
             read.add(target_tensor.data_ptr())
             used.update(piece.theirs)
             del tensor
+        crf = model.heads[TOKEN_HEAD].crf if TOKEN_HEAD in loaded else None
+        if crf is not None and imported.transitions is not None:
+            for name, tensor in imported.transitions.items():
+                getattr(crf, name).copy_(tensor)
     _check_leftovers(tensors, used, key, source)
     source_heads = [imported.head.kind] if imported.head else []
     return InitReport(loaded, [name for name in model.heads if name not in loaded],

@@ -119,14 +119,15 @@ def labelled_tokens(tokenizer: Tokenizer, sentence: Sentence, names: list[str], 
 def predict_tags(scorer: Scorer, texts_and_spans: list[tuple[str, list[tuple[int, int]]]], names: list[str]) -> list[list[str]]:
     """One predicted tag per word (O for words past the window) with the model's token-classification head, read
     from the scores of each word's first sub-token by the head's decoding."""
-    decode = TAG_DECODINGS.get(scorer.model.heads[TOKEN_HEAD].spec.decoding)
+    head = scorer.model.heads[TOKEN_HEAD]
+    decode = TAG_DECODINGS.get(head.spec.decoding)
     encoded = [encode_words(scorer.tokenizer, text, spans, scorer.window, scorer.prefix_id) for text, spans in texts_and_spans]
     logits = head_outputs(scorer.model, [ids for ids, _ in encoded], TOKEN_HEAD, scorer.pad_id, scorer.batch_size)
     outside = names.index("O") if "O" in names else None
     tags = []
     for (_, first), row in zip(encoded, logits):
         if outside is None:  # no O to force: the words the window holds, in order, and the rest O
-            decoded = iter(decode(row[[p for p in first if p is not None]], names))
+            decoded = iter(decode(row[[p for p in first if p is not None]], names, head.crf))
             tags.append([names[next(decoded)] if p is not None else "O" for p in first])
             continue
         # A word with no sub-token of its own (punctuation the tokenizer joined to its neighbour) is tagged O, and
@@ -135,7 +136,7 @@ def predict_tags(scorer: Scorer, texts_and_spans: list[tuple[str, list[tuple[int
         forced = row.new_full((len(names),), float("-inf"))
         forced[outside] = 0.0
         scores = torch.stack([row[p] if p is not None else forced for p in first[:last + 1]]) if last >= 0 else row[:0]
-        tags.append([names[i] for i in decode(scores, names)] + ["O"] * (len(first) - last - 1))
+        tags.append([names[i] for i in decode(scores, names, head.crf)] + ["O"] * (len(first) - last - 1))
     return tags
 
 

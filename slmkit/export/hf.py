@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from slmkit.errors import SlmkitError
 from slmkit.export.chat_template import chat_template
 from slmkit.export.run import EXPORT_FORMATS, ExportContext
-from slmkit.export.targets import Target, head_keywords, select_target
+from slmkit.export.targets import Target, head_keywords, select_target, transitions_keyword
 from slmkit.export.tokenizer_files import write_tokenizer_files
 from slmkit.model import EMBEDDING_HEAD, LM_HEAD, HeadSpec, Model, ModelConfig
 
@@ -120,6 +120,8 @@ def mapped_checkpoint(context: ExportContext) -> tuple[Target, Any, dict[str, to
             f"no stock class computes it; fine-tune with objective.head_transform={cls.transforms[0]} to export"
         )
     config = hf_config(c, target, context.specials.ids(), head)
+    for name, value in transitions_keyword(slmkit_state(context.loaded.model)).items():
+        setattr(config, name, value)  # a crf head's transitions: no tensor of the class holds them
     return target, config, hf_state_dict(context.loaded.model, target, config, head.kind)
 
 

@@ -23,6 +23,11 @@ from slmkit.model import (CLASSIFIER_HEAD, EMBEDDING_HEAD, LM_HEAD, MASKED_LM_HE
 # keys it does not know and ignores them, slmkit's import reads it back, so the tags a re-imported model predicts are
 # the exporter's (argmax where the key is absent: a model from elsewhere).
 TAG_DECODING_KEY = "slmkit_tag_decoding"
+# The config.json key that carries a crf-decoded head's learned transitions ({start, transitions, end} as lists): the
+# class's weights hold only the per-token scores, which the CRF reads but does not change, so the few transition
+# scores travel beside them as numbers (a float32 written as JSON reads back bit for bit).
+TAG_TRANSITIONS_KEY = "slmkit_tag_transitions"
+TRANSITION_TENSORS = ("start", "transitions", "end")
 
 State = dict[str, torch.Tensor]
 WeightMap = Callable[[State, ModelConfig], State]  # slmkit's flat state dict -> the class's tensors
@@ -110,6 +115,30 @@ def head_keywords(target: "Target", head: HeadSpec) -> dict[str, Any]:
     if head.kind == TOKEN_HEAD:
         keywords[TAG_DECODING_KEY] = head.decoding
     return keywords
+
+
+def transitions_keyword(state: State) -> dict[str, Any]:
+    """The TAG_TRANSITIONS_KEY entry of a crf-decoded token head's tensors (state as slmkit_state names them); empty
+    for any other head."""
+    prefix = f"heads.{TOKEN_HEAD}.crf."
+    if prefix + TRANSITION_TENSORS[0] not in state:
+        return {}
+    return {TAG_TRANSITIONS_KEY: {name: state[prefix + name].float().tolist() for name in TRANSITION_TENSORS}}
+
+
+def transitions_of(hf: dict[str, Any], num_labels: int) -> dict[str, torch.Tensor]:
+    """The learned transitions a config.json carries, as tensors by name; SlmkitError when they are not
+    {start [labels], transitions [labels, labels], end [labels]}."""
+    entry = hf.get(TAG_TRANSITIONS_KEY)
+    shapes = {"start": (num_labels,), "transitions": (num_labels, num_labels), "end": (num_labels,)}
+    try:
+        tensors = {name: torch.tensor(entry[name], dtype=torch.float32) for name in TRANSITION_TENSORS}
+    except (TypeError, KeyError, ValueError):
+        tensors = {}
+    if not tensors or any(tuple(tensors[name].shape) != shapes[name] for name in TRANSITION_TENSORS):
+        raise SlmkitError(f"its {TAG_TRANSITIONS_KEY} is not the CRF of a {num_labels}-label head (start, transitions "
+                          f"and end of shapes {list(shapes.values())}): export the model again with slmkit")
+    return tensors
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from torch import nn
 
 from slmkit.errors import SlmkitError
 from slmkit.model.config import ModelConfig
+from slmkit.model.crf import TagTransitions
 from slmkit.model.norms import NORMS
 from slmkit.model.transformer import Transformer
 from slmkit.registry import Registry
@@ -38,6 +39,8 @@ IGNORE_INDEX = -100
 # How a token-classification head's scores are read unless its spec says otherwise: each token's best label
 # (slmkit.model.tag_decoding holds the decodings by name; the model only records the choice).
 ARGMAX_DECODING = "argmax"
+# The one decoding with weights of its own: a CRF's learned transitions, which the head then carries (slmkit.model.crf).
+CRF_DECODING = "crf"
 
 
 @dataclass(frozen=True)
@@ -224,7 +227,8 @@ class SequenceClassificationHead(Head):
 @HEADS.register(TOKEN_HEAD)
 class TokenClassificationHead(Head):
     """One label per token: the transform, dropout (training only) and `score` with a bias, as transformers' token
-    classifiers."""
+    classifiers. Under the crf decoding the head also carries the CRF's transitions (`crf`), which its scores do not
+    pass through: they are read by the training loss and the decoding."""
 
     def __init__(self, config: ModelConfig, spec: HeadSpec, body: Transformer):
         super().__init__(config, spec)
@@ -232,6 +236,7 @@ class TokenClassificationHead(Head):
         self.transform = TRANSFORMS.get(spec.transform)(config)
         self.dropout = nn.Dropout(config.dropout)
         self.score = nn.Linear(config.d_model, spec.num_labels)
+        self.crf = TagTransitions(spec.num_labels) if spec.decoding == CRF_DECODING else None
         self.reset_parameters()
 
     def forward(self, hidden: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -47,4 +47,22 @@ class TokenClassification(TaskObjective):
 
     def loss(self, model: Model, batch: Batch) -> torch.Tensor:
         logits = model(batch["input_ids"], padding_mask=batch["padding_mask"], head=TOKEN_HEAD)
-        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch["labels"].reshape(-1), ignore_index=IGNORE_INDEX)
+        crf = model.heads[TOKEN_HEAD].crf
+        if crf is None:
+            return F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch["labels"].reshape(-1),
+                                   ignore_index=IGNORE_INDEX)
+        emissions, tags, mask = tagged_positions(logits, batch["labels"])
+        # Per tag, as cross-entropy is, so that the loss and its learning rate keep their scale under either decoding.
+        return crf.negative_log_likelihood(emissions, tags, mask).sum() / mask.sum().clamp(min=1)
+
+
+def tagged_positions(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The scores and labels of the tagged tokens (each word's first sub-token), packed to the left of each row in
+    order: emissions [B, W, labels], tags [B, W], mask [B, W], W = the most words of a row. The CRF's steps run from
+    one word to the next, skipping the sub-tokens between them."""
+    tagged = labels != IGNORE_INDEX
+    order = torch.sort((~tagged).to(torch.int8), dim=1, stable=True).indices  # tagged positions first, in order
+    width = int(tagged.sum(1).max()) if labels.numel() else 0
+    order = order[:, :width]
+    emissions = logits.gather(1, order[..., None].expand(-1, -1, logits.size(-1)))
+    return emissions, labels.gather(1, order), tagged.gather(1, order)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -93,6 +93,14 @@ class Study:
 
     def run_folders(self, cell: str) -> list[Path]:
         return [self.folder / cell_folder(cell) / f"seed-{seed}" for seed in self.seeds()]
+
+    def only(self, cells: list[str]) -> "Study":
+        """The study cut to `cells` (what `slmkit study run --cells` runs); a cell it does not have is refused, named."""
+        unknown = [cell for cell in cells if cell not in self.cells]
+        if unknown or not cells:
+            raise SlmkitError(f"--cells {','.join(cells)}: study {self.path} has no cell {unknown[0] if unknown else ''!r}"
+                              f"; its cells are {', '.join(self.cells)}")
+        return replace(self, cells={cell: self.cells[cell] for cell in self.cells if cell in cells})
 
 
 def planned_run(study: Study, cell: str, seed: int) -> PlannedRun:

@@ -53,24 +53,29 @@ def muon_lr_multiplier(model: ModelConfig | None) -> float:
     return model.width_multiplier ** -0.5
 
 
-def scaled_groups(named: list[tuple[str, nn.Parameter]], weight_decay: float, lr: float,
-                  model: ModelConfig | None) -> list[dict]:
-    """decay_groups, split further by AdamW's μP lr multiplier, each group with its own lr; under the standard
-    parametrization exactly decay_groups' two groups (so older optimizer states load)."""
+def is_crf_transition(name: str) -> bool:
+    """A token head's CRF scores (objective.decoding=crf), which take optim.crf_lr_multiplier."""
+    return ".crf." in name
+
+
+def scaled_groups(named: list[tuple[str, nn.Parameter]], optim: OptimConfig, model: ModelConfig | None) -> list[dict]:
+    """decay_groups, split further by AdamW's μP lr multiplier and the CRF's, each group with its own lr; under the
+    standard parametrization and without a CRF exactly decay_groups' two groups (so older optimizer states load)."""
     by_multiplier: dict[float, list[nn.Parameter]] = defaultdict(list)
     for name, p in named:
-        by_multiplier[adamw_lr_multiplier(name, p, model)].append(p)
+        crf = optim.crf_lr_multiplier if is_crf_transition(name) else 1.0
+        by_multiplier[adamw_lr_multiplier(name, p, model) * crf].append(p)
     groups = []
     for multiplier, params in by_multiplier.items():
-        for group in decay_groups(params, weight_decay):
-            group["lr"] = lr * multiplier
+        for group in decay_groups(params, optim.weight_decay):
+            group["lr"] = optim.lr * multiplier
             groups.append(group)
     return groups
 
 
 @OPTIMIZERS.register("adamw")
 def adamw(named: list[tuple[str, nn.Parameter]], optim: OptimConfig, model: ModelConfig | None = None) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(scaled_groups(named, optim.weight_decay, optim.lr, model), lr=optim.lr,
+    return torch.optim.AdamW(scaled_groups(named, optim, model), lr=optim.lr,
                              betas=(optim.beta1, optim.beta2), eps=optim.eps, fused=torch.cuda.is_available() or None)
 
 
@@ -143,13 +148,12 @@ class MuonWithAdamW(torch.optim.Optimizer):
     the state dict holds both states for exact resume.
     """
 
-    def __init__(self, hidden: list[nn.Parameter], other: list[nn.Parameter], optim: OptimConfig,
+    def __init__(self, hidden: list[nn.Parameter], other: list[tuple[str, nn.Parameter]], optim: OptimConfig,
                  hidden_lr_multiplier: float = 1.0):
         muon_groups = [{"params": hidden, "weight_decay": optim.weight_decay,
                         "lr": (optim.muon_lr or optim.lr) * hidden_lr_multiplier}]
-        adamw_groups = decay_groups(other, optim.weight_decay)
-        for group in adamw_groups:
-            group["lr"] = optim.lr
+        # Everything AdamW steps here is an embedding, readout, norm, bias or CRF: μP leaves their lr as it is.
+        adamw_groups = scaled_groups(other, optim, None)
         super().__init__(muon_groups + adamw_groups, {})
         # match_rms_adamw (Moonshot) scales each update to AdamW's RMS, so Muon takes AdamW's learning rate as it is.
         self.muon = BatchedMuon(muon_groups, lr=optim.muon_lr or optim.lr, weight_decay=optim.weight_decay,
@@ -183,6 +187,5 @@ def muon(named: list[tuple[str, nn.Parameter]], optim: OptimConfig, model: Model
     hidden = [p for name, p in named if is_hidden_matrix(name, p)]
     if not hidden:
         raise SlmkitError("optim.name=muon found no trainable matrix inside the transformer blocks; use optim.name=adamw")
-    # Everything AdamW steps here is an embedding, readout, norm or bias: μP leaves their lr as it is.
-    return MuonWithAdamW(hidden, [p for name, p in named if not is_hidden_matrix(name, p)], optim,
+    return MuonWithAdamW(hidden, [(name, p) for name, p in named if not is_hidden_matrix(name, p)], optim,
                          muon_lr_multiplier(model))

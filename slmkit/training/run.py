@@ -27,7 +27,7 @@ from slmkit.data import MANIFEST, data_preparer
 from slmkit.errors import SlmkitError, Stopped
 from slmkit.eval.run import run_tasks_of
 from slmkit.lora import add_lora, merge_lora
-from slmkit.model import ARGMAX_DECODING, HeadSpec, Model
+from slmkit.model import ARGMAX_DECODING, CRF_DECODING, HeadSpec, Model
 from slmkit.objectives import OBJECTIVES, TOKEN_WINDOWS, Objective
 from slmkit.provenance import record_provenance, with_provenance
 from slmkit.streamed import describe as describe_streamed
@@ -252,8 +252,8 @@ def fit_vocabulary(config: RunConfig, tokenizer_path: Path) -> RunConfig:
 
 def _weights_of(heads: list[HeadSpec]) -> list[HeadSpec]:
     """The heads as their weights see them: a decoding reads scores and touches no weight, so a run may continue
-    under another one."""
-    return [dataclasses.replace(h, decoding=ARGMAX_DECODING) for h in heads]
+    under another one; the crf decoding alone has weights (its transitions), so it stays."""
+    return [h if h.decoding == CRF_DECODING else dataclasses.replace(h, decoding=ARGMAX_DECODING) for h in heads]
 
 
 def _check_same_architecture(config: RunConfig, ckpt_path: Path) -> None:
