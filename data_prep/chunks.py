@@ -9,10 +9,9 @@ from __future__ import annotations
 import collections
 import gzip
 import json
-import multiprocessing
 import os
 import signal
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional
@@ -20,6 +19,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 import numpy as np
 from tqdm import tqdm
 
+from data_prep.workers import WatchedPool
 from slmkit.atomic import atomic_path
 from slmkit.errors import SlmkitError
 
@@ -94,56 +94,44 @@ class ChunkPool:
 
     Tasks are pulled from the iterator only when a slot frees, so the producer (e.g. reading sources) never runs
     more than `in_flight` chunks ahead. With one worker everything runs in this process. A worker that dies (the
-    out-of-memory killer's SIGKILL) stops the run with a SlmkitError instead of leaving it waiting for ever.
+    out-of-memory killer's SIGKILL) stops the run with a SlmkitError in bounded time (see `workers`).
     """
 
     def __init__(self, workers: int, in_flight: int):
         self.workers = workers
         self.in_flight = max(1, in_flight)
-        self.executor: Optional[ProcessPoolExecutor] = None
-        self.others = set(multiprocessing.active_children())  # child processes that are not this pool's workers
-        if workers > 1:
-            # spawn: forked children would inherit tokenizers' and numpy's thread pools in an unusable state
-            self.executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                                initializer=_init_worker)
+        self.pool = WatchedPool(workers, initializer=_init_worker) if workers > 1 else None
 
     def map(self, function: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Any]:
-        if self.executor is None:
+        if self.pool is None:
             for task in tasks:
                 yield function(task)
             return
         pending: collections.deque[Future] = collections.deque()
         try:
             for task in tasks:
-                pending.append(self.executor.submit(function, task))
+                pending.append(self.pool.submit(function, task))
                 if len(pending) >= self.in_flight:
-                    yield pending.popleft().result()
+                    yield self.pool.result(pending.popleft())
             while pending:
-                yield pending.popleft().result()
+                yield self.pool.result(pending.popleft())
         except BrokenProcessPool:
             raise SlmkitError(WORKER_DIED.format(workers=self.workers)) from None
 
-    def close(self) -> None:
-        if self.executor is not None:
-            self.executor.shutdown(wait=True)
-            self.executor = None
+    def close(self, kill: bool = False) -> None:
+        if self.pool is not None:
+            self.pool.close(kill)
+            self.pool = None
 
     def stop(self) -> None:
         """Drops queued tasks and kills the workers: a failed or interrupted run waits for no chunk nobody will read."""
-        if self.executor is not None:
-            self.executor.shutdown(wait=False, cancel_futures=True)
-            # the executor has no public way to kill its workers: they are the children started since it was made
-            for process in set(multiprocessing.active_children()) - self.others:
-                process.kill()
-            self.executor = None
+        self.close(kill=True)
 
     def __enter__(self) -> "ChunkPool":
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if exc[0] is not None:
-            self.stop()
-        self.close()
+        self.close(kill=exc[0] is not None)
 
 
 # ---- counting and progress -----------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -115,6 +116,45 @@ def flip_bytes(path: Path, at: float = 0.5, count: int = 4) -> None:
 def truncate(path: Path, keep: float = 0.5) -> None:
     with open(path, "r+b") as f:
         f.truncate(int(path.stat().st_size * keep))
+
+
+# ---- worker processes ----------------------------------------------------------------------------------------
+
+def running(pid: int | None) -> bool:
+    """Whether a process is there and not a zombie (a killed orphan's zombie waits on init to reap it); a process
+    whose start failed has no pid."""
+    if pid is None:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def kill_the_first_worker_while_the_second_starts(monkeypatch, early: bool = False) -> list[SpawnProcess]:
+    """Makes CPython 3.11's submit/terminate race certain for a spawn pool whose workers start on demand: the first
+    worker is SIGKILLed while submit() is starting the second, which the executor, marking itself broken without
+    submit()'s lock, then never terminates. Late (the default), the kill lands as the second's start returns, slowly
+    (a loaded machine), so the executor has not recorded it yet; `early`, before the second has been handed the
+    pool's queues, which the executor has closed by then, so starting it fails with OSError("handle is closed").
+    Returns the list the processes being started are appended to."""
+    started: list[SpawnProcess] = []
+    start = SpawnProcess.start
+
+    def kill_the_first_worker() -> None:
+        os.kill(started[0].pid, signal.SIGKILL)
+        time.sleep(1)  # for the executor to notice
+
+    def start_and_kill_the_first_worker(process: SpawnProcess) -> None:
+        started.append(process)
+        if early and len(started) == 2:
+            kill_the_first_worker()
+        start(process)
+        if not early and len(started) == 2:
+            kill_the_first_worker()
+
+    monkeypatch.setattr(SpawnProcess, "start", start_and_kill_the_first_worker)
+    return started
 
 
 # ---- reading a run folder back -------------------------------------------------------------------------------

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
 
 import data_prep.curate as curate_module
 from data_helpers import curated_documents
+from fault_helpers import kill_the_first_worker_while_the_second_starts, running, wait_for
 from data_prep.curate import CHUNK_MEMORY_FACTOR
 from data_prep.pipeline import prepare
 from data_prep.report import render_markdown
@@ -152,6 +154,24 @@ def test_a_killed_worker_stops_the_run_with_one_error_and_the_rerun_resumes(tmp_
             prepare(data, TOKENIZER, tmp_path / "out", progress=False)
     finished = {path.name for path in (tmp_path / "out" / "work").rglob("curate/chunk_*.json")}
     assert "chunk_00000.json" in finished and "chunk_00002.json" not in finished
+    resumed = prepare(data, TOKENIZER, tmp_path / "out", progress=False)
+    fresh = prepare(config(corpus_dir, chunk_mb=0.03), TOKENIZER, tmp_path / "fresh", progress=False)
+    assert output_bytes(resumed.shards_dir) == output_bytes(fresh.shards_dir)
+
+
+@pytest.mark.timeout(120)  # a hang: the timeout fails it in minutes rather than at the suite's 600 s
+@pytest.mark.parametrize("early", [False, True], ids=["as-its-start-returns", "before-it-is-handed-the-queues"])
+def test_a_worker_killed_while_the_pool_starts_the_next_one_stops_the_run_in_bounded_time(tmp_path, corpus_dir,
+                                                                                          monkeypatch, early):
+    data = config(corpus_dir, chunk_mb=0.03, num_workers=2)
+    with monkeypatch.context() as patch:
+        started = kill_the_first_worker_while_the_second_starts(patch, early)
+        began = time.monotonic()
+        with pytest.raises(SlmkitError, match=r"out-of-memory killer.*lower data\.num_workers \(it is 2\)"):
+            prepare(data, TOKENIZER, tmp_path / "out", progress=False)
+    assert time.monotonic() - began < 60 and len(started) == 2
+    wait_for(lambda: not any(running(process.pid) for process in started), 10, "the workers to end with the run")
+    assert not (tmp_path / "out" / "manifest.json").exists()
     resumed = prepare(data, TOKENIZER, tmp_path / "out", progress=False)
     fresh = prepare(config(corpus_dir, chunk_mb=0.03), TOKENIZER, tmp_path / "fresh", progress=False)
     assert output_bytes(resumed.shards_dir) == output_bytes(fresh.shards_dir)

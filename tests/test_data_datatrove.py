@@ -13,13 +13,12 @@ import subprocess
 import sys
 import threading
 import time
-from multiprocessing.context import SpawnProcess
 from pathlib import Path
 
 import pytest
 
 from data_helpers import write_mixed_corpus
-from fault_helpers import wait_for
+from fault_helpers import kill_the_first_worker_while_the_second_starts, running, wait_for
 from data_prep.pipeline import prepare
 from data_prep.sources import SourceStats, iter_documents
 from slmkit.data_config import DataConfig, DedupConfig, SlurmConfig, SourceConfig, TokenizerConfig
@@ -132,14 +131,6 @@ def test_a_killed_worker_stops_the_run_with_a_clear_error_and_the_rerun_complete
     assert digests(tmp_path / "out") == pool_digests
 
 
-def running(pid: int) -> bool:
-    """Whether a process is there and not a zombie (a killed orphan's zombie waits on init to reap it)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 # The two ways the executor alone waited for ever on a killed worker, made certain (the test above hits them by
 # chance). They are hangs: the timeout fails them in minutes rather than at the suite's 600 s.
 @pytest.mark.timeout(120)
@@ -149,17 +140,7 @@ def test_a_worker_killed_while_the_pool_starts_the_next_one_stops_the_run_in_bou
     # machine), so the executor marks itself broken before it has recorded the second worker, never terminates it,
     # and its own shutdown would join it for ever.
     data = config(corpus, engine="datatrove", tasks=4, workers=2)
-    started = []
-    start = SpawnProcess.start
-
-    def start_then_kill_the_first_worker(process) -> None:
-        start(process)
-        started.append(process)
-        if len(started) == 2:
-            os.kill(started[0].pid, signal.SIGKILL)
-            time.sleep(1)
-
-    monkeypatch.setattr(SpawnProcess, "start", start_then_kill_the_first_worker)
+    started = kill_the_first_worker_while_the_second_starts(monkeypatch)
     began = time.monotonic()
     with pytest.raises(SlmkitError, match="died without a word.*Run again"):
         prepare(data, TOKENIZER, tmp_path / "out", progress=False)

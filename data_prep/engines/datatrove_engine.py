@@ -9,21 +9,15 @@ keyed by document position instead of rank. Every task first checks the corpus a
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import dataclasses
 import io
-import multiprocessing
-import multiprocessing.connection
 import os
-import signal
 import sys
-import threading
 import time
 from abc import abstractmethod
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from multiprocessing.context import SpawnContext, SpawnProcess
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,14 +25,14 @@ from data_prep.chunks import read_json, write_json
 from data_prep.curate import deduplicates
 from data_prep.engines import keyed
 from data_prep.plan import Plan
+from data_prep.workers import WatchedPool
 from slmkit.data import PreparedData
 from slmkit.data_config import DataConfig, TokenizerConfig
 from slmkit.errors import SlmkitError
 
 EXTRA = "pip install 'slmkit[distributed]'"
 RAY_EXTRA = "pip install 'slmkit[distributed]' 'ray>=2.9'"
-POLL_SECONDS = 0.5  # how often a node checks on the other nodes' share of a stage, and on its own worker processes
-WORKERS_EXIT_SECONDS = 10  # how long a finished run's idle workers get to exit before they are killed
+POLL_SECONDS = 0.5  # how often a node checks on the other nodes' share of a stage
 
 
 def require_datatrove() -> None:
@@ -242,7 +236,7 @@ def run_local_ranks(spec: RunSpec, stage: Stage, first: int, count: int) -> None
                               ) from None
 
 
-def run_stage_here(spec: RunSpec, layout: keyed.Layout, stage: Stage, pool: TaskPool | None) -> None:
+def run_stage_here(spec: RunSpec, layout: keyed.Layout, stage: Stage, pool: WatchedPool | None) -> None:
     """This node's share of a stage: on the pool's processes, one task each (so a killed one is noticed), or here."""
     first, count = node_share(stage.tasks, spec.data.nodes, spec.data.node_rank)
     executor = local_executor(spec, layout, stage, first, count)
@@ -252,92 +246,10 @@ def run_stage_here(spec: RunSpec, layout: keyed.Layout, stage: Stage, pool: Task
     if pool is None or len(ranks) == 1:
         run_local_ranks(spec, stage, first, count)
         return
-    pool.run(spec, stage, ranks)
-
-
-class WatchedSpawn(SpawnContext):
-    """The spawn context, keeping every process it starts: the executor has no public list of its workers."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.started: list[SpawnProcess] = []
-
-    def Process(self, *args: Any, **kwargs: Any) -> SpawnProcess:  # noqa: N802 (the name the executor calls)
-        process = SpawnProcess(*args, **kwargs)
-        self.started.append(process)
-        return process
-
-
-class TaskPool:
-    """One set of spawned worker processes for every stage (starting one costs seconds of imports), watched here.
-
-    The executor alone can wait for ever on a killed worker, in two ways. It learns of a death from the worker's end
-    of a pipe closing, and datatrove's manager process, which every task's run forks, keeps that end open after the
-    worker is killed. And (CPython 3.11) its manager thread marks the pool broken without the lock that submit()
-    holds, so a worker killed while submit() is still starting the next one (workers start on demand) leaves that
-    next one unterminated, which the manager thread then joins for ever (as shutdown(wait=True) joins the manager
-    thread). So the workers' exit codes are checked here every POLL_SECONDS, and closing the pool waits on nothing
-    unboundedly: what has not exited is killed, with everything it started.
-    """
-
-    def __init__(self, workers: int):
-        self.context = WatchedSpawn()
-        self.executor = concurrent.futures.ProcessPoolExecutor(workers, mp_context=self.context,
-                                                               initializer=lead_a_process_group)
-
-    def run(self, spec: RunSpec, stage: Stage, ranks: list[int]) -> None:
-        """One task per rank; a task's own error is raised as it is, a dead worker as the died-without-a-word one."""
-        try:
-            pending = {self.executor.submit(run_local_ranks, spec, stage, rank, 1) for rank in ranks}
-        except (BrokenProcessPool, OSError):
-            # a worker killed while the rest are still being submitted breaks the pool under submit(): in the race
-            # with the pool closing its pipes that surfaces as OSError("handle is closed"), not BrokenProcessPool
-            raise SlmkitError(died_without_a_word(spec, stage)) from None
-        try:
-            while pending:
-                if self.lost_a_worker():
-                    raise SlmkitError(died_without_a_word(spec, stage))
-                done, pending = concurrent.futures.wait(pending, POLL_SECONDS, concurrent.futures.FIRST_EXCEPTION)
-                for future in done:
-                    future.result()
-        except BrokenProcessPool:
-            raise SlmkitError(died_without_a_word(spec, stage)) from None
-
-    def lost_a_worker(self) -> bool:
-        """Whether a worker has exited, which none does before the pool is closed unless it was killed."""
-        return any(process.exitcode is not None for process in self.context.started)
-
-    def close(self, kill: bool) -> None:
-        """Ends every worker: idle ones get WORKERS_EXIT_SECONDS to exit, and a failed or interrupted run (`kill`)
-        waits for no task nobody will read: a killed task leaves no completion mark, so a rerun runs it again."""
-        self.executor.shutdown(wait=False, cancel_futures=True)
-        deadline = time.monotonic() + (0 if kill else WORKERS_EXIT_SECONDS)
-        for process in self.context.started:
-            if process.pid is None:  # its start failed (the pool broke under submit())
-                continue
-            process.join(max(0.0, deadline - time.monotonic()))
-            if process.exitcode != 0:
-                # still running, or killed: end it, then what it started (its process group, once it leads one)
-                process.kill()
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.join(WORKERS_EXIT_SECONDS)
-
-
-def lead_a_process_group() -> None:
-    """A worker's initializer: the worker leads a process group of its own, which closing the pool kills whole.
-
-    Signals sent to the main process's group (a terminal's Ctrl-C) then reach the main process alone, which stops
-    the workers itself; and a worker whose main process is gone, however it went, ends its group too.
-    """
-    os.setpgrp()
-    parent = multiprocessing.parent_process()
-    threading.Thread(target=end_the_group_with, args=(parent.sentinel,), daemon=True).start()
-
-
-def end_the_group_with(parent_sentinel: int) -> None:
-    multiprocessing.connection.wait([parent_sentinel])
-    os.killpg(0, signal.SIGKILL)
+    try:
+        pool.wait([pool.submit(run_local_ranks, spec, stage, rank, 1) for rank in ranks])
+    except BrokenProcessPool:
+        raise SlmkitError(died_without_a_word(spec, stage)) from None
 
 
 def died_without_a_word(spec: RunSpec, stage: Stage) -> str:
@@ -363,7 +275,8 @@ def run_local(spec: RunSpec, layout: keyed.Layout, progress: bool) -> None:
     def published() -> bool:
         return reusable_manifest(make_plan(data, spec.tokenizer, Path(spec.folder))) is not None
 
-    pool = TaskPool(workers) if workers > 1 else None
+    # one set of worker processes for every stage: starting one costs seconds of imports
+    pool = WatchedPool(workers) if workers > 1 else None
     finished = False
     try:
         for stage in stages(data):
@@ -374,6 +287,8 @@ def run_local(spec: RunSpec, layout: keyed.Layout, progress: bool) -> None:
         finished = True
     finally:
         if pool is not None:
+            # a failed or interrupted run waits for no task nobody will read: a killed task leaves no completion
+            # mark, so a rerun runs it again
             pool.close(kill=not finished)
 
 
