@@ -181,8 +181,8 @@ def test_the_baseline_gap_studies_compare_fine_tuning_rates_and_lengths_over_thr
         assert {c.init_from for c in configs} == {"runs/biomedical-encoder-tiny-long/latest"}
         # Then the levers at the recipe's rate and length: a learned CRF (at two rates of its own) and an encoder
         # pretrained with whole-word masking.
-        assert list(study.cells)[4:] == ["crf", "crf-lr30x", "wwm"]
-        assert [c.objective.decoding for c in later] == ["crf", "crf", "bio"]
-        assert [c.optim.crf_lr_multiplier for c in later[:2]] == [1.0, 30.0]
-        assert later[2].init_from == "runs/biomedical-encoder-tiny-wwm/latest"
+        assert list(study.cells)[4:] == ["crf", "crf-lr30x", "wwm", "wwm-crf"]
+        assert [c.objective.decoding for c in later] == ["crf", "crf", "bio", "crf"]
+        assert [c.optim.crf_lr_multiplier for c in later] == [1.0, 30.0, 30.0, 30.0]
+        assert [c.init_from for c in later[2:]] == ["runs/biomedical-encoder-tiny-wwm/latest"] * 2
         assert {(c.trainer.max_steps, c.optim.lr) for c in later} == {(600, 1e-3)}
