@@ -119,13 +119,11 @@ class ChunkPool:
             raise SlmkitError(WORKER_DIED.format(workers=self.workers)) from None
 
     def close(self, kill: bool = False) -> None:
+        """Ends the workers; `kill` drops queued tasks and kills them at once: a failed or interrupted run waits for no
+        chunk nobody will read."""
         if self.pool is not None:
             self.pool.close(kill)
             self.pool = None
-
-    def stop(self) -> None:
-        """Drops queued tasks and kills the workers: a failed or interrupted run waits for no chunk nobody will read."""
-        self.close(kill=True)
 
     def __enter__(self) -> "ChunkPool":
         return self

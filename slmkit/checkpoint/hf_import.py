@@ -433,8 +433,7 @@ def import_weights(model: Model, imported: ImportedModel, source: str, key: str 
             del tensor
         crf = model.heads[TOKEN_HEAD].crf if TOKEN_HEAD in loaded else None
         if crf is not None and imported.transitions is not None:
-            for name, tensor in imported.transitions.items():
-                getattr(crf, name).copy_(tensor)
+            crf.load_state_dict(imported.transitions)
     _check_leftovers(tensors, used, key, source)
     source_heads = [imported.head.kind] if imported.head else []
     return InitReport(loaded, [name for name in model.heads if name not in loaded],

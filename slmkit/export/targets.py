@@ -18,6 +18,7 @@ from slmkit.errors import SlmkitError
 from slmkit.export.accepts import Accepts, describe, unrepresentable
 from slmkit.model import (CLASSIFIER_HEAD, EMBEDDING_HEAD, LM_HEAD, MASKED_LM_HEAD, SPAN_HEAD, TOKEN_HEAD, HeadSpec,
                           ModelConfig)
+from slmkit.model.crf import TagTransitions
 
 # The config.json key that carries a token-classification head's tag decoding (objective.decoding): transformers keeps
 # keys it does not know and ignores them, slmkit's import reads it back, so the tags a re-imported model predicts are
@@ -27,7 +28,7 @@ TAG_DECODING_KEY = "slmkit_tag_decoding"
 # class's weights hold only the per-token scores, which the CRF reads but does not change, so the few transition
 # scores travel beside them as numbers (a float32 written as JSON reads back bit for bit).
 TAG_TRANSITIONS_KEY = "slmkit_tag_transitions"
-TRANSITION_TENSORS = ("start", "transitions", "end")
+CRF_PREFIX = f"heads.{TOKEN_HEAD}.crf."  # the CRF's tensors in slmkit's flat state, by their names in TagTransitions
 
 State = dict[str, torch.Tensor]
 WeightMap = Callable[[State, ModelConfig], State]  # slmkit's flat state dict -> the class's tensors
@@ -120,25 +121,22 @@ def head_keywords(target: "Target", head: HeadSpec) -> dict[str, Any]:
 def transitions_keyword(state: State) -> dict[str, Any]:
     """The TAG_TRANSITIONS_KEY entry of a crf-decoded token head's tensors (state as slmkit_state names them); empty
     for any other head."""
-    prefix = f"heads.{TOKEN_HEAD}.crf."
-    if prefix + TRANSITION_TENSORS[0] not in state:
-        return {}
-    return {TAG_TRANSITIONS_KEY: {name: state[prefix + name].float().tolist() for name in TRANSITION_TENSORS}}
+    crf = {name.removeprefix(CRF_PREFIX): t.float().tolist() for name, t in state.items() if name.startswith(CRF_PREFIX)}
+    return {TAG_TRANSITIONS_KEY: crf} if crf else {}
 
 
 def transitions_of(hf: dict[str, Any], num_labels: int) -> dict[str, torch.Tensor]:
-    """The learned transitions a config.json carries, as tensors by name; SlmkitError when they are not
-    {start [labels], transitions [labels, labels], end [labels]}."""
+    """The learned transitions a config.json carries, as TagTransitions' state dict; SlmkitError when they are not
+    exactly the tensors of a `num_labels`-label CRF."""
+    crf = TagTransitions(num_labels)
+    shapes = [list(t.shape) for t in crf.state_dict().values()]
     entry = hf.get(TAG_TRANSITIONS_KEY)
-    shapes = {"start": (num_labels,), "transitions": (num_labels, num_labels), "end": (num_labels,)}
     try:
-        tensors = {name: torch.tensor(entry[name], dtype=torch.float32) for name in TRANSITION_TENSORS}
-    except (TypeError, KeyError, ValueError):
-        tensors = {}
-    if not tensors or any(tuple(tensors[name].shape) != shapes[name] for name in TRANSITION_TENSORS):
-        raise SlmkitError(f"its {TAG_TRANSITIONS_KEY} is not the CRF of a {num_labels}-label head (start, transitions "
-                          f"and end of shapes {list(shapes.values())}): export the model again with slmkit")
-    return tensors
+        crf.load_state_dict({name: torch.tensor(value, dtype=torch.float32) for name, value in entry.items()})
+    except (AttributeError, TypeError, ValueError, RuntimeError):
+        raise SlmkitError(f"its {TAG_TRANSITIONS_KEY} is not the CRF of a {num_labels}-label head "
+                          f"({', '.join(crf.state_dict())} of shapes {shapes}): export the model again with slmkit") from None
+    return crf.state_dict()
 
 
 @dataclass(frozen=True)

@@ -24,10 +24,6 @@ class TagTransitions(nn.Module):
         self.transitions = nn.Parameter(torch.zeros(num_labels, num_labels))
         self.end = nn.Parameter(torch.zeros(num_labels))
 
-    def reset_parameters(self) -> None:
-        for weight in (self.start, self.transitions, self.end):
-            nn.init.zeros_(weight)
-
     def negative_log_likelihood(self, emissions: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """-log p(tags | emissions) per sequence [B] for emissions [B, W, labels], tags [B, W] and mask [B, W] (True =
         a tag of the sequence; each row's tags first, then padding). A row with no tag scores 0."""
