@@ -16,7 +16,7 @@ import torch
 
 from slmkit.errors import SlmkitError
 from slmkit.export.accepts import Accepts, describe, unrepresentable
-from slmkit.model import (CLASSIFIER_HEAD, EMBEDDING_HEAD, LM_HEAD, MASKED_LM_HEAD, SPAN_HEAD, TOKEN_HEAD, HeadSpec,
+from slmkit.model import (CLASSIFIER_HEAD, CRF_PREFIX, EMBEDDING_HEAD, LM_HEAD, MASKED_LM_HEAD, SPAN_HEAD, TOKEN_HEAD, HeadSpec,
                           ModelConfig)
 from slmkit.model.crf import TagTransitions
 
@@ -28,7 +28,6 @@ TAG_DECODING_KEY = "slmkit_tag_decoding"
 # class's weights hold only the per-token scores, which the CRF reads but does not change, so the few transition
 # scores travel beside them as numbers (a float32 written as JSON reads back bit for bit).
 TAG_TRANSITIONS_KEY = "slmkit_tag_transitions"
-CRF_PREFIX = f"heads.{TOKEN_HEAD}.crf."  # the CRF's tensors in slmkit's flat state, by their names in TagTransitions
 
 State = dict[str, torch.Tensor]
 WeightMap = Callable[[State, ModelConfig], State]  # slmkit's flat state dict -> the class's tensors

@@ -7,7 +7,7 @@ from slmkit.model.attention import ATTENTION_KERNELS, ATTENTION_LAYERS, Attentio
 from slmkit.model.cache import KVCache, KVSlot
 from slmkit.model.config import ModelConfig
 from slmkit.model.feedforward import FEEDFORWARDS, FeedForward
-from slmkit.model.heads import (ARGMAX_DECODING, CLASSIFIER_HEAD, CRF_DECODING, EMBEDDING_HEAD, HEADS, IGNORE_INDEX, LM_HEAD, MASKED_LM_HEAD, POOLINGS, SPAN_HEAD,
+from slmkit.model.heads import (ARGMAX_DECODING, CLASSIFIER_HEAD, CRF_DECODING, CRF_PREFIX, EMBEDDING_HEAD, HEADS, IGNORE_INDEX, LM_HEAD, MASKED_LM_HEAD, POOLINGS, SPAN_HEAD,
                                  TOKEN_HEAD, TRANSFORMS, Head, HeadSpec, resolve_pooling)
 from slmkit.model.model import Model
 from slmkit.model.norms import NORMS, RMSNorm
@@ -21,6 +21,7 @@ __all__ = [
     "BLOCKS",
     "CLASSIFIER_HEAD",
     "CRF_DECODING",
+    "CRF_PREFIX",
     "EMBEDDING_HEAD",
     "AttentionLayer",
     "AttentionMask",

@@ -39,8 +39,10 @@ IGNORE_INDEX = -100
 # How a token-classification head's scores are read unless its spec says otherwise: each token's best label
 # (slmkit.model.tag_decoding holds the decodings by name; the model only records the choice).
 ARGMAX_DECODING = "argmax"
-# The one decoding with weights of its own: a CRF's learned transitions, which the head then carries (slmkit.model.crf).
+# The one decoding with weights of its own: a CRF's learned transitions, which the head then carries (slmkit.model.crf),
+# named in the model's state by CRF_PREFIX + their names in TagTransitions (the optimizer and export find them so).
 CRF_DECODING = "crf"
+CRF_PREFIX = f"heads.{TOKEN_HEAD}.crf."
 
 
 @dataclass(frozen=True)

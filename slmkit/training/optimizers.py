@@ -17,6 +17,7 @@ from torch import nn
 
 from slmkit.config import OptimConfig
 from slmkit.errors import SlmkitError
+from slmkit.model import CRF_PREFIX
 from slmkit.model.config import ModelConfig
 from slmkit.registry import Registry
 
@@ -55,7 +56,7 @@ def muon_lr_multiplier(model: ModelConfig | None) -> float:
 
 def is_crf_transition(name: str) -> bool:
     """A token head's CRF scores (objective.decoding=crf), which take optim.crf_lr_multiplier."""
-    return ".crf." in name
+    return name.startswith(CRF_PREFIX)
 
 
 def scaled_groups(named: list[tuple[str, nn.Parameter]], optim: OptimConfig, model: ModelConfig | None) -> list[dict]:
