@@ -200,6 +200,7 @@ class DataConfig:
     bucket_tasks: int = option(0, "datatrove: tasks of the MinHash bucket stage; a multiple of its bucket count (LSH bands, plus one for exact digests); 0 = one per bucket.", bounds=at_least(0))
     nodes: int = option(1, "datatrove local executor: machines sharing the run over one folder; each runs its share of every stage's tasks (datatrove's local rank offsets).", bounds=at_least(1))
     node_rank: int = option(0, "datatrove local executor: which of data.nodes this machine is (0 .. nodes-1); node 0 publishes the result.", bounds=at_least(0))
+    node_timeout_minutes: float = option(30.0, "datatrove local executor with data.nodes > 1: how long a node waits on another node that shows no sign of life (its heartbeat file, touched every few seconds, unchanged; or never started) before it stops with a message naming that node.", bounds=above(0))
     slurm: SlurmConfig = field(default_factory=SlurmConfig, metadata={"doc": "SLURM settings of data.executor=slurm."})
     publish_to: str = option("", "Also copy the prepared shards, tokenizer and report to this folder or fsspec URL (s3://, gs://), the manifest last; checked for writing before any work.")
     shards_from: str = option("", "Train on the prepared folder at this folder or fsspec URL (s3://, gs://; what data.publish_to wrote) instead of preparing data: each shard is fetched, checked against the manifest's sha256, into $SLMKIT_CACHE/streamed/ when first read. The sources and tokenizer settings are then unused.")

@@ -84,6 +84,39 @@ def test_two_nodes_each_running_half_of_the_tasks_write_the_same_bytes(tmp_path,
     assert not logs.exists()
 
 
+def test_a_node_that_never_starts_stops_the_other_with_a_message_naming_it(tmp_path, corpus, pool_digests):
+    data = config(corpus, engine="datatrove", tasks=4, workers=1, nodes=2, node_timeout_minutes=0.03)
+    started = time.monotonic()
+    with pytest.raises(SlmkitError, match=r"node 1 of data.nodes=2 has not started .* tasks \[2, 3\] of stage 'curate'"
+                       r".*data.node_rank=1"):
+        prepare(data, TOKENIZER, tmp_path / "out", progress=False)
+    assert time.monotonic() - started < 60
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    # the run is not lost: node 0 alone, now as the only node, finishes it with the pool's bytes
+    prepare(config(corpus, engine="datatrove", tasks=4, workers=1), TOKENIZER, tmp_path / "out", progress=False)
+    assert digests(tmp_path / "out") == pool_digests
+
+
+def test_a_node_waiting_for_node_0_to_list_the_inputs_stops_if_node_0_never_starts(tmp_path, corpus):
+    data = config(corpus, engine="datatrove", tasks=4, workers=1, nodes=2, node_rank=1, node_timeout_minutes=0.01)
+    with pytest.raises(SlmkitError, match="node 0 of data.nodes=2 has not started .* node 0 to list the run's inputs"):
+        prepare(data, TOKENIZER, tmp_path / "out", progress=False)
+
+
+def test_a_beating_node_is_waited_for_and_a_silent_one_is_not(tmp_path):
+    from data_prep.engines.heartbeat import Heartbeat, NodeWatch
+
+    watch = NodeWatch(tmp_path, nodes=2, timeout_minutes=0.5 / 60)
+    with Heartbeat(tmp_path, 1, every=0.05):
+        for _ in range(20):  # 1.5 s: three timeouts long, alive all along
+            watch.check([1], "its tasks")
+            time.sleep(0.075)
+    with pytest.raises(SlmkitError, match="node 1 of data.nodes=2 has shown no sign of life .* waits for its tasks"):
+        for _ in range(40):
+            watch.check([1], "its tasks")
+            time.sleep(0.05)
+
+
 def test_a_deleted_task_alone_runs_again_and_the_bytes_hold(tmp_path, corpus, pool_digests, monkeypatch):
     data = config(corpus, engine="datatrove", tasks=3, workers=1)
     with monkeypatch.context() as patch:

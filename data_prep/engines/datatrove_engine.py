@@ -24,6 +24,7 @@ from typing import Any, Callable
 from data_prep.chunks import read_json, write_json
 from data_prep.curate import deduplicates
 from data_prep.engines import keyed
+from data_prep.engines.heartbeat import Heartbeat, NodeWatch
 from data_prep.plan import Plan
 from data_prep.workers import WatchedPool
 from slmkit.data import PreparedData
@@ -214,6 +215,11 @@ def node_share(tasks: int, nodes: int, node_rank: int) -> tuple[int, int]:
     return first, end - first
 
 
+def share_owner(rank: int, tasks: int, nodes: int) -> int:
+    """The node whose share of a stage's tasks holds task `rank` (node_share's inverse)."""
+    return next(node for node in range(nodes) if rank < sum(node_share(tasks, nodes, node)))
+
+
 # ---- the local executor ---------------------------------------------------------------------------------------
 
 def local_executor(spec: RunSpec, layout: keyed.Layout, stage: Stage, first: int, count: int) -> LocalPipelineExecutor:
@@ -258,16 +264,29 @@ def died_without_a_word(spec: RunSpec, stage: Stage) -> str:
             f"(lower data.workers, {spec.data.workers}, if memory is short)")
 
 
-def wait_for_stage(layout: keyed.Layout, stage: Stage, published: Callable[[], bool]) -> None:
-    """Waits until every task of a stage is complete, on whichever node it ran (or the run is published)."""
+def wait_for_stage(spec: RunSpec, layout: keyed.Layout, stage: Stage, published: Callable[[], bool],
+                   watch: NodeWatch | None) -> None:
+    """Waits until every task of a stage is complete, on whichever node it ran (or the run is published); stops
+    once a node that owes tasks shows no sign of life."""
     executor = LocalPipelineExecutor([], tasks=stage.tasks, logging_dir=logging_dir(layout, stage))
-    while executor.get_incomplete_ranks(range(stage.tasks)):
+    while incomplete := executor.get_incomplete_ranks(range(stage.tasks)):
         if published():
             return
+        if watch is not None:
+            owing = {share_owner(rank, stage.tasks, spec.data.nodes) for rank in incomplete} - {spec.data.node_rank}
+            watch.check(sorted(owing), f"tasks {incomplete} of stage {stage.name!r}")
         time.sleep(POLL_SECONDS)
 
 
-def run_local(spec: RunSpec, layout: keyed.Layout, progress: bool) -> None:
+def node_watch(layout: keyed.Layout, data: DataConfig) -> tuple[contextlib.AbstractContextManager[Any], NodeWatch | None]:
+    """This node's heartbeat and its watch over the other nodes of a shared run; nothing for a run on one node."""
+    if data.nodes == 1:
+        return contextlib.nullcontext(), None
+    folder = layout.root / "datatrove" / "nodes"
+    return Heartbeat(folder, data.node_rank), NodeWatch(folder, data.nodes, data.node_timeout_minutes)
+
+
+def run_local(spec: RunSpec, layout: keyed.Layout, progress: bool, watch: NodeWatch | None) -> None:
     data = spec.data
     workers = data.workers or os.cpu_count() or 1
     from data_prep.prepare import make_plan, reusable_manifest
@@ -283,7 +302,7 @@ def run_local(spec: RunSpec, layout: keyed.Layout, progress: bool) -> None:
             if progress:
                 print(f"datatrove: {stage.name} ({stage.tasks} task{'s' * (stage.tasks > 1)})", file=sys.stderr, flush=True)
             run_stage_here(spec, layout, stage, pool)
-            wait_for_stage(layout, stage, published)
+            wait_for_stage(spec, layout, stage, published, watch)
         finished = True
     finally:
         if pool is not None:
@@ -369,8 +388,10 @@ def prepare_on_datatrove(plan: Plan, data: DataConfig, tokenizer: TokenizerConfi
     if data.executor == "ray":
         run_on_ray(spec, layout, progress)
     else:
-        wait_for_units(layout)
-        run_local(spec, layout, progress)
+        heartbeat, watch = node_watch(layout, data)
+        with heartbeat:
+            wait_for_units(layout, watch)
+            run_local(spec, layout, progress, watch)
     manifest = reusable_manifest(plan)
     if manifest is None:
         raise SlmkitError(f"the datatrove run finished without publishing {plan.folder}; see the task logs under "
@@ -380,6 +401,8 @@ def prepare_on_datatrove(plan: Plan, data: DataConfig, tokenizer: TokenizerConfi
     return dataclasses.replace(reused(plan, manifest), reused=False)
 
 
-def wait_for_units(layout: keyed.Layout) -> None:
+def wait_for_units(layout: keyed.Layout, watch: NodeWatch | None) -> None:
     while not (layout.root / keyed.UNITS).is_file():  # node 0 lists the inputs
+        if watch is not None:
+            watch.check([0], "node 0 to list the run's inputs")
         time.sleep(POLL_SECONDS)
