@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 import numpy as np
 from tqdm import tqdm
 
-from data_prep.workers import WatchedPool
+from data_prep.workers import WatchedPool, WorkerEnd
 from slmkit.atomic import atomic_path
 from slmkit.errors import SlmkitError
 
@@ -82,11 +82,11 @@ def _init_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-WORKER_DIED = (
-    "a data worker process died without a word (killed, most likely by the out-of-memory killer); the run is stopped. "
-    "Give each worker less text at once: lower data.num_workers (it is {workers}), data.memory_limit_mb or "
-    "data.chunk_mb, and run again: finished chunks are kept, so it resumes where this one stopped"
-)
+def worker_died(end: WorkerEnd, workers: int) -> str:
+    advice = (f"Give each worker less text at once: lower data.num_workers (it is {workers}), data.memory_limit_mb or "
+              f"data.chunk_mb, and run again" if end.killed else "Fix that and run again")
+    return (f"a data worker process {end}; the run is stopped. {advice}: finished chunks are kept, so it resumes where "
+            f"this one stopped")
 
 
 class ChunkPool:
@@ -116,7 +116,7 @@ class ChunkPool:
             while pending:
                 yield self.pool.result(pending.popleft())
         except BrokenProcessPool:
-            raise SlmkitError(WORKER_DIED.format(workers=self.workers)) from None
+            raise SlmkitError(worker_died(self.pool.how_a_worker_went(), self.workers)) from None
 
     def close(self, kill: bool = False) -> None:
         """Ends the workers; `kill` drops queued tasks and kills them at once: a failed or interrupted run waits for no

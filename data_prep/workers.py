@@ -26,6 +26,7 @@ import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from multiprocessing.context import SpawnContext, SpawnProcess
 from typing import Any, Callable, Iterable, Optional
 
@@ -88,6 +89,14 @@ class WatchedPool:
         """Whether a worker has exited, which none does before the pool is closed unless it was killed."""
         return any(process.exitcode is not None for process in self.context.started)
 
+    def how_a_worker_went(self) -> WorkerEnd:
+        """How the first worker that left went: a kill (memory, most likely) and an error of its own want different
+        advice, and the pool's BrokenProcessPool says neither."""
+        codes = [process.exitcode for process in self.context.started if process.exitcode not in (None, 0)]
+        # once one worker is lost the executor terminates the rest (SIGTERM): their ends are effects, not the cause
+        causes = [code for code in codes if code > 0] or [code for code in codes if code != -signal.SIGTERM] or codes
+        return WorkerEnd(causes[0] if causes else None)
+
     def close(self, kill: bool) -> None:
         """Ends every worker: idle ones get WORKERS_EXIT_SECONDS to exit, and a failed or interrupted run (`kill`)
         waits for no task nobody will read: a killed task leaves nothing that looks finished, so a rerun does it
@@ -104,6 +113,29 @@ class WatchedPool:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
                 process.join(WORKERS_EXIT_SECONDS)
+
+
+@dataclass(frozen=True)
+class WorkerEnd:
+    """A lost worker's exit code (negative: the signal that ended it; None: unknown, as when its start failed)."""
+
+    exitcode: Optional[int]
+
+    @property
+    def killed(self) -> bool:
+        return self.exitcode is None or self.exitcode < 0
+
+    def __str__(self) -> str:
+        if not self.killed:
+            # spawn runs the main module again in every worker: a script without the guard fails there, at start
+            return (f"exited with code {self.exitcode}, an error in the worker itself (its traceback is printed above; "
+                    f"in a Python script that prepares data, the usual one is a missing `if __name__ == \"__main__\":` "
+                    f"guard, since every worker process runs the script's top level again)")
+        try:
+            by = signal.Signals(-self.exitcode).name  # type: ignore[operator]
+        except (TypeError, ValueError):
+            by = "a signal"
+        return f"died without a word (killed by {by}, most likely by the out-of-memory killer)"
 
 
 def start_worker(initializer: Optional[Callable[[], None]]) -> None:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -157,6 +160,30 @@ def test_a_killed_worker_stops_the_run_with_one_error_and_the_rerun_resumes(tmp_
     resumed = prepare(data, TOKENIZER, tmp_path / "out", progress=False)
     fresh = prepare(config(corpus_dir, chunk_mb=0.03), TOKENIZER, tmp_path / "fresh", progress=False)
     assert output_bytes(resumed.shards_dir) == output_bytes(fresh.shards_dir)
+
+
+UNGUARDED_SCRIPT = """
+import pickle, sys
+from pathlib import Path
+from data_prep.pipeline import prepare
+data, tokenizer = pickle.loads(Path(sys.argv[1]).read_bytes())
+prepare(data, tokenizer, Path(sys.argv[2]), progress=False)
+"""
+
+
+def test_a_worker_that_fails_on_its_own_is_not_blamed_on_memory(tmp_path, corpus_dir):
+    # spawned workers run a script's top level again: without the __main__ guard each one fails as it starts
+    recipe, script = tmp_path / "recipe.pkl", tmp_path / "prepare_unguarded.py"
+    recipe.write_bytes(pickle.dumps((config(corpus_dir, chunk_mb=0.03, num_workers=2), TOKENIZER)))
+    script.write_text(UNGUARDED_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, str(script), str(recipe), str(tmp_path / "out")], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "a data worker process exited with code 1" in result.stderr
+    assert 'if __name__ == "__main__":' in result.stderr and "Fix that and run again" in result.stderr
+    assert "out-of-memory" not in result.stderr.split("exited with code 1")[1]
 
 
 @pytest.mark.timeout(120)  # a hang: the timeout fails it in minutes rather than at the suite's 600 s

@@ -26,7 +26,7 @@ from data_prep.curate import deduplicates
 from data_prep.engines import keyed
 from data_prep.engines.heartbeat import Heartbeat, NodeWatch
 from data_prep.plan import Plan
-from data_prep.workers import WatchedPool
+from data_prep.workers import WatchedPool, WorkerEnd
 from slmkit.data import PreparedData
 from slmkit.data_config import DataConfig, TokenizerConfig
 from slmkit.errors import SlmkitError
@@ -255,13 +255,13 @@ def run_stage_here(spec: RunSpec, layout: keyed.Layout, stage: Stage, pool: Watc
     try:
         pool.wait([pool.submit(run_local_ranks, spec, stage, rank, 1) for rank in ranks])
     except BrokenProcessPool:
-        raise SlmkitError(died_without_a_word(spec, stage)) from None
+        raise SlmkitError(task_process_died(spec, stage, pool.how_a_worker_went())) from None
 
 
-def died_without_a_word(spec: RunSpec, stage: Stage) -> str:
-    return (f"a datatrove task process of stage {stage.name!r} died without a word (killed, most likely by the "
-            f"out-of-memory killer); nothing is published. Run again: finished tasks are kept and only the rest run "
-            f"(lower data.workers, {spec.data.workers}, if memory is short)")
+def task_process_died(spec: RunSpec, stage: Stage, end: WorkerEnd) -> str:
+    memory = f" (lower data.workers, {spec.data.workers}, if memory is short)" if end.killed else ""
+    return (f"a datatrove task process of stage {stage.name!r} {end}; nothing is published. Run again: finished tasks "
+            f"are kept and only the rest run{memory}")
 
 
 def wait_for_stage(spec: RunSpec, layout: keyed.Layout, stage: Stage, published: Callable[[], bool],
