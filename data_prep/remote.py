@@ -11,7 +11,7 @@ from pathlib import PurePosixPath
 from typing import IO, Any
 
 from slmkit.errors import SlmkitError
-from slmkit.filesystems import filesystem, is_url, unreachable
+from slmkit.filesystems import filesystem, is_url, make_folders, unreachable
 
 __all__ = ["RemotePath", "list_files", "source_file", "relative_name", "check_writable", "publish_copy"]
 
@@ -94,7 +94,7 @@ def check_writable(url: str) -> None:
     fs, path = filesystem(url)
     probe = f"{path.rstrip('/')}/{PROBE}"
     try:
-        fs.makedirs(path, exist_ok=True)
+        make_folders(fs, path)
         with fs.open(probe, "wb") as handle:
             handle.write(b"slmkit")
         fs.rm(probe)
@@ -117,7 +117,7 @@ def publish_copy(folder: Any, url: str, manifest_name: str) -> None:
         for file in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != manifest_name
                            and "work" not in p.relative_to(folder).parts and "curated" not in p.relative_to(folder).parts):
             parent = file.parent.relative_to(folder).as_posix()
-            fs.makedirs(target if parent == "." else f"{target}/{parent}", exist_ok=True)
+            make_folders(fs, target if parent == "." else f"{target}/{parent}")
             fs.put_file(str(file), f"{target}/{file.relative_to(folder).as_posix()}")
         fs.pipe_file(f"{target}/{manifest_name}", manifest)
     except (OSError, ValueError) as error:

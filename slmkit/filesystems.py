@@ -37,6 +37,16 @@ def filesystem(url: str) -> tuple[Any, str]:
         raise SlmkitError(f"{url}: {error}; use a local path or an fsspec URL (s3://, gs://, memory://, file://)") from None
 
 
+def make_folders(fs: Any, path: str) -> None:
+    """Makes the folders a file about to be written under `path` needs, where the file system has folders at all.
+
+    An object store has keys, not folders, and its `makedirs` makes the bucket: a mistyped bucket name would become a
+    new bucket (where the credentials allow it) holding the data, instead of an error."""
+    protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
+    if not protocols & set(BACKENDS):
+        fs.makedirs(path, exist_ok=True)
+
+
 def unreachable(url: str, error: Exception) -> SlmkitError:
     return SlmkitError(f"{url} cannot be reached ({type(error).__name__}: {error}); check the URL, the network and "
                        f"the credentials of its store")
