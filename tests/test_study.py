@@ -151,6 +151,18 @@ def test_more_parallel_runs_than_cores_are_refused(shared_dir, tmp_path, capsys)
     assert "launcher.parallel=10000" in capsys.readouterr().err
 
 
+def test_a_busy_machine_is_noted_before_the_runs_start(monkeypatch):
+    from slmkit.research import launch
+
+    said: list[str] = []
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.5 * (os.cpu_count() or 1), 0.0, 0.0))
+    launch.warn_if_busy(said.append)
+    assert len(said) == 1 and "busy before the study starts" in said[0] and "results are unaffected" in said[0]
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.0, 0.0))
+    launch.warn_if_busy(said.append)
+    assert len(said) == 1
+
+
 def test_the_research_layer_composes_runs_and_never_reaches_into_the_trainer():
     from tests.test_layering import imports, is_within, module_name, modules
 

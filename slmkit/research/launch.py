@@ -45,14 +45,31 @@ def run_study(study: Study, echo: Any = print) -> list[PlannedRun]:
         return []
     if launcher.executor == "submitit":
         failures = _run_submitit(study, todo, launcher, echo)
-    elif launcher.parallel == 1:
-        failures = _run_here(todo, echo)
     else:
-        failures = _run_processes(todo, launcher.parallel, echo)
+        warn_if_busy(echo)
+        failures = _run_here(todo, echo) if launcher.parallel == 1 else _run_processes(todo, launcher.parallel, echo)
     if failures:
         raise SlmkitError(f"{len(failures)} of {len(todo)} runs failed: " + "; ".join(failures)
                           + ". Fix the cause and run the study again: finished runs are kept, the others continue")
     return todo
+
+
+BUSY_LOAD_PER_CORE = 0.5  # a 1-minute load average above this share of the cores: other work is running here
+
+
+def warn_if_busy(echo: Any) -> None:
+    """Says so when other work already runs here: the runs then share its cores, and PyTorch's threads slow down far
+    more than in proportion on oversubscribed cores (2-4x measured), so the study's wall times, tokens/s and MFU
+    would not be this machine's."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # no load average on this platform
+        return
+    cores = os.cpu_count() or 1
+    if load > BUSY_LOAD_PER_CORE * cores:
+        echo(f"note: this machine is busy before the study starts (1-minute load {load:.1f} on {cores} cores): its runs "
+             f"will share the cores with that work and run slower; results are unaffected, but wall times, tokens/s and "
+             f"MFU are not this machine's")
 
 
 def check_launcher(launcher: LauncherConfig) -> None:
