@@ -11,7 +11,7 @@ from pathlib import PurePosixPath
 from typing import IO, Any
 
 from slmkit.errors import SlmkitError
-from slmkit.filesystems import filesystem, is_url, make_folders, unreachable
+from slmkit.filesystems import filesystem, is_url, make_folders, store_errors, unreachable
 
 __all__ = ["RemotePath", "list_files", "source_file", "relative_name", "check_writable", "publish_copy"]
 
@@ -33,7 +33,7 @@ class RemotePath:
         fs, path = filesystem(self.url)
         try:
             return fs.open(path, "rb")
-        except (OSError, ValueError) as error:
+        except store_errors() as error:
             raise unreachable(self.url, error) from None
 
     def fingerprint(self) -> list[Any]:
@@ -41,7 +41,7 @@ class RemotePath:
         fs, path = filesystem(self.url)
         try:
             info = fs.info(path)
-        except (OSError, ValueError) as error:
+        except store_errors() as error:
             raise unreachable(self.url, error) from None
         version = next((info[key] for key in ("mtime", "LastModified", "updated", "created", "ETag", "etag")
                         if info.get(key) is not None), None)
@@ -65,7 +65,7 @@ def list_files(url: str) -> tuple[list[RemotePath], str]:
             found, base = [path], path.rsplit("/", 1)[0] if "/" in path else ""
         else:
             found, base = [], path
-    except (OSError, ValueError) as error:
+    except store_errors() as error:
         raise unreachable(url, error) from None
     return [RemotePath(fs.unstrip_protocol(p) if protocol != "file" else f"file://{p}") for p in found], base
 
@@ -98,7 +98,7 @@ def check_writable(url: str) -> None:
         with fs.open(probe, "wb") as handle:
             handle.write(b"slmkit")
         fs.rm(probe)
-    except (OSError, ValueError, PermissionError) as error:
+    except store_errors() as error:
         raise SlmkitError(f"data.publish_to={url} cannot be written ({type(error).__name__}: {error}); check the URL, "
                           f"its permissions and the store's credentials") from None
 
@@ -120,6 +120,6 @@ def publish_copy(folder: Any, url: str, manifest_name: str) -> None:
             make_folders(fs, target if parent == "." else f"{target}/{parent}")
             fs.put_file(str(file), f"{target}/{file.relative_to(folder).as_posix()}")
         fs.pipe_file(f"{target}/{manifest_name}", manifest)
-    except (OSError, ValueError) as error:
+    except store_errors() as error:
         raise SlmkitError(f"copying the prepared data to {url} failed ({type(error).__name__}: {error}); nothing there "
                           f"reads as complete (no manifest): fix the cause and run again") from None

@@ -37,6 +37,20 @@ def filesystem(url: str) -> tuple[Any, str]:
         raise SlmkitError(f"{url}: {error}; use a local path or an fsspec URL (s3://, gs://, memory://, file://)") from None
 
 
+def store_errors() -> tuple[type[Exception], ...]:
+    """What a call into a store's client raises when the store refuses or fails: fsspec's translations (OSError,
+    ValueError) and the client's own errors, which some backends let through untranslated on some paths (s3fs passes
+    botocore's NoSuchBucket from closing a written file, for one)."""
+    errors: list[type[Exception]] = [OSError, ValueError]
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:
+        pass
+    else:
+        errors += [BotoCoreError, ClientError]
+    return tuple(errors)
+
+
 def make_folders(fs: Any, path: str) -> None:
     """Makes the folders a file about to be written under `path` needs, where the file system has folders at all.
 

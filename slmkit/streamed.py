@@ -33,7 +33,7 @@ import numpy as np
 from slmkit.atomic import atomic_path, atomic_write_bytes, atomic_write_text, fsync_file, remove_temporaries
 from slmkit.data import MANIFEST, PreparedData, TokenShards, cache_root, parse_manifest, read_manifest
 from slmkit.errors import SlmkitError
-from slmkit.filesystems import filesystem, unreachable
+from slmkit.filesystems import filesystem, store_errors, unreachable
 from slmkit.tokenizer import TOKENIZER_FILE, tokenizer_sha256
 
 log = logging.getLogger("slmkit")
@@ -135,7 +135,7 @@ def _read_manifest(fs: Any, root: str, url: str) -> bytes:
             f"data.shards_from={url} has no {MANIFEST}: it is not a prepared data folder, or its copy is unfinished "
             f"(the manifest is copied last). Point data.shards_from at a folder written by `slmkit data prepare` "
             f"(with data.publish_to=URL for an object store)") from None
-    except (OSError, ValueError) as error:
+    except store_errors() as error:
         raise unreachable(f"data.shards_from={url}", error) from None
 
 
@@ -206,5 +206,5 @@ def _remote_chunks(fs: Any, remote: str, url: str, name: str) -> Iterator[bytes]
                           f"incomplete; {REPUBLISH}") from None
     except OSError as error:
         raise _Transient(error) from None  # a reset connection or a timeout may pass: `_download` tries again
-    except ValueError as error:
+    except store_errors() as error:  # refused (ValueError, a client's own error): trying again would not help
         raise unreachable(f"{name} at data.shards_from={url}", error) from None

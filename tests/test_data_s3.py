@@ -111,3 +111,22 @@ def test_a_missing_bucket_is_one_clear_message(tmp_path, corpus, s3, monkeypatch
     sources = [dataclasses.replace(s, path=f"s3://no-such-bucket-here/{s.path}") for s in corpus["sources"]]
     with pytest.raises(SlmkitError, match="no-such-bucket-here"):
         prepare(config(corpus, sources=sources), TOKENIZER, tmp_path / "out", progress=False)
+
+
+def test_a_store_clients_own_error_is_one_message_too(monkeypatch):
+    # some s3fs versions and code paths pass botocore's errors through untranslated (NoSuchBucket on closing a file)
+    from botocore.exceptions import ClientError
+
+    from data_prep import remote
+
+    class Refusing:
+        protocol = ("s3", "s3a")
+
+        def open(self, *args, **kwargs):
+            raise ClientError({"Error": {"Code": "NoSuchBucket", "Message": "The specified bucket does not exist"}},
+                              "PutObject")
+
+    monkeypatch.setattr(remote, "filesystem", lambda url: (Refusing(), "no-such-bucket-here/legal"))
+    with pytest.raises(SlmkitError, match=r"publish_to=s3://no-such-bucket-here/legal cannot be written \(ClientError: "
+                                          r".*NoSuchBucket"):
+        remote.check_writable("s3://no-such-bucket-here/legal")
