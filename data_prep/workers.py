@@ -92,7 +92,10 @@ class WatchedPool:
     def how_a_worker_went(self) -> WorkerEnd:
         """How the first worker that left went: a kill (memory, most likely) and an error of its own want different
         advice, and the pool's BrokenProcessPool says neither."""
-        codes = [process.exitcode for process in self.context.started if process.exitcode not in (None, 0)]
+        deadline = time.monotonic() + POLL_SECONDS  # the pool may report the loss before the lost one is reaped
+        while not (codes := [process.exitcode for process in self.context.started if process.exitcode not in (None, 0)]) \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
         # once one worker is lost the executor terminates the rest (SIGTERM): their ends are effects, not the cause
         causes = [code for code in codes if code > 0] or [code for code in codes if code != -signal.SIGTERM] or codes
         return WorkerEnd(causes[0] if causes else None)
@@ -126,11 +129,17 @@ class WorkerEnd:
         return self.exitcode is None or self.exitcode < 0
 
     def __str__(self) -> str:
+        guard = ("in a Python script that prepares data, the usual one is a missing `if __name__ == \"__main__\":` guard, "
+                 "since every worker process runs the script's top level again")
         if not self.killed:
             # spawn runs the main module again in every worker: a script without the guard fails there, at start
-            return (f"exited with code {self.exitcode}, an error in the worker itself (its traceback is printed above; "
-                    f"in a Python script that prepares data, the usual one is a missing `if __name__ == \"__main__\":` "
-                    f"guard, since every worker process runs the script's top level again)")
+            return f"exited with code {self.exitcode}, an error in the worker itself (its traceback is printed above; {guard})"
+        if self.exitcode in (None, -signal.SIGTERM):
+            # the executor stops every worker with SIGTERM once one is lost, and may reach the one that failed before
+            # it has exited on its own: then nothing tells its own error from a kill
+            return (f"stopped as the pool broke, for a cause no exit code shows: a "
+                    f"traceback printed above is a worker's own error ({guard}); with none, most likely the "
+                    f"out-of-memory killer")
         try:
             by = signal.Signals(-self.exitcode).name  # type: ignore[operator]
         except (TypeError, ValueError):

@@ -181,9 +181,14 @@ def test_a_worker_that_fails_on_its_own_is_not_blamed_on_memory(tmp_path, corpus
     result = subprocess.run([sys.executable, str(script), str(recipe), str(tmp_path / "out")], env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
-    assert "a data worker process exited with code 1" in result.stderr
-    assert 'if __name__ == "__main__":' in result.stderr and "Fix that and run again" in result.stderr
-    assert "out-of-memory" not in result.stderr.split("exited with code 1")[1]
+    message = result.stderr[result.stderr.index("SlmkitError: a data worker process"):]
+    # mostly the worker's own exit code is seen; when the executor's SIGTERM reaches it first, the message says that
+    # no exit code shows the cause, and names the guard all the same
+    assert 'if __name__ == "__main__":' in message
+    if "exited with code 1" in message:
+        assert "Fix that and run again" in message and "out-of-memory" not in message
+    else:
+        assert "stopped as the pool broke" in message
 
 
 @pytest.mark.timeout(120)  # a hang: the timeout fails it in minutes rather than at the suite's 600 s
