@@ -16,19 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from data_helpers import write_mixed_corpus
+from test_data_remote import TOKENIZER, config, corpus  # noqa: F401 (corpus is a fixture: the same small mixed corpus)
 from data_prep.pipeline import prepare
-from data_prep.sources import SourceStats, iter_documents
 from slmkit.data import TokenShards
-from slmkit.data_config import DataConfig, SourceConfig, TokenizerConfig
 from slmkit.errors import SlmkitError
 from slmkit.streamed import open_streamed, token_shards
 
 pytest.importorskip("s3fs", reason="the s3:// test needs s3fs: pip install -e '.[dev]'")
 moto_server = pytest.importorskip("moto.server", reason="the s3:// test needs moto's server: pip install -e '.[dev]'")
-
-TOKENIZER = TokenizerConfig(kind="bpe", vocab_size=400)
-
 
 @pytest.fixture(scope="module")
 def s3():
@@ -53,18 +48,6 @@ def s3():
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory, legal_corpus) -> dict:
-    source = SourceConfig(path="federal_rules.jsonl.gz", max_documents=120)
-    texts = [d.text for d in iter_documents(source, legal_corpus, "stop", SourceStats("r")) if len(d.text.split()) > 60]
-    return write_mixed_corpus(tmp_path_factory.mktemp("mixed") / "data", texts[:40])
-
-
-def config(corpus: dict, **overrides) -> DataConfig:
-    return DataConfig(**{**corpus, "val_fraction": 0.2, "num_workers": 1, "shard_tokens": 3000, "chunk_mb": 0.01,
-                         **overrides})
 
 
 def digests(folder: Path) -> dict[str, str]:
