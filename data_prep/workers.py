@@ -93,8 +93,10 @@ class WatchedPool:
         """How the first worker that left went: a kill (memory, most likely) and an error of its own want different
         advice, and the pool's BrokenProcessPool says neither."""
         deadline = time.monotonic() + POLL_SECONDS  # the pool may report the loss before the lost one is reaped
-        while not (codes := [process.exitcode for process in self.context.started if process.exitcode not in (None, 0)]) \
-                and time.monotonic() < deadline:
+        while True:
+            codes = [code for code in (process.exitcode for process in self.context.started) if code not in (None, 0)]
+            if codes or time.monotonic() >= deadline:
+                break
             time.sleep(0.05)
         # once one worker is lost the executor terminates the rest (SIGTERM): their ends are effects, not the cause
         causes = [code for code in codes if code > 0] or [code for code in codes if code != -signal.SIGTERM] or codes
@@ -141,8 +143,8 @@ class WorkerEnd:
                     f"traceback printed above is a worker's own error ({guard}); with none, most likely the "
                     f"out-of-memory killer")
         try:
-            by = signal.Signals(-self.exitcode).name  # type: ignore[operator]
-        except (TypeError, ValueError):
+            by = signal.Signals(-self.exitcode).name  # type: ignore[operator]  (None is handled above)
+        except ValueError:  # a number no signal has
             by = "a signal"
         return f"died without a word (killed by {by}, most likely by the out-of-memory killer)"
 

@@ -22,6 +22,7 @@ from data_prep.report import render_markdown
 from data_prep.sources import SourceStats, iter_documents
 from slmkit.data_config import DataConfig, DecontaminateConfig, DedupConfig, SourceConfig, TokenizerConfig
 from slmkit.errors import SlmkitError
+from tests.conftest import REPO_ROOT
 
 TOKENIZER = TokenizerConfig(kind="bpe", vocab_size=500)
 
@@ -176,8 +177,7 @@ def test_a_worker_that_fails_on_its_own_is_not_blamed_on_memory(tmp_path, corpus
     recipe, script = tmp_path / "recipe.pkl", tmp_path / "prepare_unguarded.py"
     recipe.write_bytes(pickle.dumps((config(corpus_dir, chunk_mb=0.03, num_workers=2), TOKENIZER)))
     script.write_text(UNGUARDED_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
-                                                        os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run([sys.executable, str(script), str(recipe), str(tmp_path / "out")], env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
