@@ -14,6 +14,7 @@ import deepspeed
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from leave import leave
 
 from slmkit.config import TrainerConfig
 from slmkit.errors import SlmkitError
@@ -93,8 +94,7 @@ def main(stage: int, folder: str, out_path: str) -> None:
     if rank == 0:
         with open(out_path, "w") as f:
             json.dump(gathered, f)
-    dist.barrier()
-    dist.destroy_process_group()
+    leave()
 
 
 if __name__ == "__main__":

@@ -4,13 +4,13 @@ generated ZeRO config on CPU (gloo), then rank 0 writes the per-step losses of e
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import deepspeed
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from leave import leave
 
 from slmkit.config import TrainerConfig
 from slmkit.model import Model, ModelConfig
@@ -46,10 +46,7 @@ def main(stage: int, out_path: str) -> None:
     if rank == 0:
         with open(out_path, "w") as f:
             json.dump(gathered, f)
-    # Tear the gloo group down before exit: left to interpreter shutdown, its threads can abort the process.
-    dist.barrier()
-    del engine
-    dist.destroy_process_group()
+    leave()
 
 
 if __name__ == "__main__":
