@@ -33,8 +33,8 @@ from slmkit.provenance import record_provenance, with_provenance
 from slmkit.streamed import describe as describe_streamed
 from slmkit.streamed import open_streamed
 from slmkit.tokenizer import load_tokenizer, new_token_segmentations
-from slmkit.training.callbacks import (MetricsLogger, PeriodicEvaluation, RecordRun, StepCheckpoints, StepProgressBar,
-                                      StopOnSignal, ValidateTheLastStep)
+from slmkit.training.callbacks import (MetricsLogger, PeriodicEvaluation, RecordRun, ReturnFreedMemory, StepCheckpoints,
+                                      StepProgressBar, StopOnSignal, ValidateTheLastStep, heap_trimmer)
 from slmkit.training.datamodule import TaskDataModule, TokenDataModule
 from slmkit.training.loggers import build_loggers
 from slmkit.training.module import TrainingTask
@@ -292,6 +292,9 @@ def _callbacks(config: RunConfig, folder: RunFolder, task: TrainingTask,
                                             config.eval.limit, config.eval.batch_size))
     if trainer.progress_bar:
         callbacks.append(StepProgressBar())
+    trim = heap_trimmer()
+    if trim is not None:
+        callbacks.append(ReturnFreedMemory(trim))
     return callbacks, metrics
 
 
